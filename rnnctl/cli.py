@@ -1,0 +1,122 @@
+"""The `rnnctl` command: parse arguments, call one function, turn RnnctlError into a one-line error."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+from rich.console import Console
+
+from rnnctl.errors import RnnctlError
+
+app = typer.Typer(
+    help="Train, evaluate and sample recurrent neural networks from YAML experiment configs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")]
+RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest'.")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user's mistake is one line on stderr and exit code 1; Ctrl-C is exit code 130."""
+    try:
+        yield
+    except RnnctlError as e:
+        for line in str(e).splitlines():
+            err.print(f"error: {line}", markup=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")],
+    overrides: Overrides = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output; only the final summary.")] = False,
+) -> None:
+    """Train a model from a config and write a run folder under runs/."""
+    from rnnctl import engine, views
+    from rnnctl.config import load_config
+    from rnnctl.live import LiveTable, PlainLines
+
+    with user_errors():
+        cfg = load_config(config, overrides or [])
+        if name:
+            cfg = cfg.model_copy(update={"name": name})
+        loggers = [] if quiet else [LiveTable(out) if out.is_terminal else PlainLines(sys.stdout)]
+        result = engine.train(cfg, command=shlex.join(["rnnctl", *sys.argv[1:]]), loggers=loggers)
+        views.summary(out, result)
+
+
+@app.command("eval")
+def eval_(
+    run: RunRef = "latest",
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    split: Annotated[str, typer.Option(help="test or val.")] = "test",
+) -> None:
+    """Re-evaluate a saved run on a split and save the result in its folder."""
+    from rnnctl import views
+    from rnnctl.engine import LoadedRun
+
+    with user_errors():
+        loaded = LoadedRun(run, checkpoint)
+        report, saved = loaded.evaluate(split)
+        views.eval_report(out, loaded.dir, report, saved)
+
+
+@app.command()
+def predict(
+    run: RunRef,
+    inputs: Annotated[list[str], typer.Argument(help="Inputs to classify, e.g. surnames.")],
+    top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Predict with a saved run: the top classes of each input, with probabilities."""
+    from rnnctl import views
+    from rnnctl.engine import LoadedRun
+
+    with user_errors():
+        views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
+
+
+@app.command()
+def runs() -> None:
+    """List run folders: id, task, status, epochs, best validation metric, test metric, duration."""
+    from rnnctl import views
+    from rnnctl.runs import all_runs, read_run
+
+    with user_errors():
+        views.run_list(out, [read_run(p) for p in all_runs()])
+
+
+@config_app.command("show")
+def config_show(config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], overrides: Overrides = None) -> None:
+    """Print the resolved, validated config (defaults filled in, overrides applied)."""
+    from rnnctl.config import dump_yaml, load_config
+
+    with user_errors():
+        out.print(dump_yaml(load_config(config, overrides or []).to_dict()), end="", markup=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

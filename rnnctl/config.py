@@ -1,0 +1,177 @@
+"""The experiment config: typed sections, YAML loading and dotted `key=value` overrides.
+
+Validated once, here, at the edge: past `load_config` code reads `cfg.train.lr`, never a dict.
+Each task contributes its own `data` and `model` sections (subclasses of the bases below), so
+`config_class(task)` builds the full model for one task and unknown keys are caught everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from rnnctl.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    path: str | None = None  # file or folder; None: $RNNCTL_DATA/<dataset>, else the packaged copy
+    val_fraction: float = Field(0.1, gt=0, lt=1)  # carved from train (seeded); best epoch is chosen on it
+
+
+class ModelConfig(Section):
+    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    layers: int = Field(1, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    embedding_size: int = Field(64, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers and before the output layer
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+
+
+class Config(Section):
+    task: str
+    name: str | None = None  # run folder suffix; default: the config file's stem
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+@functools.cache
+def config_class(task: str) -> type[Config]:
+    """The Config model for one task: its own `data` and `model` sections replace the bases."""
+    from rnnctl.tasks import get_task
+
+    spec = get_task(task)
+    return create_model(
+        f"{spec.name.capitalize()}Config",
+        __base__=Config,
+        data=(spec.data_config, Field(default_factory=spec.data_config)),
+        model=(spec.model_config, Field(default_factory=spec.model_config)),
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config file, apply `key=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (task, data, model, ...), got {type(raw).__name__}")
+    raw.pop("derived", None)  # written by rnnctl into a run's config.yaml; informative only
+    raw.setdefault("name", path.stem)
+    return validate(apply_overrides(raw, overrides), source=str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys (`train.lr=3e-4`); values are parsed as YAML scalars."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.cell=lstm")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a plain dict into the task's Config; errors name the dotted key."""
+    from rnnctl.tasks import TASKS
+
+    task = raw.get("task")
+    if task is None:
+        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(sorted(TASKS))})")
+    if not isinstance(task, str) or task not in TASKS:
+        hint = _suggest(str(task), TASKS)
+        raise ConfigError(f"{source}: task: unknown task {task!r}{hint} (known: {', '.join(sorted(TASKS))})")
+    cls = config_class(task)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError("\n".join(f"{source}: {_describe(err, cls)}" for err in e.errors())) from None
+
+
+def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        known = _fields_at(cls, loc[:-1])
+        return f"unknown key '{key}'{_suggest(loc[-1], known, prefix='.'.join(loc[:-1]))}"
+    if err["type"] == "missing":
+        return f"missing key '{key}'"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"{key}: {err['msg']}{shown}"
+
+
+def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = cls.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def _suggest(word: str, options, prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)"
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

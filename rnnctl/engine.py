@@ -1,0 +1,347 @@
+"""The one training loop and evaluation, for every task. It never names a task.
+
+config -> task.prepare (data) -> task.build_model -> epochs of (train, validate, checkpoint, log)
+-> test on the best checkpoint -> plots. Loggers (disk, live table, plain lines) see the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import random
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from rnnctl import __version__
+from rnnctl.config import Config, OptimConfig, dump_yaml, validate
+from rnnctl.errors import ConfigError, DataError, RunError
+from rnnctl.runs import (
+    MetricsFiles,
+    create_run_dir,
+    load_checkpoint,
+    resolve_run,
+    runs_root,
+    save_checkpoint,
+    write_json,
+)
+from rnnctl.tasks import Meter, Split, Task, get_task
+
+
+class Logger(Protocol):
+    """What the engine tells whoever watches: the disk writer, the live table, plain lines."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+
+    def progress(self, done: int, total: int) -> None: ...  # batches done in the current epoch
+
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
+
+
+def set_seed(seed: int) -> None:
+    """The one place where randomness is seeded: python, numpy, torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device: mps requested but this machine has no MPS device (use auto or cpu)")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_epoch(
+    model: torch.nn.Module,
+    split: Split,
+    meter: Meter,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    batch_size: int,
+    generator: torch.Generator,
+    grad_clip: float | None,
+    on_batch=None,
+) -> dict[str, float]:
+    """One pass over the training split; returns the meter's metrics plus gradient-norm statistics."""
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = math.ceil(len(split) / batch_size)
+    norm_sum = torch.zeros((), device=device)
+    norm_max = torch.zeros((), device=device)
+    state = None
+    steps = 0
+    for steps, batch in enumerate(split.batches(batch_size, generator), 1):
+        batch = batch.to(device)
+        out = model(**batch.inputs, targets=batch.targets, state=state)
+        state = detach(out.state)  # truncated BPTT: carry the state, not its history
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # before clipping
+        if grad_clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+        optimizer.step()
+        meter.update(batch, out)
+        norm_sum += norm
+        torch.maximum(norm_max, norm, out=norm_max)
+        if on_batch is not None:
+            on_batch(steps, total)
+    return {**meter.compute(), "grad_norm": float(norm_sum) / max(steps, 1), "grad_norm_max": float(norm_max)}
+
+
+def detach(state):
+    """Cut a recurrent state (tensor, tuple of tensors, or None) from the graph that made it."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(detach(s) for s in state)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, split: Split, meter: Meter, device: torch.device, batch_size: int) -> Meter:
+    model.eval()
+    state = None
+    for batch in split.batches(batch_size):
+        batch = batch.to(device)
+        out = model(**batch.inputs, targets=batch.targets, state=state)
+        state = out.state
+        meter.update(batch, out)
+    return meter
+
+
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "rnnctl": __version__}
+
+
+def git_commit() -> str | None:
+    """The commit of rnnctl's own source, when it runs from a git checkout (an editable install)."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out + ("-dirty" if dirty else "") if out else None
+
+
+def rng_states(generator: torch.Generator) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "data": generator.get_state(),
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+class Trainer:
+    """A training run from start to finish: owns the run folder, the model, the loop and its state."""
+
+    def __init__(self, cfg: Config, command: str, loggers: list[Logger], root: Path | None = None):
+        self.cfg = cfg
+        self.task: Task = get_task(cfg.task)
+        set_seed(cfg.train.seed)
+        self.device = pick_device(cfg.train.device)
+        self.data = self.task.prepare(cfg)  # user data errors surface here, before any run folder exists
+        for name in ("train", "val", "test"):
+            if len(self.data.splits[name]) == 0:
+                raise DataError(f"the {name} split is empty: more data, or another data.val_fraction")
+        self.model = self.task.build_model(cfg, self.data.meta).to(self.device)
+        self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
+        self.epoch = self.step = 0
+        self.best: dict[str, Any] = {"epoch": None, "value": None, "metric": f"val_{self.task.monitor}"}
+        self.dir = create_run_dir(root or runs_root(), cfg.name or cfg.task)
+        self.loggers: list[Logger] = [MetricsFiles(self.dir), *loggers]
+        self.info: dict[str, Any] = {
+            "id": self.dir.name,
+            "task": cfg.task,
+            "name": cfg.name,
+            "status": "running",
+            "command": command,
+            "created": _now(),
+            "seed": cfg.train.seed,
+            "device": str(self.device),
+            "threads": torch.get_num_threads(),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "epochs": cfg.train.epochs,
+            "epochs_done": 0,
+            "best": self.best,
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+        }
+        (self.dir / "config.yaml").write_text(dump_yaml({**cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8")
+        self.save_info()
+
+    def save_info(self) -> None:
+        write_json(self.dir / "run.json", self.info)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "task": self.cfg.task,
+            "config": self.cfg.to_dict(),
+            "meta": self.data.meta,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": dict(self.best),
+            "rng": rng_states(self.generator),
+        }
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg.train
+        start = time.perf_counter()
+        for lg in self.loggers:
+            lg.start({**self.info, "dir": str(self.dir), "monitor": self.best["metric"]})
+        progress = lambda done, total: [lg.progress(done, total) for lg in self.loggers]  # noqa: E731
+        try:
+            while self.epoch < cfg.epochs:
+                self.epoch += 1
+                t0 = time.perf_counter()
+                train = train_epoch(
+                    self.model, self.data.splits["train"], self.task.meter(self.data.meta), self.optimizer,
+                    self.device, cfg.batch_size, self.generator, cfg.grad_clip, progress,
+                )  # fmt: skip
+                train_time = time.perf_counter() - t0
+                self.step += math.ceil(len(self.data.splits["train"]) / cfg.batch_size)
+                val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
+                improved = self._update_best(val[self.task.monitor])
+                row = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
+                    **{f"val_{k}": v for k, v in val.items()},
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "grad_norm": train["grad_norm"],
+                    "grad_norm_max": train["grad_norm_max"],
+                    "best_epoch": self.best["epoch"],
+                    "samples_per_s": len(self.data.splits["train"]) / train_time,
+                    "epoch_time": time.perf_counter() - t0,
+                    "elapsed": time.perf_counter() - start,
+                }
+                state = self.checkpoint_state()
+                save_checkpoint(self.dir / "checkpoints" / "last.pt", state)
+                if improved:
+                    save_checkpoint(self.dir / "checkpoints" / "best.pt", state)
+                self.info.update(epochs_done=self.epoch, best=self.best)
+                self.save_info()
+                for lg in self.loggers:
+                    lg.epoch(row)
+        except KeyboardInterrupt:
+            self.info.update(status="interrupted", finished=_now(), duration=time.perf_counter() - start)
+            self.save_info()  # recorded first: a second Ctrl-C during the wrap-up still leaves the truth
+            self._finish("interrupted", start)
+            raise
+        except BaseException:
+            self.info.update(status="failed", finished=_now(), duration=time.perf_counter() - start)
+            self.save_info()
+            raise
+        return self._finish("completed", start)
+
+    def _update_best(self, value: float) -> bool:
+        old = self.best["value"]
+        better = old is None or (value > old if self.task.monitor_mode == "max" else value < old)
+        if better:
+            self.best.update(epoch=self.epoch, value=value)
+        return better
+
+    def _finish(self, status: str, start: float) -> dict[str, Any]:
+        """Test the best checkpoint, draw the plots, record the outcome. Runs after Ctrl-C too."""
+        from rnnctl import plots
+
+        best_path = self.dir / "checkpoints" / "best.pt"
+        if best_path.exists():
+            ckpt = load_checkpoint(best_path)
+            self.model.load_state_dict(ckpt["model"])
+            report = evaluate(self.model, self.data.splits["test"], self.task.meter(self.data.meta, detailed=True), self.device, self.cfg.train.batch_size).report()
+            save_eval(self.dir, "test", "best", report)
+            self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+        plots.write_all(self.dir)
+        self.info.update(status=status, finished=_now(), duration=time.perf_counter() - start)
+        self.save_info()
+        summary = {**self.info, "dir": str(self.dir)}
+        for lg in self.loggers:
+            lg.finish(summary)
+        return summary
+
+
+def train(cfg: Config, command: str, loggers: list[Logger], root: Path | None = None) -> dict[str, Any]:
+    return Trainer(cfg, command, loggers, root).run()
+
+
+def save_eval(run_dir: Path, split: str, checkpoint: str, report: dict[str, Any]) -> Path:
+    path = run_dir / "eval" / f"{split}-{checkpoint}.json"
+    write_json(path, {"split": split, "checkpoint": checkpoint, "created": _now(), **report})
+    return path
+
+
+class LoadedRun:
+    """A run folder's config, task and model, restored from one of its checkpoints."""
+
+    def __init__(self, ref: str, checkpoint: str = "best", device: str = "cpu"):
+        self.dir = resolve_run(ref)
+        if checkpoint not in ("best", "last"):
+            raise RunError(f"--checkpoint {checkpoint!r}: expected best or last")
+        self.checkpoint_name = checkpoint
+        self.ckpt = load_checkpoint(self.dir / "checkpoints" / f"{checkpoint}.pt")
+        try:
+            self.cfg = validate(self.ckpt["config"], source=f"{self.dir}/checkpoints/{checkpoint}.pt")
+        except ConfigError as e:
+            raise RunError(str(e)) from None
+        self.task = get_task(self.cfg.task)
+        self.meta = self.ckpt["meta"]
+        self.device = pick_device(device)
+        self.model = self.task.build_model(self.cfg, self.meta).to(self.device)
+        self.model.load_state_dict(self.ckpt["model"])
+        self.model.eval()
+
+    def evaluate(self, split: str) -> tuple[dict[str, Any], Path]:
+        data = self.task.prepare(self.cfg, meta=self.meta)
+        if split not in data.splits:
+            raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
+        meter = self.task.meter(self.meta, detailed=True)
+        report = evaluate(self.model, data.splits[split], meter, self.device, self.cfg.train.batch_size).report()
+        report["epoch"] = self.ckpt["epoch"]
+        return report, save_eval(self.dir, split, self.checkpoint_name, report)
+
+    def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
+        return self.task.predict(self.model, self.meta, inputs, top)
+

@@ -1,0 +1,17 @@
+"""Errors a user can cause. The CLI prints them as one line and exits 1; anything else is a bug."""
+
+
+class RnnctlError(Exception):
+    """A user-facing error: the message names the file, key or row and what was expected."""
+
+
+class ConfigError(RnnctlError):
+    """The experiment config (file, YAML, keys, values or --set overrides) is invalid."""
+
+
+class DataError(RnnctlError):
+    """A data file is missing, malformed or empty."""
+
+
+class RunError(RnnctlError):
+    """A run folder or checkpoint cannot be found or read."""

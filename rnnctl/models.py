@@ -1,0 +1,87 @@
+"""The recurrent models. One interface: `forward(..., targets=None, state=None) -> Output(logits, loss, state)`.
+
+Shapes: B = batch, T = time steps (the longest sequence in the batch), E = embedding size,
+H = hidden size, D = directions (1 or 2), L = layers, C = classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+
+class Output(NamedTuple):
+    """What every model's forward returns (nanoGPT style, plus a recurrent state)."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None  # mean over the batch; None when no targets were given
+    state: Any = None  # hidden state to carry into the next batch (truncated BPTT); None otherwise
+
+RNN_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def make_rnn(cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float) -> nn.RNNBase:
+    """The fused multi-layer module for a cell name, batch-first."""
+    return RNN_MODULES[cell](
+        input_size,
+        hidden_size,
+        num_layers=layers,
+        bidirectional=bidirectional,
+        dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
+        batch_first=True,
+    )
+
+
+def final_hidden(h: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """h_n of any cell: LSTM returns (h_n, c_n), the others h_n alone. Shape (L*D, B, H)."""
+    return h[0] if isinstance(h, tuple) else h
+
+
+class RecurrentClassifier(nn.Module):
+    """Token ids -> embedding -> stacked (bi)RNN on packed sequences -> pooled features -> class logits."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        num_classes: int,
+        cell: str = "gru",
+        embedding_size: int = 64,
+        hidden_size: int = 128,
+        layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        pooling: str = "last",
+        padding_idx: int = 0,
+    ):
+        super().__init__()
+        self.directions = 2 if bidirectional else 1
+        self.pooling = pooling
+        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
+        self.rnn = make_rnn(cell, embedding_size, hidden_size, layers, bidirectional, dropout)
+        self.drop = nn.Dropout(dropout)
+        features = hidden_size * self.directions * (2 if pooling == "last+max" else 1)
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
+        # x: (B, T) token ids, 0 = padding; lengths: (B,) on the CPU, as pack_padded_sequence wants
+        emb = self.drop(self.embedding(x))  # (B, T, E)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        out, h = self.rnn(packed)  # h: (L*D, B, H), in the batch's original order
+        parts = []
+        if self.pooling in ("last", "last+max"):
+            last = final_hidden(h)[-self.directions :]  # (D, B, H): top layer, forward (and backward) direction
+            parts.append(last.transpose(0, 1).reshape(x.size(0), -1))  # (B, D*H)
+        if self.pooling in ("max", "mean", "last+max"):
+            padded, _ = pad_packed_sequence(out, batch_first=True, padding_value=float("-inf") if "max" in self.pooling else 0.0)
+            if "max" in self.pooling:
+                parts.append(padded.max(dim=1).values)  # (B, D*H)
+            else:
+                parts.append(padded.sum(dim=1) / lengths.to(padded.device, padded.dtype).unsqueeze(1))
+        logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
+        loss = F.cross_entropy(logits, targets) if targets is not None else None
+        return Output(logits, loss)

@@ -1,0 +1,77 @@
+"""PNG figures drawn from a run folder's files (metrics.jsonl, eval/*.json), never from live objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rnnctl.runs import read_json, read_metrics  # noqa: E402
+
+FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
+TITLES = {"loss": "Loss", "acc": "Accuracy"}
+
+
+def write_all(run_dir: Path) -> list[Path]:
+    """Every plot the run's files allow: one per metric, and the test confusion matrix if any."""
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    rows = read_metrics(run_dir)
+    if rows:
+        for metric in dict.fromkeys(k.split("_", 1)[1] for k in rows[0] if k.startswith("val_")):
+            written.append(curve(rows, metric, out_dir / f"{FILE_NAMES.get(metric, metric)}.png"))
+    test = run_dir / "eval" / "test-best.json"
+    if test.exists():
+        report = read_json(test)
+        if "confusion" in report:
+            written.append(confusion(report, out_dir / "confusion.png"))
+    return written
+
+
+def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    for split, style in (("train", "-"), ("val", "-")):
+        key = f"{split}_{metric}"
+        if key in rows[0]:
+            ax.plot(epochs, [r[key] for r in rows], style, marker="." if len(rows) < 40 else None, label=split)
+    best = rows[-1].get("best_epoch")
+    if best is not None:
+        ax.axvline(best, color="gray", linestyle=":", label=f"best epoch ({best})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(TITLES.get(metric, metric))
+    ax.set_title(TITLES.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion(report: dict[str, Any], path: Path) -> Path:
+    """Rows: true class, normalized to recall; the numbers are counts."""
+    classes = report["classes"]
+    counts = report["confusion"]
+    n = len(classes)
+    norm = [[c / max(sum(row), 1) for c in row] for row in counts]
+    size = max(5.0, 0.42 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    for i in range(n):
+        for j in range(n):
+            if counts[i][j]:
+                ax.text(j, i, counts[i][j], ha="center", va="center", fontsize=6, color="white" if norm[i][j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,200 @@
+"""Run folders: create, resolve an id, checkpoints (atomic), run.json, metrics files.
+
+A run folder, `runs/<YYYYmmdd-HHMMSS>-<name>/`:
+    config.yaml          resolved config + `derived` (what the data determined)
+    run.json             id, task, status, command, versions, seed, git commit, best epoch, test metrics
+    metrics.jsonl/.csv   one row per epoch
+    checkpoints/         last.pt, best.pt
+    eval/                results of evaluations (`<split>-<checkpoint>.json`)
+    plots/               loss.png, accuracy.png, confusion.png
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnctl.errors import RunError
+
+RUNS_ENV = "RNNCTL_RUNS"
+CHECKPOINT_FORMAT = "rnnctl-checkpoint"
+CHECKPOINT_VERSION = 1
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ENV, "runs"))
+
+
+def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Path:
+    """A new, empty run folder; never reuses one (two runs in the same second get -2, -3, ...)."""
+    stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
+    root.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = root / f"{stamp}-{safe}{'' if n == 1 else f'-{n}'}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RunError(f"{root}: could not create a run folder for {stamp}-{safe}")
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint holds tensors and plain data and never runs code."""
+    if not path.is_file():
+        raise RunError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:160]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise RunError(f"{path}: not an rnnctl checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise RunError(f"{path}: checkpoint format version {ckpt.get('version')}, this rnnctl reads {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+class MetricsFiles:
+    """The disk logger: appends each epoch's row to metrics.jsonl and rewrites metrics.csv from it."""
+
+    def __init__(self, run_dir: Path):
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        with self.jsonl.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        rows = read_metrics(self.jsonl.parent)
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.csv, out.getvalue())
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# -- finding runs --------------------------------------------------------------------------------
+
+
+def is_run(path: Path) -> bool:
+    return (path / "run.json").is_file()
+
+
+def all_runs(root: Path | None = None) -> list[Path]:
+    """Run folders under the root, oldest first (folder names start with their creation time)."""
+    root = root or runs_root()
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=lambda p: p.name)
+
+
+def resolve_run(ref: str, root: Path | None = None) -> Path:
+    """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
+    root = root or runs_root()
+    if ref == "latest":
+        runs = all_runs(root)
+        if not runs:
+            raise RunError(f"no runs in {root}/ yet (train one with `rnnctl train CONFIG`)")
+        return runs[-1]
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not is_run(path):
+            raise RunError(f"{path}: not a run folder (no run.json)")
+        return path
+    candidate = root / ref
+    if candidate.is_dir() and is_run(candidate):
+        return candidate
+    matches = [p for p in all_runs(root) if p.name.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise RunError(f"run id {ref!r} is ambiguous in {root}/: {', '.join(p.name for p in matches[:5])}")
+    raise RunError(f"unknown run {ref!r}: no such folder, and no run id in {root}/ (see `rnnctl runs`)")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    info = read_json(run_dir / "run.json")
+    if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
+        info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
+    return info
+
+
+def _alive(pid: int | None, host: str | None) -> bool:
+    if not pid or host != os.uname().nodename:
+        return True  # cannot tell from here: trust the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,115 @@
+"""Pieces shared by the sequence-classification tasks: tensorized splits, batches, the metric meter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from rnnctl.models import Output
+
+
+@dataclass
+class SequenceBatch:
+    x: torch.Tensor  # (B, T) token ids, 0 = padding, T = longest sequence in this batch
+    lengths: torch.Tensor  # (B,) int64, kept on the CPU for pack_padded_sequence
+    targets: torch.Tensor  # (B,) class ids
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"x": self.x, "lengths": self.lengths}
+
+    @property
+    def size(self) -> int:
+        return len(self.targets)
+
+    def to(self, device: torch.device) -> "SequenceBatch":
+        return SequenceBatch(self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True))
+
+
+class SequenceSplit:
+    """A split tensorized once: padded ids (N, T_max), lengths (N,), labels (N,). Batching is slicing."""
+
+    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor):
+        self.x, self.lengths, self.labels = x, lengths, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> "SequenceSplit":
+        lengths = self.lengths[idx]
+        width = int(lengths.max()) if len(idx) else 0
+        return SequenceSplit(self.x[idx, :width], lengths, self.labels[idx])
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[SequenceBatch]:
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            lengths = self.lengths[idx]
+            yield SequenceBatch(self.x[idx, : int(lengths.max())], lengths, self.labels[idx])
+
+
+def pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ids -> (N, T_max) zero-padded int64 tensor and (N,) lengths."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
+    x = torch.zeros(len(sequences), int(lengths.max()) if len(sequences) else 0, dtype=torch.int64)
+    for i, s in enumerate(sequences):
+        x[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+    return x, lengths
+
+
+class ClassificationMeter:
+    """Mean loss and accuracy over a pass; with `detailed`, a confusion matrix and per-class P/R/F1.
+
+    Sums stay on the model's device until `compute`, so a step never waits on a `.item()`.
+    """
+
+    def __init__(self, classes: list[str], detailed: bool = False):
+        self.classes = classes
+        self.detailed = detailed
+        self.loss_sum = self.correct = 0
+        self.count = 0
+        self.confusion = None  # (C, C): rows true class, columns predicted
+
+    def update(self, batch: SequenceBatch, out: Output) -> None:
+        pred = out.logits.detach().argmax(dim=1)
+        self.loss_sum = self.loss_sum + out.loss.detach() * batch.size
+        self.correct = self.correct + (pred == batch.targets).sum()
+        self.count += batch.size
+        if self.detailed:
+            c = len(self.classes)
+            counts = torch.bincount(batch.targets * c + pred, minlength=c * c).view(c, c)
+            self.confusion = counts if self.confusion is None else self.confusion + counts
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"loss": float(self.loss_sum) / n, "acc": float(self.correct) / n}
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {**self.compute(), "n": self.count}
+        if self.confusion is None:
+            return out
+        cm = self.confusion.cpu().to(torch.float64)
+        tp = cm.diag()
+        precision = tp / cm.sum(0).clamp(min=1)
+        recall = tp / cm.sum(1).clamp(min=1)
+        f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+        support = cm.sum(1)
+        out["per_class"] = [
+            {"label": label, "precision": p, "recall": r, "f1": f, "support": int(s)}
+            for label, p, r, f, s in zip(self.classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
+        ]
+        present = support > 0
+        out["macro_f1"] = float(f1[present].mean()) if present.any() else 0.0
+        out["classes"] = self.classes
+        out["confusion"] = self.confusion.cpu().tolist()
+        return out
+
+
+def top_k(logits: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Per row, the k most probable classes with their softmax probabilities."""
+    probs = logits.float().softmax(dim=-1)
+    values, idx = probs.topk(min(k, len(classes)), dim=-1)
+    return [[(classes[i], p) for i, p in zip(row_i, row_p)] for row_i, row_p in zip(idx.tolist(), values.tolist())]

@@ -1,0 +1,181 @@
+"""names: a surname -> its language (seed 001), as a character-level sequence classifier.
+
+Data: a CSV of `name,label` (gzip or plain, header or not, CRLF or LF), a folder holding one
+`*train*.csv` and one `*test*.csv`, or a folder of `<Label>.txt` files with one name per line (the
+PyTorch tutorial's layout). The alphabet and the classes come from the training data; characters
+never seen in training map to <unk> at predict time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+
+from rnnctl.config import Config, DataConfig, ModelConfig
+from rnnctl.data import locate, read_csv, read_text, stratified_split
+from rnnctl.errors import DataError
+from rnnctl.models import RecurrentClassifier
+from rnnctl.tasks import Prepared
+from rnnctl.tasks.classification import ClassificationMeter, SequenceSplit, pad, top_k
+
+PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
+HEADER_WORDS = {"name", "names", "surname", "label", "language", "country", "class", "category", "lang"}
+
+
+class NamesData(DataConfig):
+    test_path: str | None = None  # explicit test CSV; otherwise found beside `path` or carved from it
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # carved (stratified) when the data has no test file
+    split_seed: int = 0  # the val/test carve, fixed apart from train.seed so runs compare on equal splits
+    header: Literal["auto", "yes", "no"] = "auto"  # auto: the first row is a header if it reads like one
+
+
+class NamesModel(ModelConfig):
+    pooling: Literal["last", "max", "mean", "last+max"] = "last"  # features fed to the classifier
+
+
+@dataclass
+class Example:
+    name: str
+    label: str
+    where: str  # "file: row N", for error messages
+
+
+class NamesTask:
+    name = "names"
+    data_config = NamesData
+    model_config = NamesModel
+    monitor, monitor_mode = "acc", "max"
+
+    def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
+        data: NamesData = cfg.data  # type: ignore[assignment]
+        train_ex, test_ex = load_examples(data)
+        classes = meta["classes"] if meta else sorted({e.label for e in train_ex})
+        class_id = {c: i for i, c in enumerate(classes)}
+        for e in test_ex:
+            if e.label not in class_id:
+                raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data ({_few(classes)})")
+        labels = torch.tensor([class_id[e.label] for e in train_ex])
+        train_idx, val_idx = stratified_split(labels, data.val_fraction, data.split_seed)
+        if meta is None:
+            chars = sorted({ch for i in train_idx.tolist() for ch in train_ex[i].name})
+            meta = {"alphabet": [PAD, UNK, *chars], "classes": classes}
+        stoi = {ch: i for i, ch in enumerate(meta["alphabet"])}
+        full = _tensorize(train_ex, class_id, stoi)
+        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": _tensorize(test_ex, class_id, stoi)}
+        derived = {
+            "alphabet_size": len(meta["alphabet"]),
+            "num_classes": len(classes),
+            "classes": classes,
+            "examples": {k: len(v) for k, v in splits.items()},
+        }
+        return Prepared(meta=meta, splits=splits, derived=derived)
+
+    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+        m: NamesModel = cfg.model  # type: ignore[assignment]
+        return RecurrentClassifier(
+            vocab_size=len(meta["alphabet"]),
+            num_classes=len(meta["classes"]),
+            cell=m.cell,
+            embedding_size=m.embedding_size,
+            hidden_size=m.hidden_size,
+            layers=m.layers,
+            bidirectional=m.bidirectional,
+            dropout=m.dropout,
+            pooling=m.pooling,
+        )
+
+    def meter(self, meta: dict[str, Any], detailed: bool = False) -> ClassificationMeter:
+        return ClassificationMeter(meta["classes"], detailed)
+
+    @torch.no_grad()
+    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int = 3) -> list[dict[str, Any]]:
+        stoi = {ch: i for i, ch in enumerate(meta["alphabet"])}
+        names = [s.strip() for s in inputs]
+        for s in names:
+            if not s:
+                raise DataError("predict: an empty name (expected at least one character)")
+        x, lengths = pad([[stoi.get(ch, 1) for ch in s] for s in names])
+        device = next(model.parameters()).device
+        model.eval()
+        logits = model(x.to(device), lengths).logits
+        return [
+            {"input": s, "top": ranked, "unknown_chars": sorted({ch for ch in s if ch not in stoi})}
+            for s, ranked in zip(names, top_k(logits, meta["classes"], top))
+        ]
+
+
+def load_examples(data: NamesData) -> tuple[list[Example], list[Example]]:
+    """(train, test) examples from whichever layout `data.path` has."""
+    root = locate("names", data.path)
+    test_file = Path(data.test_path).expanduser() if data.test_path else None
+    if test_file is not None and not test_file.is_file():
+        raise DataError(f"data.test_path: {test_file} does not exist")
+    if root.is_dir():
+        txts = sorted(root.glob("*.txt"))
+        csvs = sorted(p for p in root.iterdir() if ".csv" in p.name)
+        trains = [p for p in csvs if "train" in p.name]
+        tests = [p for p in csvs if "test" in p.name]
+        if txts:
+            examples = [e for p in txts for e in _read_txt(p)]
+        elif len(trains) == 1 and (len(tests) == 1 or test_file):
+            examples = _read_csv(trains[0], data.header)
+            test_file = test_file or tests[0]
+        else:
+            raise DataError(
+                f"data.path: {root}: expected <Label>.txt files, or one *train*.csv and one *test*.csv "
+                f"(found {len(txts)} .txt, {len(trains)} train and {len(tests)} test CSV files)"
+            )
+    else:
+        examples = _read_csv(root, data.header)
+    if not examples:
+        raise DataError(f"{root}: no examples (expected lines of name,label)")
+    if test_file is not None:
+        test = _read_csv(test_file, data.header)
+        if not test:
+            raise DataError(f"{test_file}: no examples (expected lines of name,label)")
+        return examples, test
+    classes = sorted({e.label for e in examples})
+    labels = torch.tensor([classes.index(e.label) for e in examples])
+    keep, held = stratified_split(labels, data.test_fraction, data.split_seed)
+    return [examples[i] for i in keep.tolist()], [examples[i] for i in held.tolist()]
+
+
+def _read_csv(path: Path, header: str) -> list[Example]:
+    rows = read_csv(path)
+    if rows and (header == "yes" or (header == "auto" and {f.strip().lower() for f in rows[0][1]} <= HEADER_WORDS)):
+        rows = rows[1:]
+    out = []
+    for line, fields in rows:
+        if len(fields) != 2:
+            raise DataError(f"{path}: row {line}: expected 2 fields (name,label), got {len(fields)}")
+        name, label = fields[0].strip(), fields[1].strip()
+        if not name or not label:
+            raise DataError(f"{path}: row {line}: empty {'name' if not name else 'label'}")
+        out.append(Example(name, label, f"{path}: row {line}"))
+    return out
+
+
+def _read_txt(path: Path) -> list[Example]:
+    label = path.stem
+    return [
+        Example(line.strip(), label, f"{path}: row {i}")
+        for i, line in enumerate(read_text(path).split("\n"), 1)
+        if line.strip()
+    ]
+
+
+def _tensorize(examples: list[Example], class_id: dict[str, int], stoi: dict[str, int]) -> SequenceSplit:
+    """Encode every example once; batches are slices of these tensors."""
+    labels = torch.tensor([class_id[e.label] for e in examples], dtype=torch.int64)
+    ids = [[stoi.get(ch, 1) for ch in e.name] for e in examples]
+    x, lengths = pad(ids)
+    return SequenceSplit(x, lengths, labels)
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    shown = ", ".join(items[:n])
+    return f"known: {shown}{', ...' if len(items) > n else ''}"

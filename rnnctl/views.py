@@ -1,0 +1,77 @@
+"""How results look on the terminal: run summaries, evaluation reports, predictions, the run list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from rnnctl.live import fmt_duration
+
+
+def _metrics(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float))
+
+
+def summary(console: Console, s: dict[str, Any]) -> None:
+    best = s.get("best") or {}
+    line = f"[bold]{s['status']}[/] in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
+    if best.get("epoch") is not None:
+        line += f", best epoch {best['epoch']} ({best['metric']} {best['value']:.4f})"
+    console.print(line)
+    if s.get("test"):
+        console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]")
+    plots = sorted(p.name for p in (Path(s["dir"]) / "plots").glob("*.png"))
+    console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""))
+
+
+def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
+    console.print(
+        f"[bold]{run_dir.name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
+        f"{report['n']:,} examples"
+    )
+    console.print(f"accuracy [bold]{report['acc']:.4f}[/]  loss {report['loss']:.4f}  macro F1 {report.get('macro_f1', 0):.4f}")
+    if "per_class" in report:
+        table = Table(box=None, header_style="bold")
+        for col in ("class", "precision", "recall", "F1", "support"):
+            table.add_column(col, justify="left" if col == "class" else "right")
+        for c in report["per_class"]:
+            table.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+        console.print(table)
+    console.print(f"saved: {saved}")
+
+
+def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold")
+    table.add_column("input")
+    k = max(len(r["top"]) for r in rows)
+    for i in range(k):
+        table.add_column(f"#{i + 1}")
+    for r in rows:
+        cells = [f"{label} {p:.1%}" for label, p in r["top"]]
+        name = r["input"] + (f" (unknown: {''.join(r['unknown_chars'])})" if r.get("unknown_chars") else "")
+        table.add_row(name, *cells)
+    console.print(table)
+
+
+def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        console.print("no runs yet (train one with `rnnctl train CONFIG`)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "task", "status", "epochs", "best val", "test", "duration"):
+        table.add_column(col, justify="right" if col in ("epochs", "duration") else "left")
+    colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "died": "red"}
+    for r in runs:
+        best = r.get("best") or {}
+        best_s = f"{best['metric']} {best['value']:.4f} (ep {best['epoch']})" if best.get("epoch") is not None else "-"
+        test = r.get("test") or {}
+        test_s = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc", "loss"))
+        status = r.get("status", "?")
+        table.add_row(
+            r["id"], r.get("task", "?"), f"[{colors.get(status, 'white')}]{status}[/]",
+            f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s or "-", fmt_duration(r.get("duration")),
+        )  # fmt: skip
+    console.print(table)
