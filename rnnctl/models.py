@@ -68,20 +68,23 @@ class RecurrentClassifier(nn.Module):
         self.head = nn.Linear(features, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
-        # x: (B, T) token ids, 0 = padding; lengths: (B,) on the CPU, as pack_padded_sequence wants
+        # x: (B, T) token ids, 0 = padding; lengths: (B,) on the CPU (no device sync to read them)
         emb = self.drop(self.embedding(x))  # (B, T, E)
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        out, h = self.rnn(packed)  # h: (L*D, B, H), in the batch's original order
+        if bool(lengths.min() == lengths.max()):  # a length-bucketed batch: no padding, so no packing needed
+            out, h = self.rnn(emb)  # out: (B, T, D*H); the unpacked kernel is ~10% faster on CPU
+        else:
+            out, h = self.rnn(pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False))
+            if self.pooling != "last":
+                fill = float("-inf") if "max" in self.pooling else 0.0  # padding never wins a max, adds 0 to a sum
+                out, _ = pad_packed_sequence(out, batch_first=True, padding_value=fill)  # (B, T, D*H)
+        # h: (L*D, B, H), in the batch's own order; the top layer's directions are its last D entries
         parts = []
         if self.pooling in ("last", "last+max"):
-            last = final_hidden(h)[-self.directions :]  # (D, B, H): top layer, forward (and backward) direction
-            parts.append(last.transpose(0, 1).reshape(x.size(0), -1))  # (B, D*H)
-        if self.pooling in ("max", "mean", "last+max"):
-            padded, _ = pad_packed_sequence(out, batch_first=True, padding_value=float("-inf") if "max" in self.pooling else 0.0)
-            if "max" in self.pooling:
-                parts.append(padded.max(dim=1).values)  # (B, D*H)
-            else:
-                parts.append(padded.sum(dim=1) / lengths.to(padded.device, padded.dtype).unsqueeze(1))
+            parts.append(final_hidden(h)[-self.directions :].transpose(0, 1).reshape(x.size(0), -1))  # (B, D*H)
+        if self.pooling in ("max", "last+max"):
+            parts.append(out.max(dim=1).values)  # (B, D*H)
+        if self.pooling == "mean":
+            parts.append(out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
         loss = F.cross_entropy(logits, targets) if targets is not None else None
         return Output(logits, loss)

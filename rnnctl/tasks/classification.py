@@ -29,10 +29,15 @@ class SequenceBatch:
 
 
 class SequenceSplit:
-    """A split tensorized once: padded ids (N, T_max), lengths (N,), labels (N,). Batching is slicing."""
+    """A split tensorized once: padded ids (N, T_max), lengths (N,), labels (N,). Batching is slicing.
 
-    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor):
-        self.x, self.lengths, self.labels = x, lengths, labels
+    With `bucket`, a shuffled epoch is cut from the examples sorted by length (ties in random order)
+    and the batches are then shuffled: batches hold sequences of equal or similar length, so little
+    padding is computed and most batches skip packing. Evaluation batches always go by length.
+    """
+
+    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, bucket: bool = True):
+        self.x, self.lengths, self.labels, self.bucket = x, lengths, labels, bucket
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,13 +45,21 @@ class SequenceSplit:
     def subset(self, idx: torch.Tensor) -> "SequenceSplit":
         lengths = self.lengths[idx]
         width = int(lengths.max()) if len(idx) else 0
-        return SequenceSplit(self.x[idx, :width], lengths, self.labels[idx])
+        return SequenceSplit(self.x[idx, :width], lengths, self.labels[idx], self.bucket)
+
+    def order(self, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """The index tensor of every batch of one pass, in the order they are served."""
+        n = len(self)
+        if generator is None:
+            return list(torch.sort(self.lengths, stable=True).indices.split(batch_size))
+        perm = torch.randperm(n, generator=generator)
+        if not self.bucket:
+            return list(perm.split(batch_size))
+        chunks = perm[torch.sort(self.lengths[perm], stable=True).indices].split(batch_size)
+        return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
 
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[SequenceBatch]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        for idx in self.order(batch_size, generator):
             lengths = self.lengths[idx]
             yield SequenceBatch(self.x[idx, : int(lengths.max())], lengths, self.labels[idx])
 

@@ -31,6 +31,7 @@ class NamesData(DataConfig):
     test_fraction: float = Field(0.2, gt=0, lt=1)  # carved (stratified) when the data has no test file
     split_seed: int = 0  # the val/test carve, fixed apart from train.seed so runs compare on equal splits
     header: Literal["auto", "yes", "no"] = "auto"  # auto: the first row is a header if it reads like one
+    bucket: bool = True  # batch names of similar length together: less padding, faster epochs
 
 
 class NamesModel(ModelConfig):
@@ -64,8 +65,9 @@ class NamesTask:
             chars = sorted({ch for i in train_idx.tolist() for ch in train_ex[i].name})
             meta = {"alphabet": [PAD, UNK, *chars], "classes": classes}
         stoi = {ch: i for i, ch in enumerate(meta["alphabet"])}
-        full = _tensorize(train_ex, class_id, stoi)
-        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": _tensorize(test_ex, class_id, stoi)}
+        full = _tensorize(train_ex, class_id, stoi, data.bucket)
+        test = _tensorize(test_ex, class_id, stoi, data.bucket)
+        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": test}
         derived = {
             "alphabet_size": len(meta["alphabet"]),
             "num_classes": len(classes),
@@ -168,12 +170,12 @@ def _read_txt(path: Path) -> list[Example]:
     ]
 
 
-def _tensorize(examples: list[Example], class_id: dict[str, int], stoi: dict[str, int]) -> SequenceSplit:
+def _tensorize(examples: list[Example], class_id: dict[str, int], stoi: dict[str, int], bucket: bool) -> SequenceSplit:
     """Encode every example once; batches are slices of these tensors."""
     labels = torch.tensor([class_id[e.label] for e in examples], dtype=torch.int64)
     ids = [[stoi.get(ch, 1) for ch in e.name] for e in examples]
     x, lengths = pad(ids)
-    return SequenceSplit(x, lengths, labels)
+    return SequenceSplit(x, lengths, labels, bucket)
 
 
 def _few(items: list[str], n: int = 6) -> str:
