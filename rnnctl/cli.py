@@ -36,10 +36,10 @@ def user_errors() -> Iterator[None]:
         yield
     except RnnctlError as e:
         for line in str(e).splitlines():
-            err.print(f"error: {line}", markup=False)
+            err.print(f"error: {line}", markup=False, soft_wrap=True)  # one line, however narrow the terminal
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
+        err.print("interrupted", markup=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 

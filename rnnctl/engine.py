@@ -6,12 +6,15 @@ config -> task.prepare (data) -> task.build_model -> epochs of (train, validate,
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
 import platform
 import random
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -137,6 +140,22 @@ def evaluate(model: torch.nn.Module, split: Split, meter: Meter, device: torch.d
     return meter
 
 
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold a SIGINT that arrives inside the block until the block is done, then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "rnnctl": __version__}
 
@@ -243,28 +262,8 @@ class Trainer:
                 train_time = time.perf_counter() - t0
                 self.step += math.ceil(len(self.data.splits["train"]) / cfg.batch_size)
                 val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
-                improved = self._update_best(val[self.task.monitor])
-                row = {
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
-                    **{f"val_{k}": v for k, v in val.items()},
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "grad_norm": train["grad_norm"],
-                    "grad_norm_max": train["grad_norm_max"],
-                    "best_epoch": self.best["epoch"],
-                    "samples_per_s": len(self.data.splits["train"]) / train_time,
-                    "epoch_time": time.perf_counter() - t0,
-                    "elapsed": time.perf_counter() - start,
-                }
-                state = self.checkpoint_state()
-                save_checkpoint(self.dir / "checkpoints" / "last.pt", state)
-                if improved:
-                    save_checkpoint(self.dir / "checkpoints" / "best.pt", state)
-                self.info.update(epochs_done=self.epoch, best=self.best)
-                self.save_info()
-                for lg in self.loggers:
-                    lg.epoch(row)
+                with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
+                    self._end_epoch(train, val, train_time, t0, start)
         except KeyboardInterrupt:
             self.info.update(status="interrupted", finished=_now(), duration=time.perf_counter() - start)
             self.save_info()  # recorded first: a second Ctrl-C during the wrap-up still leaves the truth
@@ -273,8 +272,35 @@ class Trainer:
         except BaseException:
             self.info.update(status="failed", finished=_now(), duration=time.perf_counter() - start)
             self.save_info()
+            for lg in self.loggers:
+                lg.finish({**self.info, "dir": str(self.dir)})
             raise
         return self._finish("completed", start)
+
+    def _end_epoch(self, train: dict[str, float], val: dict[str, float], train_time: float, t0: float, start: float) -> None:
+        """Record one finished epoch everywhere: best, checkpoints, run.json, metrics files, display."""
+        improved = self._update_best(val[self.task.monitor])
+        row = {
+            "epoch": self.epoch,
+            "step": self.step,
+            **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
+            **{f"val_{k}": v for k, v in val.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": train["grad_norm"],
+            "grad_norm_max": train["grad_norm_max"],
+            "best_epoch": self.best["epoch"],
+            "samples_per_s": len(self.data.splits["train"]) / train_time,
+            "epoch_time": time.perf_counter() - t0,
+            "elapsed": time.perf_counter() - start,
+        }
+        state = self.checkpoint_state()
+        save_checkpoint(self.dir / "checkpoints" / "last.pt", state)
+        if improved:
+            save_checkpoint(self.dir / "checkpoints" / "best.pt", state)
+        self.info.update(epochs_done=self.epoch, best=self.best)
+        self.save_info()
+        for lg in self.loggers:
+            lg.epoch(row)
 
     def _update_best(self, value: float) -> bool:
         old = self.best["value"]
@@ -292,7 +318,7 @@ class Trainer:
             ckpt = load_checkpoint(best_path)
             self.model.load_state_dict(ckpt["model"])
             report = evaluate(self.model, self.data.splits["test"], self.task.meter(self.data.meta, detailed=True), self.device, self.cfg.train.batch_size).report()
-            save_eval(self.dir, "test", "best", report)
+            save_eval(self.dir, "test", "best", {"epoch": ckpt["epoch"], **report})
             self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
         plots.write_all(self.dir)
         self.info.update(status=status, finished=_now(), duration=time.perf_counter() - start)
@@ -307,10 +333,12 @@ def train(cfg: Config, command: str, loggers: list[Logger], root: Path | None = 
     return Trainer(cfg, command, loggers, root).run()
 
 
-def save_eval(run_dir: Path, split: str, checkpoint: str, report: dict[str, Any]) -> Path:
+def save_eval(run_dir: Path, split: str, checkpoint: str, report: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """Write `eval/<split>-<checkpoint>.json`; returns the report as written and its path."""
     path = run_dir / "eval" / f"{split}-{checkpoint}.json"
-    write_json(path, {"split": split, "checkpoint": checkpoint, "created": _now(), **report})
-    return path
+    report = {"split": split, "checkpoint": checkpoint, "created": _now(), **report}
+    write_json(path, report)
+    return report, path
 
 
 class LoadedRun:
@@ -339,8 +367,7 @@ class LoadedRun:
             raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
         meter = self.task.meter(self.meta, detailed=True)
         report = evaluate(self.model, data.splits[split], meter, self.device, self.cfg.train.batch_size).report()
-        report["epoch"] = self.ckpt["epoch"]
-        return report, save_eval(self.dir, split, self.checkpoint_name, report)
+        return save_eval(self.dir, split, self.checkpoint_name, {"epoch": self.ckpt["epoch"], **report})
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)

@@ -20,11 +20,11 @@ def summary(console: Console, s: dict[str, Any]) -> None:
     line = f"[bold]{s['status']}[/] in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
     if best.get("epoch") is not None:
         line += f", best epoch {best['epoch']} ({best['metric']} {best['value']:.4f})"
-    console.print(line)
+    console.print(line, soft_wrap=True)
     if s.get("test"):
-        console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]")
+        console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]", soft_wrap=True)
     plots = sorted(p.name for p in (Path(s["dir"]) / "plots").glob("*.png"))
-    console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""))
+    console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
 
 
 def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
@@ -40,7 +40,7 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         for c in report["per_class"]:
             table.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
         console.print(table)
-    console.print(f"saved: {saved}")
+    console.print(f"saved: {saved}", soft_wrap=True)
 
 
 def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
@@ -61,7 +61,8 @@ def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
         console.print("no runs yet (train one with `rnnctl train CONFIG`)")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("id", "task", "status", "epochs", "best val", "test", "duration"):
+    table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole
+    for col in ("task", "status", "epochs", "best val", "test", "duration"):
         table.add_column(col, justify="right" if col in ("epochs", "duration") else "left")
     colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "died": "red"}
     for r in runs:

@@ -42,11 +42,6 @@ class SequenceSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, idx: torch.Tensor) -> "SequenceSplit":
-        lengths = self.lengths[idx]
-        width = int(lengths.max()) if len(idx) else 0
-        return SequenceSplit(self.x[idx, :width], lengths, self.labels[idx], self.bucket)
-
     def order(self, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
         """The index tensor of every batch of one pass, in the order they are served."""
         n = len(self)

@@ -28,6 +28,7 @@ HEADER_WORDS = {"name", "names", "surname", "label", "language", "country", "cla
 
 class NamesData(DataConfig):
     test_path: str | None = None  # explicit test CSV; otherwise found beside `path` or carved from it
+    val_path: str | None = None  # explicit validation CSV; otherwise `val_fraction` of train is carved
     test_fraction: float = Field(0.2, gt=0, lt=1)  # carved (stratified) when the data has no test file
     split_seed: int = 0  # the val/test carve, fixed apart from train.seed so runs compare on equal splits
     header: Literal["auto", "yes", "no"] = "auto"  # auto: the first row is a header if it reads like one
@@ -53,21 +54,22 @@ class NamesTask:
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: NamesData = cfg.data  # type: ignore[assignment]
-        train_ex, test_ex = load_examples(data)
+        train_ex, val_ex, test_ex = load_examples(data)
         classes = meta["classes"] if meta else sorted({e.label for e in train_ex})
         class_id = {c: i for i, c in enumerate(classes)}
-        for e in test_ex:
+        for e in [*(val_ex or []), *test_ex]:
             if e.label not in class_id:
                 raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data ({_few(classes)})")
-        labels = torch.tensor([class_id[e.label] for e in train_ex])
-        train_idx, val_idx = stratified_split(labels, data.val_fraction, data.split_seed)
+        if val_ex is None:  # carve validation from train, stratified and seeded
+            labels = torch.tensor([class_id[e.label] for e in train_ex])
+            keep, held = stratified_split(labels, data.val_fraction, data.split_seed)
+            train_ex, val_ex = [train_ex[i] for i in keep.tolist()], [train_ex[i] for i in held.tolist()]
         if meta is None:
-            chars = sorted({ch for i in train_idx.tolist() for ch in train_ex[i].name})
+            chars = sorted({ch for e in train_ex for ch in e.name})
             meta = {"alphabet": [PAD, UNK, *chars], "classes": classes}
         stoi = {ch: i for i, ch in enumerate(meta["alphabet"])}
-        full = _tensorize(train_ex, class_id, stoi, data.bucket)
-        test = _tensorize(test_ex, class_id, stoi, data.bucket)
-        splits = {"train": full.subset(train_idx), "val": full.subset(val_idx), "test": test}
+        parts = {"train": train_ex, "val": val_ex, "test": test_ex}
+        splits = {k: _tensorize(ex, class_id, stoi, data.bucket) for k, ex in parts.items()}
         derived = {
             "alphabet_size": len(meta["alphabet"]),
             "num_classes": len(classes),
@@ -110,12 +112,11 @@ class NamesTask:
         ]
 
 
-def load_examples(data: NamesData) -> tuple[list[Example], list[Example]]:
-    """(train, test) examples from whichever layout `data.path` has."""
+def load_examples(data: NamesData) -> tuple[list[Example], list[Example] | None, list[Example]]:
+    """(train, val or None, test) examples from whichever layout `data.path` has."""
     root = locate("names", data.path)
-    test_file = Path(data.test_path).expanduser() if data.test_path else None
-    if test_file is not None and not test_file.is_file():
-        raise DataError(f"data.test_path: {test_file} does not exist")
+    test_file = _optional_file("data.test_path", data.test_path)
+    val_file = _optional_file("data.val_path", data.val_path)
     if root.is_dir():
         txts = sorted(root.glob("*.txt"))
         csvs = sorted(p for p in root.iterdir() if ".csv" in p.name)
@@ -133,17 +134,29 @@ def load_examples(data: NamesData) -> tuple[list[Example], list[Example]]:
             )
     else:
         examples = _read_csv(root, data.header)
-    if not examples:
-        raise DataError(f"{root}: no examples (expected lines of name,label)")
+    _nonempty(examples, root)
+    val = _nonempty(_read_csv(val_file, data.header), val_file) if val_file else None
     if test_file is not None:
-        test = _read_csv(test_file, data.header)
-        if not test:
-            raise DataError(f"{test_file}: no examples (expected lines of name,label)")
-        return examples, test
+        return examples, val, _nonempty(_read_csv(test_file, data.header), test_file)
     classes = sorted({e.label for e in examples})
     labels = torch.tensor([classes.index(e.label) for e in examples])
     keep, held = stratified_split(labels, data.test_fraction, data.split_seed)
-    return [examples[i] for i in keep.tolist()], [examples[i] for i in held.tolist()]
+    return [examples[i] for i in keep.tolist()], val, [examples[i] for i in held.tolist()]
+
+
+def _optional_file(key: str, path: str | None) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{key}: {p} does not exist")
+    return p
+
+
+def _nonempty(examples: list[Example], path: Path) -> list[Example]:
+    if not examples:
+        raise DataError(f"{path}: no examples (expected lines of name,label)")
+    return examples
 
 
 def _read_csv(path: Path, header: str) -> list[Example]:

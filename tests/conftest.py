@@ -1,0 +1,196 @@
+"""Shared fixtures: an isolated runs/data environment, a tiny generated names data set, a trained run.
+
+Nothing here reads ../shared or the network: data sets are generated (seeded) into temporary folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+TINY = CONFIGS / "smoke" / "names_tiny.yaml"
+
+torch.set_num_threads(1)  # the machine is shared and small: keep in-process training on one core
+
+# -- environment ---------------------------------------------------------------------------------
+
+
+def _isolate(mp: pytest.MonkeyPatch, where: Path) -> None:
+    runs, data = where / "runs", where / "empty-data"
+    data.mkdir(parents=True, exist_ok=True)
+    mp.setenv("RNNCTL_RUNS", str(runs))
+    mp.setenv("RNNCTL_DATA", str(data))  # an empty folder: nothing local, and never the network
+    for var in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        mp.delenv(var, raising=False)
+    # rich wraps at the console width (80 in a pipe): wide enough that long tmp paths stay on one line.
+    # test_cli.py checks the 80-column behaviour on its own.
+    mp.setenv("COLUMNS", "1000")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test: runs root and data folder under tmp_path, cwd = tmp_path. Returns the runs root."""
+    _isolate(monkeypatch, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs"
+
+
+# -- a tiny generated names data set -------------------------------------------------------------
+
+ROOTS = ["bar", "dim", "kol", "lan", "mer", "pet", "rog", "sal", "tur", "vel", "zan", "gor", "hal", "nor"]
+CV = ["ka", "ta", "mi", "ko", "na", "shi", "ro", "yu", "ha", "se", "to", "su"]
+
+
+def gen_names(n: int, seed: int) -> list[tuple[str, str]]:
+    """n (name, label) rows over 4 classes whose spelling gives the class away."""
+    rnd = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = ["Slavic", "Gaelic", "Nippon", "Iberic"][i % 4]
+        root = rnd.choice(ROOTS) + rnd.choice(["", "a", "i", "e"])
+        if label == "Slavic":
+            name = root.capitalize() + rnd.choice(["ov", "ski", "ova", "enko"])
+        elif label == "Gaelic":
+            name = rnd.choice(["Mc", "O'", "Mac"]) + root.capitalize()
+        elif label == "Nippon":
+            name = "".join(rnd.choice(CV) for _ in range(rnd.randint(2, 3))).capitalize() + rnd.choice(["ko", "ta", "mi"])
+        else:
+            name = root.capitalize() + rnd.choice(["ez", "es", "ado"])
+        rows.append((name, label))
+    rnd.shuffle(rows)
+    return rows
+
+
+def write_names(
+    path: Path,
+    rows: list[tuple[str, ...]],
+    header: bool = True,
+    gz: bool = False,
+    newline: str = "\n",
+) -> Path:
+    """Write rows as CSV (optionally with a `name,label` header, gzipped, CRLF)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator=newline)
+    if header:
+        w.writerow(["name", "label"])
+    w.writerows(rows)
+    data = buf.getvalue().encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+@dataclass
+class NamesFiles:
+    train: Path
+    test: Path
+
+    @property
+    def overrides(self) -> list[str]:
+        return [f"data.path={self.train}", f"data.test_path={self.test}"]
+
+    def set_args(self) -> list[str]:
+        """The same overrides as CLI arguments."""
+        return [a for o in self.overrides for a in ("--set", o)]
+
+
+def make_names_files(folder: Path) -> NamesFiles:
+    return NamesFiles(
+        train=write_names(folder / "names_train.csv", gen_names(240, seed=1)),
+        test=write_names(folder / "names_test.csv", gen_names(60, seed=2)),
+    )
+
+
+@pytest.fixture
+def names_files(tmp_path: Path) -> NamesFiles:
+    """240 training rows and 60 test rows, 4 learnable classes, under tmp_path/data."""
+    return make_names_files(tmp_path / "data")
+
+
+def tiny_config(files: NamesFiles, *more: str):
+    from rnnctl.config import load_config
+
+    return load_config(TINY, [*files.overrides, *more])
+
+
+# -- one trained run, shared read-only by the tests that only inspect it -------------------------
+
+
+@dataclass
+class TrainedRun:
+    dir: Path
+    files: NamesFiles
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """`rnnctl train` on the tiny config through the real CLI, once per session. Do not modify it:
+    copy it with `copy_run` first."""
+    from typer.testing import CliRunner
+
+    from rnnctl.cli import app
+
+    base = tmp_path_factory.mktemp("session-run")
+    files = make_names_files(base / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate(mp, base)
+        mp.chdir(base)
+        args = ["train", str(TINY), *files.set_args()]
+        mp.setattr(sys, "argv", ["rnnctl", *args])  # what run.json records as the command
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    runs = [p for p in (base / "runs").iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return TrainedRun(runs[0], files, result.stdout)
+
+
+@pytest.fixture
+def copy_run(trained_run: TrainedRun, isolated: Path):
+    """A writable copy of the session's trained run inside this test's runs root."""
+    isolated.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(trained_run.dir, isolated / trained_run.dir.name))
+
+
+def run_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+@pytest.fixture
+def cli():
+    """Invoke the real `rnnctl` app in-process; returns click's Result (stdout, stderr separate)."""
+    from typer.testing import CliRunner
+
+    from rnnctl.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback."""
+    assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}"  # not an uncaught exception
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    err = result.stderr
+    assert "Traceback" not in result.output
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]

@@ -1,0 +1,324 @@
+"""The real `rnnctl` CLI: train -> eval -> predict -> runs on generated data, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import random
+import re
+import shlex
+
+import pytest
+import torch
+import yaml
+
+from conftest import TINY, assert_one_line_error, gen_names, run_dirs, write_names
+from rnnctl.runs import create_run_dir, load_checkpoint
+from rnnctl.errors import RunError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["Gaelic", "Iberic", "Nippon", "Slavic"]
+
+
+# -- the run folder of `rnnctl train` ------------------------------------------------------------
+
+
+def test_train_writes_config_with_derived(trained_run):
+    cfg = yaml.safe_load((trained_run.dir / "config.yaml").read_text(encoding="utf-8"))
+    assert cfg["task"] == "names" and cfg["model"]["cell"] == "gru" and cfg["model"]["hidden_size"] == 16
+    assert cfg["data"]["path"] == str(trained_run.files.train)
+    assert cfg["data"]["test_path"] == str(trained_run.files.test)
+    derived = cfg["derived"]
+    assert derived["classes"] == CLASSES
+    assert derived["num_classes"] == 4
+    alphabet = set("".join(n for n, _ in gen_names(240, seed=1)))
+    assert 2 < derived["alphabet_size"] <= len(alphabet) + 2  # + <pad>, <unk>
+    assert derived["examples"] == {"train": 216, "val": 24, "test": 60}
+
+
+def test_train_writes_run_json(trained_run):
+    info = json.loads((trained_run.dir / "run.json").read_text(encoding="utf-8"))
+    assert info["id"] == trained_run.dir.name
+    assert info["status"] == "completed"
+    assert info["task"] == "names"
+    assert info["command"] == shlex.join(["rnnctl", "train", str(TINY), *trained_run.files.set_args()])
+    assert set(info["versions"]) >= {"python", "torch", "rnnctl"}
+    assert info["versions"]["torch"] == torch.__version__
+    assert info["seed"] == 0
+    assert info["epochs"] == 3 and info["epochs_done"] == 3
+    assert info["best"]["metric"] == "val_acc" and info["best"]["epoch"] in (1, 2, 3)
+    assert 0 <= info["test"]["acc"] <= 1 and info["test"]["loss"] > 0
+    assert info["duration"] > 0 and info["finished"] >= info["created"]
+    assert info["parameters"] > 0 and info["device"] == "cpu"
+
+
+def test_train_writes_metrics_one_row_per_epoch(trained_run):
+    rows = [json.loads(line) for line in (trained_run.dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "grad_norm", "best_epoch", "samples_per_s"):
+        assert all(key in r for r in rows), key
+    assert [r["step"] for r in rows] == [7, 14, 21]  # ceil(216 / 32) batches per epoch
+    with (trained_run.dir / "metrics.csv").open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 3
+    assert list(table[0]) == list(rows[0])
+    for r, t in zip(rows, table):
+        assert float(t["train_loss"]) == pytest.approx(r["train_loss"]) and int(t["epoch"]) == r["epoch"]
+    info = json.loads((trained_run.dir / "run.json").read_text())
+    best = max(rows, key=lambda r: r["val_acc"])  # first epoch with the highest val accuracy
+    assert info["best"]["epoch"] == best["epoch"] and info["best"]["value"] == best["val_acc"]
+
+
+def test_train_writes_checkpoints_plots_and_test_eval(trained_run):
+    d = trained_run.dir
+    last, best = load_checkpoint(d / "checkpoints" / "last.pt"), load_checkpoint(d / "checkpoints" / "best.pt")
+    info = json.loads((d / "run.json").read_text())
+    assert last["epoch"] == 3 and best["epoch"] == info["best"]["epoch"]
+    for name in ("loss", "accuracy", "confusion"):
+        png = d / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG and png.stat().st_size > 1000
+    report = json.loads((d / "eval" / "test-best.json").read_text())
+    assert report["split"] == "test" and report["checkpoint"] == "best"
+    assert report["n"] == 60
+    assert report["classes"] == CLASSES
+    assert sum(map(sum, report["confusion"])) == 60
+    assert report["acc"] == pytest.approx(sum(report["confusion"][i][i] for i in range(4)) / 60)
+    assert report["acc"] == info["test"]["acc"]
+    assert not list(d.rglob("*.tmp"))  # atomic writes left nothing behind
+
+
+def test_train_prints_one_plain_line_per_epoch(trained_run):
+    # CliRunner's stdout is not a terminal: plain lines, not the live table
+    lines = trained_run.stdout.splitlines()
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
+    assert all("val_acc" in line and "samples/s" in line for line in epoch_lines)
+    assert lines[0].startswith(f"run {trained_run.dir.name}: task names")
+    assert "\x1b[" not in trained_run.stdout  # no terminal escapes in a pipe
+    assert any(line.startswith("completed in") and "3/3 epochs" in line for line in lines)
+    assert f"run folder: {trained_run.dir}" in trained_run.stdout
+
+
+def test_quiet_prints_no_epoch_lines(cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=2", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert not [line for line in result.stdout.splitlines() if line.startswith("epoch")]
+    assert "completed" in result.stdout and "2/2 epochs" in result.stdout
+    (run,) = run_dirs(isolated)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the disk logger still writes
+
+
+def test_name_option_sets_folder_suffix(cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1", "--name", "my exp", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    assert re.fullmatch(r"\d{8}-\d{6}-my-exp", run.name), run.name
+    assert json.loads((run / "run.json").read_text())["name"] == "my exp"
+
+
+def test_default_name_is_config_stem(cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    assert run.name.endswith("-names_tiny")
+
+
+def test_create_run_dir_never_reuses_a_folder(tmp_path):
+    now = dt.datetime(2024, 5, 6, 7, 8, 9)
+    dirs = [create_run_dir(tmp_path / "runs", "exp", now=now) for _ in range(3)]
+    assert [d.name for d in dirs] == ["20240506-070809-exp", "20240506-070809-exp-2", "20240506-070809-exp-3"]
+    assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
+    assert create_run_dir(tmp_path / "runs", "a b/c", now=now).name == "20240506-070809-a-b-c"
+    assert create_run_dir(tmp_path / "runs", "", now=now).name == "20240506-070809-run"
+
+
+# -- eval, predict, runs -------------------------------------------------------------------------
+
+
+def test_eval_latest_on_val_with_last_checkpoint(cli, copy_run):
+    result = cli("eval", "latest", "--split", "val", "--checkpoint", "last")
+    saved = copy_run / "eval" / "val-last.json"
+    report = json.loads(saved.read_text())
+    assert report["split"] == "val" and report["checkpoint"] == "last" and report["epoch"] == 3
+    assert report["n"] == 24
+    # the last checkpoint on val reproduces the val metrics logged for the last epoch
+    last_row = json.loads((copy_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert report["acc"] == pytest.approx(last_row["val_acc"], abs=1e-9)
+    assert report["loss"] == pytest.approx(last_row["val_loss"], abs=1e-5)
+    assert "Traceback" not in result.output and result.stderr == ""
+    assert result.exit_code == 0, result.output
+    assert f"accuracy {report['acc']:.4f}" in result.stdout
+    assert f"saved: {saved}" in result.stdout
+    for label in CLASSES:
+        assert label in result.stdout  # the per-class table
+
+
+def test_eval_default_is_test_best_and_matches_training(cli, copy_run):
+    before = json.loads((copy_run / "eval" / "test-best.json").read_text())
+    result = cli("eval", copy_run.name)
+    after = json.loads((copy_run / "eval" / "test-best.json").read_text())
+    assert after["acc"] == before["acc"] and after["confusion"] == before["confusion"]
+    assert after["loss"] == pytest.approx(before["loss"], abs=1e-6)
+    assert result.exit_code == 0, result.output
+    assert f"accuracy {after['acc']:.4f}" in result.stdout
+
+
+def test_predict_prints_top3_with_probabilities(cli, trained_run):
+    result = cli("predict", str(trained_run.dir), "Petrovski", "McKolan")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "Petrovski" in rows and "McKolan" in rows
+    for name in ("Petrovski", "McKolan"):
+        cells = re.findall(r"(\w+) (\d+\.\d)%", rows[name])
+        assert len(cells) == 3, rows[name]
+        assert {label for label, _ in cells} <= set(CLASSES) and len({label for label, _ in cells}) == 3
+        probs = [float(p) for _, p in cells]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.1
+    assert "#1" in result.stdout and "#3" in result.stdout and "#4" not in result.stdout
+
+
+def test_predict_top_option_and_unknown_chars(cli, trained_run):
+    result = cli("predict", str(trained_run.dir), "Øtor", "--top", "2")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if "Øtor" in line)
+    assert "Øtor (unknown: Ø)" in line
+    assert len(re.findall(r"\d+\.\d%", line)) == 2
+
+
+def test_runs_lists_the_id(cli, copy_run):
+    result = cli("runs")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if copy_run.name in line)
+    assert "completed" in line and "3/3" in line
+
+
+def test_runs_empty(cli):
+    result = cli("runs")
+    assert result.exit_code == 0 and "no runs yet" in result.stdout
+
+
+def test_runs_marks_a_dead_running_run(cli, copy_run):
+    info = json.loads((copy_run / "run.json").read_text())
+    info.update(status="running", pid=2**22 + 12345)  # above the kernel's PID_MAX_LIMIT: never a live process
+    (copy_run / "run.json").write_text(json.dumps(info))
+    result = cli("runs")
+    line = next(line for line in result.stdout.splitlines() if copy_run.name in line)
+    assert "died" in line
+
+
+def test_runs_shows_full_id_at_80_columns(cli, copy_run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("runs")
+    assert result.exit_code == 0
+    assert copy_run.name in result.stdout, result.stdout
+
+
+def test_long_error_stays_one_line_at_80_columns(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    missing = "no/such/folder/" + "very_long_experiment_name_" * 3 + ".yaml"
+    assert_one_line_error(cli("train", missing), missing, "config file not found")
+
+
+# -- bad input: exit 1, one line `error: ...`, no traceback, no run folder -----------------------
+
+
+def test_unknown_run_id(cli, copy_run, isolated):
+    for args in (["eval", "nope"], ["predict", "nope", "Smith"], ["eval", "--checkpoint", "last", "20990101"]):
+        assert_one_line_error(cli(*args), "unknown run", "rnnctl runs")
+    assert run_dirs(isolated) == [copy_run]
+    assert sorted(p.name for p in (copy_run / "eval").iterdir()) == ["test-best.json"]
+
+
+def test_eval_with_no_runs(cli, isolated):
+    assert_one_line_error(cli("eval"), "no runs in")
+    assert run_dirs(isolated) == []
+
+
+def test_eval_bad_checkpoint_and_split_options(cli, copy_run):
+    assert_one_line_error(cli("eval", copy_run.name, "--checkpoint", "middle"), "--checkpoint 'middle'", "best or last")
+    assert_one_line_error(cli("eval", copy_run.name, "--split", "dev"), "--split 'dev'", "test", "val")
+
+
+def test_eval_folder_that_is_not_a_run(cli, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    assert_one_line_error(cli("eval", tmp_path / "elsewhere"), "not a run folder")
+
+
+def test_eval_truncated_checkpoint(cli, copy_run, isolated):
+    best = copy_run / "checkpoints" / "best.pt"
+    data = best.read_bytes()
+    best.write_bytes(data[: len(data) // 2])
+    line = assert_one_line_error(cli("eval", copy_run.name), str(best), "not a readable checkpoint")
+    assert len(line) < 400
+    assert_one_line_error(cli("predict", copy_run.name, "Smith"), str(best), "not a readable checkpoint")
+    # the last checkpoint is untouched and still works
+    assert cli("predict", copy_run.name, "Smith", "--checkpoint", "last").exit_code == 0
+    assert run_dirs(isolated) == [copy_run]
+
+
+def test_eval_missing_checkpoint(cli, copy_run):
+    (copy_run / "checkpoints" / "best.pt").unlink()
+    assert_one_line_error(cli("eval", copy_run.name), "best.pt", "checkpoint not found")
+
+
+def test_eval_random_bytes_checkpoint(cli, copy_run):
+    best = copy_run / "checkpoints" / "best.pt"
+    best.write_bytes(random.Random(0).randbytes(4096))
+    assert_one_line_error(cli("eval", copy_run.name), str(best), "not a readable checkpoint")
+
+
+def test_eval_torch_file_that_is_not_an_rnnctl_checkpoint(cli, copy_run):
+    best = copy_run / "checkpoints" / "best.pt"
+    torch.save({"weights": torch.zeros(3)}, best)
+    assert_one_line_error(cli("eval", copy_run.name), str(best), "not an rnnctl checkpoint")
+
+
+def test_eval_text_file_as_checkpoint(cli, copy_run):
+    best = copy_run / "checkpoints" / "best.pt"
+    best.write_text("hello world\nthis is not a checkpoint\n", encoding="utf-8")
+    assert_one_line_error(cli("eval", copy_run.name), str(best), "not a readable checkpoint")
+
+
+def test_load_checkpoint_garbage_is_always_a_run_error(tmp_path):
+    path = tmp_path / "garbage.pt"
+    escaped = []
+    for seed in range(40):
+        rnd = random.Random(seed)
+        data = rnd.choice([b"", b"\x80\x02", b"PK\x03\x04", b"hello "]) + rnd.randbytes(rnd.choice([1, 16, 256]))
+        path.write_bytes(data)
+        try:
+            load_checkpoint(path)
+        except RunError:
+            continue
+        except Exception as e:  # noqa: BLE001
+            escaped.append((seed, type(e).__name__))
+    assert escaped == []
+
+
+def test_train_bad_data_row(cli, tmp_path, names_files, isolated):
+    rows = gen_names(40, seed=3)
+    rows[5] = ("Smith", "Gaelic", "oops")
+    bad = write_names(tmp_path / "bad.csv", rows)
+    result = cli("train", TINY, "--set", f"data.path={bad}", "--set", f"data.test_path={names_files.test}")
+    assert_one_line_error(result, str(bad), "row 7", "expected 2 fields")
+    assert run_dirs(isolated) == []
+
+
+def test_train_test_label_unseen(cli, tmp_path, names_files, isolated):
+    test = write_names(tmp_path / "test.csv", [("Petrov", "Slavic"), ("Olsen", "Nordic")])
+    result = cli("train", TINY, "--set", f"data.path={names_files.train}", "--set", f"data.test_path={test}")
+    assert_one_line_error(result, str(test), "row 3", "'Nordic'", "does not occur in the training data")
+    assert run_dirs(isolated) == []
+
+
+def test_train_missing_data_file(cli, isolated):
+    assert_one_line_error(cli("train", TINY, "--set", "data.path=missing.csv"), "data.path", "missing.csv", "does not exist")
+    assert run_dirs(isolated) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_train_cuda_without_cuda(cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.device=cuda")
+    assert_one_line_error(result, "train.device", "cuda")
+    assert run_dirs(isolated) == []

@@ -1,0 +1,142 @@
+"""Ctrl-C during `rnnctl train` (a real process): exit 130, the run recorded as interrupted, files usable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import TINY, run_dirs, tiny_config
+from rnnctl import engine
+from rnnctl.runs import load_checkpoint, read_metrics
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"rnnctl exited early with {proc.returncode}:\n{out}\n{err}")
+        time.sleep(0.05)
+    proc.kill()
+    out, err = proc.communicate()
+    raise AssertionError(f"timed out after {timeout}s:\n{out}\n{err}")
+
+
+def test_ctrl_c_stops_training_cleanly(names_files, isolated):
+    cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(TINY), *names_files.set_args(), "--set", "train.epochs=500"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # RNNCTL_RUNS from the autouse fixture
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        run = wait_for(lambda: next((d for d in run_dirs(isolated) if read_metrics(d)), None), 60, proc)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Traceback" not in out
+    assert err.strip().splitlines()[-1] == "interrupted", err
+
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert 1 <= info["epochs_done"] < 500
+    assert info["finished"] and info["duration"] > 0
+    rows = read_metrics(run)
+    assert rows and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))  # no torn rows
+    # (where exactly Ctrl-C lands is a race; test_ctrl_c_during_bookkeeping pins the window down)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= len(rows)
+    assert 1 <= load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] <= info["best"]["epoch"]
+    assert (run / "plots" / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / "eval" / "test-best.json").is_file()  # the best checkpoint was still tested
+    # stdout was a pipe: plain lines, one per epoch that reached the loggers
+    assert len(rows) - 1 <= len([line for line in out.splitlines() if line.startswith("epoch ")]) <= len(rows)
+    assert not list(run.rglob("*.tmp"))
+
+
+# -- the same, in-process, with Ctrl-C placed at a chosen point ----------------------------------
+
+
+class CtrlCAtEpoch:
+    """A logger that raises KeyboardInterrupt when it sees epoch `n` (after the disk logger wrote it)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, info):
+        pass
+
+    def progress(self, done, total):
+        pass
+
+    def epoch(self, row):
+        if row["epoch"] == self.n:
+            raise KeyboardInterrupt
+
+    def finish(self, summary):
+        self.summary = summary
+
+
+def test_ctrl_c_between_epochs_in_process(names_files, isolated):
+    watcher = CtrlCAtEpoch(2)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[watcher])
+    (run,) = run_dirs(isolated)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["epochs_done"] == 2
+    assert watcher.summary["status"] == "interrupted"  # the loggers were told
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+    assert {p.name for p in (run / "plots").iterdir()} == {"loss.png", "accuracy.png", "confusion.png"}
+
+
+def test_ctrl_c_while_saving_last_checkpoint_keeps_best_consistent(names_files, isolated, monkeypatch):
+    """Ctrl-C while last.pt is written, in an epoch that improved: self.best already names that epoch
+    (engine.py:246 _update_best runs before the checkpoints are saved), so the interrupted run.json
+    records best epoch 2 with its val_acc while best.pt (tested as "the best checkpoint") is epoch 1."""
+    original = engine.save_checkpoint
+
+    def save_checkpoint(path, state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered while last.pt is written
+        original(path, state)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
+    (run,) = run_dirs(isolated)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == info["best"]["epoch"]
+
+
+def test_ctrl_c_during_bookkeeping_keeps_run_json_and_metrics_consistent(names_files, isolated, monkeypatch):
+    """Ctrl-C while run.json is written (fsync is the slow part): epochs_done already counts the epoch, whose
+    metrics row is never written."""
+    original = engine.Trainer.save_info
+    fired = []
+
+    def save_info(self):
+        if self.info["status"] == "running" and self.info["epochs_done"] == 2 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered while run.json is written
+        original(self)
+
+    monkeypatch.setattr(engine.Trainer, "save_info", save_info)
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
+    assert fired
+    (run,) = run_dirs(isolated)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert info["epochs_done"] == len(read_metrics(run)), (info["epochs_done"], read_metrics(run))

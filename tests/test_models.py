@@ -1,0 +1,116 @@
+"""RecurrentClassifier: shapes for every configuration; packing, padding and batching never change logits."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from rnnctl.models import RecurrentClassifier
+from rnnctl.tasks.classification import pad
+
+VOCAB, CLASSES, EMB, HID = 12, 5, 6, 7
+CONFIGS = list(itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max"]))
+IDS = [f"{c}-{'bi' if b else 'uni'}-L{n}-{p}" for c, b, n, p in CONFIGS]
+
+
+def model_for(cell, bidirectional, layers, pooling, seed=0) -> RecurrentClassifier:
+    torch.manual_seed(seed)
+    m = RecurrentClassifier(VOCAB, CLASSES, cell, EMB, HID, layers, bidirectional, dropout=0.0, pooling=pooling)
+    return m.eval()
+
+
+def seqs(*lengths: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(2, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+def logits(model, sequences):
+    x, lengths = pad(sequences)
+    with torch.no_grad():
+        return model(x, lengths).logits
+
+
+@pytest.mark.parametrize("cell,bidirectional,layers,pooling", CONFIGS, ids=IDS)
+def test_shapes_and_loss(cell, bidirectional, layers, pooling):
+    model = model_for(cell, bidirectional, layers, pooling)
+    x, lengths = pad(seqs(3, 5, 5, 1))
+    out = model(x, lengths)
+    assert out.logits.shape == (4, CLASSES)
+    assert out.loss is None
+    assert torch.isfinite(out.logits).all()
+    targets = torch.tensor([0, 1, 2, 4])
+    out = model(x, lengths, targets=targets)
+    assert out.loss.shape == () and out.loss.item() > 0
+    assert out.loss.item() == pytest.approx(torch.nn.functional.cross_entropy(out.logits, targets).item())
+    out.loss.backward()
+    assert model.embedding.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
+    assert model.embedding.weight.grad[0].abs().sum() == 0  # padding id 0 gets no gradient
+    factor = 2 if pooling == "last+max" else 1
+    assert model.head.in_features == HID * (2 if bidirectional else 1) * factor
+    assert model.rnn.num_layers == layers and model.rnn.bidirectional == bidirectional
+
+
+@pytest.mark.parametrize("cell,bidirectional,layers,pooling", CONFIGS, ids=IDS)
+def test_packed_and_unpacked_paths_agree(cell, bidirectional, layers, pooling):
+    """An equal-length batch skips packing; the same rows inside a batch that must pack give the same logits."""
+    model = model_for(cell, bidirectional, layers, pooling)
+    equal = seqs(5, 5, 5, seed=1)
+    unpacked = logits(model, equal)  # lengths all equal: the unpacked path
+    longer = seqs(8, seed=2)
+    shorter = seqs(2, seed=3)
+    with_longer = logits(model, [*equal, *longer])  # padded rows: the packed path
+    with_shorter = logits(model, [*shorter, *equal])  # packed, the rows themselves unpadded
+    torch.testing.assert_close(with_longer[:3], unpacked, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(with_shorter[1:], unpacked, atol=1e-6, rtol=1e-5)
+    # and each row alone (batch of one: unpacked) is the same again
+    for i, s in enumerate(equal):
+        torch.testing.assert_close(logits(model, [s])[0], unpacked[i], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell,bidirectional,layers,pooling", CONFIGS, ids=IDS)
+def test_padding_does_not_change_logits(cell, bidirectional, layers, pooling):
+    model = model_for(cell, bidirectional, layers, pooling)
+    name, long_name = seqs(3, 11, seed=4)
+    alone = logits(model, [name])[0]
+    in_batch = logits(model, [name, long_name])
+    torch.testing.assert_close(in_batch[0], alone, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(in_batch[1], logits(model, [long_name])[0], atol=1e-6, rtol=1e-5)
+    # order in the batch does not matter either (enforce_sorted=False)
+    torch.testing.assert_close(logits(model, [long_name, name])[1], alone, atol=1e-6, rtol=1e-5)
+    # the padding value is 0 and never leaks: different content in a neighbour changes nothing for `name`
+    other = logits(model, [name, seqs(11, seed=5)[0]])
+    torch.testing.assert_close(other[0], alone, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "max", "mean", "last+max"])
+def test_different_inputs_give_different_logits(pooling):
+    """The checks above would pass for a model that ignores its input: make sure it does not."""
+    model = model_for("gru", True, 1, pooling)
+    a, b = logits(model, seqs(4, seed=6)), logits(model, seqs(4, seed=7))
+    assert not torch.allclose(a, b)
+    # and the last token matters (a model that dropped the tail of each sequence would fail this)
+    s = seqs(6, seed=8)[0]
+    t = [*s[:-1], (s[-1] + 1 - 2) % (VOCAB - 2) + 2]
+    assert not torch.allclose(logits(model, [s, s[:2]])[0], logits(model, [t, t[:2]])[0])
+
+
+def test_mean_pooling_divides_by_true_length():
+    model = model_for("rnn", False, 1, "mean")
+    s = seqs(4, seed=9)[0]
+    x, lengths = pad([s])
+    with torch.no_grad():
+        out, _ = model.rnn(model.embedding(x))
+        expected = model.head(out.mean(dim=1))
+    torch.testing.assert_close(logits(model, [s, seqs(9, seed=10)[0]])[0], expected[0], atol=1e-6, rtol=1e-5)
+
+
+def test_dropout_only_between_layers_and_inactive_in_eval():
+    m1 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=1, dropout=0.5)
+    m2 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=2, dropout=0.5)
+    assert m1.rnn.dropout == 0.0 and m2.rnn.dropout == 0.5
+    m2.eval()
+    x, lengths = pad(seqs(3, 6, seed=11))
+    with torch.no_grad():
+        assert torch.equal(m2(x, lengths).logits, m2(x, lengths).logits)
