@@ -116,7 +116,7 @@ def train_epoch(
         torch.maximum(norm_max, norm, out=norm_max)
         if on_batch is not None:
             on_batch(steps, total)
-    return {**meter.compute(), "grad_norm": float(norm_sum) / max(steps, 1), "grad_norm_max": float(norm_max)}
+    return {**meter.compute(), "grad_norm": float(norm_sum) / max(steps, 1), "grad_norm_max": float(norm_max), "steps": steps}
 
 
 def detach(state):
@@ -260,7 +260,7 @@ class Trainer:
                     self.device, cfg.batch_size, self.generator, cfg.grad_clip, progress,
                 )  # fmt: skip
                 train_time = time.perf_counter() - t0
-                self.step += math.ceil(len(self.data.splits["train"]) / cfg.batch_size)
+                self.step += int(train.pop("steps"))
                 val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
                     self._end_epoch(train, val, train_time, t0, start)

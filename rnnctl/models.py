@@ -56,9 +56,11 @@ class RecurrentClassifier(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         pooling: str = "last",
+        label_smoothing: float = 0.0,
         padding_idx: int = 0,
     ):
         super().__init__()
+        self.label_smoothing = label_smoothing
         self.directions = 2 if bidirectional else 1
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
@@ -86,5 +88,6 @@ class RecurrentClassifier(nn.Module):
         if self.pooling == "mean":
             parts.append(out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
-        loss = F.cross_entropy(logits, targets) if targets is not None else None
+        smoothing = self.label_smoothing if self.training else 0.0  # evaluation reports the plain NLL
+        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=smoothing)
         return Output(logits, loss)

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
+from pydantic import Field
 
+from rnnctl.config import ModelConfig
 from rnnctl.models import Output
+
+
+class ClassifierConfig(ModelConfig):
+    """The `model` section of the sequence-classification tasks."""
+
+    pooling: Literal["last", "max", "mean", "last+max"] = "last"  # what the classifier sees: final states, or over time
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy against (1 - s) one-hot + s uniform
 
 
 @dataclass

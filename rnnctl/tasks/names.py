@@ -15,12 +15,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from rnnctl.config import Config, DataConfig, ModelConfig
+from rnnctl.config import Config, DataConfig
 from rnnctl.data import locate, read_csv, read_text, stratified_split
 from rnnctl.errors import DataError
 from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks import Prepared
-from rnnctl.tasks.classification import ClassificationMeter, SequenceSplit, pad, top_k
+from rnnctl.tasks.classification import ClassificationMeter, ClassifierConfig, SequenceSplit, pad, top_k
 
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
 HEADER_WORDS = {"name", "names", "surname", "label", "language", "country", "class", "category", "lang"}
@@ -35,10 +35,6 @@ class NamesData(DataConfig):
     bucket: bool = True  # batch names of similar length together: less padding, faster epochs
 
 
-class NamesModel(ModelConfig):
-    pooling: Literal["last", "max", "mean", "last+max"] = "last"  # features fed to the classifier
-
-
 @dataclass
 class Example:
     name: str
@@ -49,7 +45,7 @@ class Example:
 class NamesTask:
     name = "names"
     data_config = NamesData
-    model_config = NamesModel
+    model_config = ClassifierConfig
     monitor, monitor_mode = "acc", "max"
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
@@ -79,7 +75,7 @@ class NamesTask:
         return Prepared(meta=meta, splits=splits, derived=derived)
 
     def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-        m: NamesModel = cfg.model  # type: ignore[assignment]
+        m: ClassifierConfig = cfg.model  # type: ignore[assignment]
         return RecurrentClassifier(
             vocab_size=len(meta["alphabet"]),
             num_classes=len(meta["classes"]),
@@ -90,6 +86,7 @@ class NamesTask:
             bidirectional=m.bidirectional,
             dropout=m.dropout,
             pooling=m.pooling,
+            label_smoothing=m.label_smoothing,
         )
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> ClassificationMeter:
