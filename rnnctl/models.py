@@ -88,6 +88,5 @@ class RecurrentClassifier(nn.Module):
         if self.pooling == "mean":
             parts.append(out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
-        smoothing = self.label_smoothing if self.training else 0.0  # evaluation reports the plain NLL
-        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=smoothing)
+        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         return Output(logits, loss)

@@ -48,7 +48,7 @@ def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_title(TITLES.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -72,6 +72,6 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}")
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

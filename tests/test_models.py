@@ -114,3 +114,21 @@ def test_dropout_only_between_layers_and_inactive_in_eval():
     x, lengths = pad(seqs(3, 6, seed=11))
     with torch.no_grad():
         assert torch.equal(m2(x, lengths).logits, m2(x, lengths).logits)
+
+
+def test_label_smoothing_trains_on_smoothed_loss_but_meter_reports_plain_nll():
+    from rnnctl.tasks.classification import ClassificationMeter, SequenceBatch
+
+    torch.manual_seed(0)
+    model = RecurrentClassifier(vocab_size=12, num_classes=3, hidden_size=8, embedding_size=4, label_smoothing=0.2)
+    x = torch.randint(1, 12, (5, 6))
+    lengths = torch.tensor([6, 5, 4, 6, 2])
+    targets = torch.tensor([0, 1, 2, 1, 0])
+    out = model(x, lengths, targets)
+    plain = torch.nn.functional.cross_entropy(out.logits, targets)
+    smoothed = torch.nn.functional.cross_entropy(out.logits, targets, label_smoothing=0.2)
+    assert out.loss.item() == pytest.approx(smoothed.item())
+    assert abs(smoothed.item() - plain.item()) > 1e-3
+    meter = ClassificationMeter(["a", "b", "c"])
+    meter.update(SequenceBatch(x, lengths, targets), out)
+    assert meter.compute()["loss"] == pytest.approx(plain.item())

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field
 
 from rnnctl.config import ModelConfig
@@ -78,7 +79,7 @@ def pad(sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ClassificationMeter:
-    """Mean loss and accuracy over a pass; with `detailed`, a confusion matrix and per-class P/R/F1.
+    """Mean NLL and accuracy over a pass; with `detailed`, a confusion matrix and per-class P/R/F1.
 
     Sums stay on the model's device until `compute`, so a step never waits on a `.item()`.
     """
@@ -91,8 +92,10 @@ class ClassificationMeter:
         self.confusion = None  # (C, C): rows true class, columns predicted
 
     def update(self, batch: SequenceBatch, out: Output) -> None:
-        pred = out.logits.detach().argmax(dim=1)
-        self.loss_sum = self.loss_sum + out.loss.detach() * batch.size
+        logits = out.logits.detach()
+        pred = logits.argmax(dim=1)
+        # the plain NLL, whatever the training objective (label smoothing): train and val compare
+        self.loss_sum = self.loss_sum + F.cross_entropy(logits, batch.targets, reduction="sum")
         self.correct = self.correct + (pred == batch.targets).sum()
         self.count += batch.size
         if self.detailed:
