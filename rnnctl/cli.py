@@ -96,6 +96,38 @@ def predict(
 
 
 @app.command()
+def sample(
+    run: Annotated[Optional[str], typer.Argument(help="Run id, path or 'latest'; default: the newest completed language-model run.")] = None,
+    seed: Annotated[str, typer.Option("--seed", help="Text to start from; the model reads it before generating.")] = "\n",
+    length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
+    top_k: Annotated[int, typer.Option(min=0, help="Sample among the k most likely characters only; 0: all.")] = 0,
+    num: Annotated[int, typer.Option(min=1, help="How many samples.")] = 1,
+    rng_seed: Annotated[Optional[int], typer.Option(help="Seed for the sampler: the same seed gives the same text.")] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+) -> None:
+    """Generate text from a character language model, streaming it to the terminal."""
+    import torch
+
+    from rnnctl.engine import LoadedRun, latest_language_model_run
+
+    with user_errors():
+        loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
+        generator = torch.Generator().manual_seed(rng_seed) if rng_seed is not None else None
+        for i in range(num):
+            chars = loaded.sample(seed, length, temperature, top_k, generator)
+            first = next(chars, "")  # errors in the arguments surface before anything is printed
+            if num > 1:
+                sys.stdout.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
+            sys.stdout.write(seed + first)
+            for ch in chars:
+                sys.stdout.write(ch)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+@app.command()
 def runs() -> None:
     """List run folders: id, task, status, epochs, best validation metric, test metric, duration."""
     from rnnctl import views

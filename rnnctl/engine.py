@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -91,6 +91,7 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     grad_clip: float | None,
+    grad_clip_value: float | None = None,
     on_batch=None,
 ) -> dict[str, float]:
     """One pass over the training split; returns the meter's metrics plus gradient-norm statistics."""
@@ -110,6 +111,8 @@ def train_epoch(
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # before clipping
         if grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+        if grad_clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, grad_clip_value)
         optimizer.step()
         meter.update(batch, out)
         norm_sum += norm
@@ -197,8 +200,8 @@ class Trainer:
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
         self.data = self.task.prepare(cfg)  # user data errors surface here, before any run folder exists
-        for name in ("train", "val", "test"):
-            if len(self.data.splits[name]) == 0:
+        for name, split in self.data.splits.items():
+            if len(split) == 0:
                 raise DataError(f"the {name} split is empty: more data, or another data.val_fraction")
         self.model = self.task.build_model(cfg, self.data.meta).to(self.device)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
@@ -257,7 +260,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 train = train_epoch(
                     self.model, self.data.splits["train"], self.task.meter(self.data.meta), self.optimizer,
-                    self.device, cfg.batch_size, self.generator, cfg.grad_clip, progress,
+                    self.device, cfg.batch_size, self.generator, cfg.grad_clip, cfg.grad_clip_value, progress,
                 )  # fmt: skip
                 train_time = time.perf_counter() - t0
                 self.step += int(train.pop("steps"))
@@ -314,7 +317,7 @@ class Trainer:
         from rnnctl import plots
 
         best_path = self.dir / "checkpoints" / "best.pt"
-        if best_path.exists():
+        if best_path.exists() and "test" in self.data.splits:
             ckpt = load_checkpoint(best_path)
             self.model.load_state_dict(ckpt["model"])
             report = evaluate(self.model, self.data.splits["test"], self.task.meter(self.data.meta, detailed=True), self.device, self.cfg.train.batch_size).report()
@@ -371,4 +374,22 @@ class LoadedRun:
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)
+
+    def sample(self, seed: str, length: int, temperature: float, top_k: int, generator: torch.Generator | None) -> Iterator[str]:
+        sample = getattr(self.task, "sample", None)
+        if sample is None:
+            raise RunError(f"{self.dir.name} is a {self.cfg.task} run, not a language model: nothing to sample")
+        return sample(self.model, self.meta, seed, length, temperature, top_k, generator)
+
+
+def latest_language_model_run() -> str:
+    """The id of the newest completed run whose task can sample text."""
+    from rnnctl.runs import all_runs, read_run
+    from rnnctl.tasks import TASKS
+
+    for path in reversed(all_runs()):
+        info = read_run(path)
+        if info.get("status") == "completed" and hasattr(TASKS.get(info.get("task")), "sample"):
+            return str(path)
+    raise RunError(f"no completed language-model run in {runs_root()}/ (train one: rnnctl train configs/charlm_shakespeare.yaml)")
 

@@ -6,7 +6,7 @@ H = hidden size, D = directions (1 or 2), L = layers, C = classes.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -90,3 +90,65 @@ class RecurrentClassifier(nn.Module):
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         return Output(logits, loss)
+
+
+class CharLM(nn.Module):
+    """Character language model: ids -> embedding (or one-hot) -> stacked RNN -> next-character logits.
+
+    The hidden state is an input and an output, so training can carry it across truncated-BPTT chunks
+    and `generate` can warm it up on a seed string and then sample one character at a time.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "lstm",
+        embedding_size: int = 64,
+        hidden_size: int = 256,
+        layers: int = 1,
+        dropout: float = 0.0,
+        one_hot: bool = False,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embedding = None if one_hot else nn.Embedding(vocab_size, embedding_size)  # one-hot: seed 002's input
+        self.rnn = make_rnn(cell, vocab_size if one_hot else embedding_size, hidden_size, layers, False, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
+        # x: (B, T) character ids; state: h (L, B, H), or (h, c) for an LSTM, or None for zeros
+        if self.embedding is None:
+            inp = F.one_hot(x, self.vocab_size).float()  # (B, T, V)
+        else:
+            inp = self.drop(self.embedding(x))  # (B, T, E)
+        out, state = self.rnn(inp, state)  # out: (B, T, H)
+        logits = self.head(self.drop(out))  # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1))
+        return Output(logits, loss, state)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        seed: list[int],
+        length: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[int]:
+        """Yield `length` sampled ids, one at a time, after warming the state up on the seed ids."""
+        was_training = self.training
+        self.eval()
+        device = self.head.weight.device
+        out = self(torch.tensor([seed], device=device))  # (1, S, V): the whole seed in one pass
+        try:
+            for _ in range(length):
+                logits = out.logits[0, -1].float().cpu() / temperature  # (V,)
+                if 0 < top_k < logits.numel():
+                    kth = torch.topk(logits, top_k).values[-1]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                idx = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
+                yield idx
+                out = self(torch.tensor([[idx]], device=device), state=out.state)
+        finally:
+            self.train(was_training)

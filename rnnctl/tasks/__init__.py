@@ -69,9 +69,10 @@ class Task(Protocol):
 
 
 def _registry() -> dict[str, Task]:
+    from rnnctl.tasks.charlm import CharLMTask
     from rnnctl.tasks.names import NamesTask
 
-    return {t.name: t for t in (NamesTask(),)}
+    return {t.name: t for t in (NamesTask(), CharLMTask())}
 
 
 TASKS: dict[str, Task] = _registry()

@@ -1,0 +1,163 @@
+"""charlm: a character language model trained with truncated BPTT (seed 002), sampled from a seed string.
+
+Data: any UTF-8 text file (`data.path`); tiny Shakespeare ships with the package. The vocabulary is
+every character of the file; the last `val_fraction` of the text is validation, never trained on.
+Training cuts the text into `train.batch_size` contiguous streams read side by side in chunks of
+`data.bptt` characters; the engine carries the hidden state from chunk to chunk and detaches it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from rnnctl.config import Config, DataConfig, ModelConfig
+from rnnctl.data import locate, read_text
+from rnnctl.errors import ConfigError, DataError, RunError
+from rnnctl.models import CharLM, Output
+from rnnctl.tasks import Prepared
+
+
+class CharLMData(DataConfig):
+    bptt: int = Field(100, ge=1)  # characters per truncated-BPTT chunk
+
+
+class CharLMModel(ModelConfig):
+    one_hot: bool = False  # one-hot characters as input (seed 002) instead of a learned embedding
+
+
+@dataclass
+class TextBatch:
+    x: torch.Tensor  # (B, T) character ids
+    targets: torch.Tensor  # (B, T) the next character of each
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"x": self.x}
+
+    @property
+    def size(self) -> int:
+        return self.targets.numel()  # characters, so samples/s reads as characters/s
+
+    def to(self, device: torch.device) -> "TextBatch":
+        return TextBatch(self.x.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
+
+
+class StreamSplit:
+    """A text as B parallel streams served chunk by chunk, in order, so a hidden state can carry over.
+
+    A shuffled pass (a generator given) starts at a random offset below `bptt`, so chunk boundaries
+    move from epoch to epoch; evaluation always starts at 0.
+    """
+
+    def __init__(self, ids: torch.Tensor, bptt: int):
+        self.ids, self.bptt = ids, bptt
+
+    def __len__(self) -> int:
+        return max(len(self.ids) - 1, 0)  # characters predicted in one pass (before trimming to B streams)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TextBatch]:
+        offset = int(torch.randint(self.bptt, (1,), generator=generator)) if generator is not None else 0
+        ids = self.ids[offset:]
+        streams = min(batch_size, max(len(ids) - 1, 1))
+        n = (len(ids) - 1) // streams  # characters per stream
+        x = ids[: streams * n].view(streams, n)  # (B, n): stream b is one contiguous piece of the text
+        y = ids[1 : streams * n + 1].view(streams, n)
+        for t in range(0, n, self.bptt):
+            yield TextBatch(x[:, t : t + self.bptt], y[:, t : t + self.bptt])
+
+
+class LMMeter:
+    """Mean negative log-likelihood per character, in nats; also bits per character and perplexity."""
+
+    def __init__(self) -> None:
+        self.nll = 0
+        self.count = 0
+
+    def update(self, batch: TextBatch, out: Output) -> None:
+        logits = out.logits.detach()
+        self.nll = self.nll + F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum")
+        self.count += batch.size
+
+    def compute(self) -> dict[str, float]:
+        loss = float(self.nll) / max(self.count, 1)
+        return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(min(loss, 50.0))}
+
+    def report(self) -> dict[str, Any]:
+        return {**self.compute(), "n": self.count}
+
+
+class CharLMTask:
+    name = "charlm"
+    data_config = CharLMData
+    model_config = CharLMModel
+    monitor, monitor_mode = "loss", "min"
+
+    def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
+        data: CharLMData = cfg.data  # type: ignore[assignment]
+        if cfg.model.bidirectional:
+            raise ConfigError("model.bidirectional: a language model reads left to right; set it to false")
+        path = locate("tinyshakespeare", data.path)
+        if path.is_dir():
+            path = path / "input.txt"
+        text = read_text(path)
+        if len(text) < 2:
+            raise DataError(f"{path}: no text to learn from (expected a UTF-8 text file)")
+        vocab = meta["vocab"] if meta else sorted(set(text))
+        stoi = {ch: i for i, ch in enumerate(vocab)}
+        unknown = sorted({ch for ch in text if ch not in stoi})
+        if unknown:  # only when re-evaluating a run on a changed file
+            raise DataError(f"{path}: characters not in the run's vocabulary: {''.join(unknown)!r}")
+        ids = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
+        n_val = max(int(len(ids) * data.val_fraction), 2)
+        if len(ids) - n_val < 2:
+            raise DataError(f"{path}: {len(ids)} characters are too few to hold out {data.val_fraction:.0%} for validation")
+        splits = {"train": StreamSplit(ids[:-n_val], data.bptt), "val": StreamSplit(ids[-n_val:], data.bptt)}
+        derived = {"vocab_size": len(vocab), "characters": {"train": len(ids) - n_val, "val": n_val}}
+        return Prepared(meta={"vocab": vocab}, splits=splits, derived=derived)
+
+    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+        m: CharLMModel = cfg.model  # type: ignore[assignment]
+        return CharLM(
+            vocab_size=len(meta["vocab"]),
+            cell=m.cell,
+            embedding_size=m.embedding_size,
+            hidden_size=m.hidden_size,
+            layers=m.layers,
+            dropout=m.dropout,
+            one_hot=m.one_hot,
+        )
+
+    def meter(self, meta: dict[str, Any], detailed: bool = False) -> LMMeter:
+        return LMMeter()
+
+    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int) -> list[dict[str, Any]]:
+        raise RunError("a charlm run generates text: use `rnnctl sample RUN --seed TEXT`")
+
+    def sample(
+        self,
+        model: CharLM,
+        meta: dict[str, Any],
+        seed: str,
+        length: int,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[str]:
+        """The seed's characters must all be in the run's vocabulary; yields generated characters."""
+        if not seed:
+            raise RunError("--seed: give at least one character to start from")
+        if temperature <= 0:
+            raise RunError(f"--temperature {temperature}: must be > 0")
+        stoi = {ch: i for i, ch in enumerate(meta["vocab"])}
+        missing = sorted({ch for ch in seed if ch not in stoi})
+        if missing:
+            raise RunError(f"--seed: characters not in the run's vocabulary: {' '.join(repr(c) for c in missing)}")
+        vocab = meta["vocab"]
+        for idx in model.generate([stoi[ch] for ch in seed], length, temperature, top_k, generator):
+            yield vocab[idx]
