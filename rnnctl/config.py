@@ -154,7 +154,8 @@ def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
         return f"missing key '{key}'"
     got = err.get("input")
     shown = "" if isinstance(got, dict) else f", got {got!r}"
-    return f"{key}: {err['msg']}{shown}"
+    msg = err["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+    return f"{key}: {msg}{shown}"
 
 
 def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:

@@ -265,6 +265,9 @@ class Trainer:
                 train_time = time.perf_counter() - t0
                 self.step += int(train.pop("steps"))
                 val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
+                preview = getattr(self.task, "preview", None)  # e.g. a text sample, the predicted string
+                if preview is not None:
+                    val["preview"] = preview(self.model, self.data.meta, self.cfg, self.epoch)
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
                     self._end_epoch(train, val, train_time, t0, start)
         except KeyboardInterrupt:
@@ -287,7 +290,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
-            **{f"val_{k}": v for k, v in val.items()},
+            **{f"val_{k}": v for k, v in val.items() if k != "preview"},
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": train["grad_norm"],
             "grad_norm_max": train["grad_norm_max"],
@@ -295,6 +298,7 @@ class Trainer:
             "samples_per_s": len(self.data.splits["train"]) / train_time,
             "epoch_time": time.perf_counter() - t0,
             "elapsed": time.perf_counter() - start,
+            **({"preview": val["preview"]} if "preview" in val else {}),
         }
         state = self.checkpoint_state()
         save_checkpoint(self.dir / "checkpoints" / "last.pt", state)

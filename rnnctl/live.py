@@ -88,6 +88,8 @@ class PlainLines:
             f"best {row['best_epoch']}" + (" *" if row["best_epoch"] == row["epoch"] else ""),
         ]
         print("  ".join(parts), file=self.stream, flush=True)
+        if "preview" in row:
+            print(f"  preview: {row['preview']!r}", file=self.stream, flush=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         pass
@@ -155,6 +157,8 @@ class LiveTable:
                 style="bold green" if is_best else None,
             )
         parts: list[Any] = [table]
+        if self.rows and "preview" in self.rows[-1]:
+            parts.append(Text(f"preview (epoch {self.rows[-1]['epoch']}): ", style="bold") + Text(self.rows[-1]["preview"]))
         if self.total:
             width = 30
             filled = int(width * self.done / self.total)

@@ -25,8 +25,17 @@ class Output(NamedTuple):
 RNN_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
-def make_rnn(cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float) -> nn.RNNBase:
-    """The fused multi-layer module for a cell name, batch-first."""
+CELLS: dict[str, type[nn.RNNCellBase]] = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
+
+
+def make_rnn(
+    cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float, stepwise: bool = False
+) -> nn.Module:
+    """The multi-layer recurrent module for a cell name, batch-first: fused, or stepped by hand."""
+    if stepwise:
+        if bidirectional:
+            raise ValueError("a stepwise RNN runs forward only")  # configs reject this first, with the key's name
+        return StepwiseRNN(cell, input_size, hidden_size, layers, dropout)
     return RNN_MODULES[cell](
         input_size,
         hidden_size,
@@ -35,6 +44,53 @@ def make_rnn(cell: str, input_size: int, hidden_size: int, layers: int, bidirect
         dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
         batch_first=True,
     )
+
+
+class StepwiseRNN(nn.Module):
+    """The fused nn.RNN/LSTM/GRU spelled out: one nn.*Cell per layer, called once per time step.
+
+    Slower than the fused module and meant for reading and teaching (seed 000 steps an nn.RNNCell by
+    hand). Same inputs, outputs and state layout as the fused module with batch_first=True, and the
+    same numbers given the same weights (`load_fused`).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.lstm = cell == "lstm"
+        self.hidden_size = hidden_size
+        self.cells = nn.ModuleList(CELLS[cell](input_size if i == 0 else hidden_size, hidden_size) for i in range(layers))
+        self.drop = nn.Dropout(dropout if layers > 1 else 0.0)  # between layers, as the fused module does
+
+    def forward(self, x: torch.Tensor, state=None):
+        # x: (B, T, I); state: h (L, B, H), or (h, c) for an LSTM, or None for zeros
+        B, T, _ = x.shape
+        L = len(self.cells)
+        if state is None:
+            zeros = x.new_zeros(L, B, self.hidden_size)
+            state = (zeros, zeros) if self.lstm else zeros
+        h = list(state[0].unbind(0) if self.lstm else state.unbind(0))  # L tensors (B, H)
+        c = list(state[1].unbind(0)) if self.lstm else None
+        inp = x
+        for i, cell in enumerate(self.cells):
+            outputs = []
+            for t in range(T):  # the recurrence, one step at a time: h_t = cell(x_t, h_{t-1})
+                if self.lstm:
+                    h[i], c[i] = cell(inp[:, t], (h[i], c[i]))
+                else:
+                    h[i] = cell(inp[:, t], h[i])
+                outputs.append(h[i])
+            inp = torch.stack(outputs, dim=1)  # (B, T, H): this layer's outputs feed the next layer
+            if i < L - 1:
+                inp = self.drop(inp)
+        h_n = torch.stack(h)  # (L, B, H)
+        return inp, ((h_n, torch.stack(c)) if self.lstm else h_n)
+
+    @torch.no_grad()
+    def load_fused(self, fused: nn.RNNBase) -> None:
+        """Copy a unidirectional fused module's weights: `weight_ih_l{k}` -> `cells[k].weight_ih`, etc."""
+        for k, cell in enumerate(self.cells):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, name).copy_(getattr(fused, f"{name}_l{k}"))
 
 
 def final_hidden(h: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -108,11 +164,13 @@ class CharLM(nn.Module):
         layers: int = 1,
         dropout: float = 0.0,
         one_hot: bool = False,
+        stepwise: bool = False,
     ):
         super().__init__()
         self.vocab_size = vocab_size
         self.embedding = None if one_hot else nn.Embedding(vocab_size, embedding_size)  # one-hot: seed 002's input
-        self.rnn = make_rnn(cell, vocab_size if one_hot else embedding_size, hidden_size, layers, False, dropout)
+        input_size = vocab_size if one_hot else embedding_size
+        self.rnn = make_rnn(cell, input_size, hidden_size, layers, False, dropout, stepwise)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden_size, vocab_size)
 
@@ -152,3 +210,31 @@ class CharLM(nn.Module):
                 out = self(torch.tensor([[idx]], device=device), state=out.state)
         finally:
             self.train(was_training)
+
+
+class SequenceTagger(nn.Module):
+    """One output per input step (seed 000): one-hot ids -> RNN -> logits, optionally through a linear layer.
+
+    Without the output layer the hidden state itself is read as the logits, as seed 000 does.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        cell: str = "rnn",
+        hidden_size: int = 4,
+        layers: int = 1,
+        dropout: float = 0.0,
+        stepwise: bool = True,
+        output_layer: bool = False,
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.rnn = make_rnn(cell, vocab_size, hidden_size, layers, False, dropout, stepwise)
+        self.head = nn.Linear(hidden_size, vocab_size) if output_layer else nn.Identity()
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
+        out, _ = self.rnn(F.one_hot(x, self.vocab_size).float())  # (B, T, H), from one-hot (B, T, V)
+        logits = self.head(out)  # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return Output(logits, loss)

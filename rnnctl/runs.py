@@ -122,9 +122,10 @@ class MetricsFiles:
         with self.jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         rows = read_metrics(self.jsonl.parent)
-        columns = list(dict.fromkeys(k for r in rows for k in r))
+        # the CSV is the numeric table; text (a sample, a predicted string) stays in the JSONL
+        columns = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, str)))
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write(self.csv, out.getvalue())

@@ -70,9 +70,10 @@ class Task(Protocol):
 
 def _registry() -> dict[str, Task]:
     from rnnctl.tasks.charlm import CharLMTask
+    from rnnctl.tasks.hello import HelloTask
     from rnnctl.tasks.names import NamesTask
 
-    return {t.name: t for t in (NamesTask(), CharLMTask())}
+    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask())}
 
 
 TASKS: dict[str, Task] = _registry()

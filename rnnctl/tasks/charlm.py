@@ -14,11 +14,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_text
-from rnnctl.errors import ConfigError, DataError, RunError
+from rnnctl.errors import DataError, RunError
 from rnnctl.models import CharLM, Output
 from rnnctl.tasks import Prepared
 
@@ -29,6 +29,13 @@ class CharLMData(DataConfig):
 
 class CharLMModel(ModelConfig):
     one_hot: bool = False  # one-hot characters as input (seed 002) instead of a learned embedding
+    stepwise: bool = False  # step an nn.*Cell by hand instead of the fused module (slow; for teaching)
+
+    @model_validator(mode="after")
+    def _forward_only(self) -> "CharLMModel":
+        if self.bidirectional:
+            raise ValueError("bidirectional: a language model reads left to right (set model.bidirectional: false)")
+        return self
 
 
 @dataclass
@@ -100,8 +107,6 @@ class CharLMTask:
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: CharLMData = cfg.data  # type: ignore[assignment]
-        if cfg.model.bidirectional:
-            raise ConfigError("model.bidirectional: a language model reads left to right; set it to false")
         path = locate("tinyshakespeare", data.path)
         if path.is_dir():
             path = path / "input.txt"
@@ -131,10 +136,17 @@ class CharLMTask:
             layers=m.layers,
             dropout=m.dropout,
             one_hot=m.one_hot,
+            stepwise=m.stepwise,
         )
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> LMMeter:
         return LMMeter()
+
+    def preview(self, model: CharLM, meta: dict[str, Any], cfg: Config, epoch: int) -> str:
+        """A short sample after each evaluation, from a newline, seeded by (train.seed, epoch)."""
+        generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+        seed = "\n" if "\n" in meta["vocab"] else meta["vocab"][0]
+        return "".join(self.sample(model, meta, seed, 120, 0.8, 0, generator))
 
     def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int) -> list[dict[str, Any]]:
         raise RunError("a charlm run generates text: use `rnnctl sample RUN --seed TEXT`")

@@ -1,0 +1,139 @@
+"""hello: learn to map one string to another of the same length, character by character (seed 000).
+
+Seed 000 teaches "hello" -> "ohlol" with a one-hot nn.RNNCell stepped by hand whose hidden state is
+read directly as the logits. Here the pair comes from the config, so it teaches on any pair; each
+epoch is one optimizer step on the pair, and the predicted string is shown every epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from rnnctl.config import Config, ModelConfig, Section
+from rnnctl.errors import ConfigError, RunError
+from rnnctl.models import SequenceTagger
+from rnnctl.tasks import Prepared
+from rnnctl.tasks.charlm import LMMeter
+
+
+class HelloData(Section):
+    source: str = "hello"
+    target: str = "ohlol"
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "HelloData":
+        if not self.source or len(self.source) != len(self.target):
+            raise ValueError(
+                f"source and target must be non-empty strings of equal length "
+                f"(got {len(self.source)} and {len(self.target)} characters)"
+            )
+        return self
+
+
+class HelloModel(ModelConfig):
+    cell: Literal["rnn", "lstm", "gru"] = "rnn"
+    hidden_size: int = Field(4, ge=1)
+    stepwise: bool = True  # step an nn.*Cell by hand over the sequence (seed 000) instead of the fused module
+    output_layer: bool = False  # false: the hidden state is the logits (seed 000); needs hidden_size = vocabulary
+
+    @model_validator(mode="after")
+    def _forward_only(self) -> "HelloModel":
+        if self.stepwise and self.bidirectional:
+            raise ValueError("bidirectional: a stepwise RNN runs forward only (set model.bidirectional: false)")
+        return self
+
+
+@dataclass
+class PairBatch:
+    x: torch.Tensor  # (1, T) source ids
+    targets: torch.Tensor  # (1, T) target ids
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return {"x": self.x}
+
+    @property
+    def size(self) -> int:
+        return self.targets.numel()
+
+    def to(self, device: torch.device) -> "PairBatch":
+        return PairBatch(self.x.to(device), self.targets.to(device))
+
+
+class PairSplit:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.y.numel()
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[PairBatch]:
+        yield PairBatch(self.x, self.y)
+
+
+class HelloMeter(LMMeter):
+    """Per-character loss, plus the share of characters predicted right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.correct = 0
+
+    def update(self, batch: PairBatch, out) -> None:
+        super().update(batch, out)
+        self.correct = self.correct + (out.logits.detach().argmax(-1) == batch.targets).sum()
+
+    def compute(self) -> dict[str, float]:
+        return {"loss": super().compute()["loss"], "acc": float(self.correct) / max(self.count, 1)}
+
+
+class HelloTask:
+    name = "hello"
+    data_config = HelloData
+    model_config = HelloModel
+    monitor, monitor_mode = "loss", "min"
+
+    def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
+        data: HelloData = cfg.data  # type: ignore[assignment]
+        vocab = meta["vocab"] if meta else sorted(set(data.source + data.target))
+        stoi = {ch: i for i, ch in enumerate(vocab)}
+        x = torch.tensor([[stoi[ch] for ch in data.source]])
+        y = torch.tensor([[stoi[ch] for ch in data.target]])
+        split = PairSplit(x, y)
+        return Prepared(meta={"vocab": vocab}, splits={"train": split, "val": split}, derived={"vocab": vocab})
+
+    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+        m: HelloModel = cfg.model  # type: ignore[assignment]
+        if not m.output_layer and m.hidden_size != len(meta["vocab"]):
+            raise ConfigError(
+                f"model.hidden_size: {m.hidden_size}, but with model.output_layer false the hidden state is the "
+                f"logits, so it must equal the vocabulary size {len(meta['vocab'])} ({''.join(meta['vocab'])!r})"
+            )
+        return SequenceTagger(
+            vocab_size=len(meta["vocab"]),
+            cell=m.cell,
+            hidden_size=m.hidden_size,
+            layers=m.layers,
+            dropout=m.dropout,
+            stepwise=m.stepwise,
+            output_layer=m.output_layer,
+        )
+
+    def meter(self, meta: dict[str, Any], detailed: bool = False) -> HelloMeter:
+        return HelloMeter()
+
+    @torch.no_grad()
+    def preview(self, model: torch.nn.Module, meta: dict[str, Any], cfg: Config, epoch: int) -> str:
+        """The string the model predicts for the source, shown every epoch."""
+        vocab = meta["vocab"]
+        stoi = {ch: i for i, ch in enumerate(vocab)}
+        device = next(model.parameters()).device
+        x = torch.tensor([[stoi[ch] for ch in cfg.data.source]], device=device)
+        model.eval()
+        return "".join(vocab[i] for i in model(x).logits.argmax(-1)[0].tolist())
+
+    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int) -> list[dict[str, Any]]:
+        raise RunError("a hello run has nothing to predict beyond its pair: see its metrics.jsonl (preview)")
