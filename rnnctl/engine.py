@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
 import os
 import platform
 import random
@@ -97,7 +96,7 @@ def train_epoch(
     """One pass over the training split; returns the meter's metrics plus gradient-norm statistics."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    total = math.ceil(len(split) / batch_size)
+    total = split.num_batches(batch_size)
     norm_sum = torch.zeros((), device=device)
     norm_max = torch.zeros((), device=device)
     state = None

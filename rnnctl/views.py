@@ -32,7 +32,9 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         f"[bold]{run_dir.name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
         f"{report['n']:,} examples"
     )
-    console.print(f"accuracy [bold]{report['acc']:.4f}[/]  loss {report['loss']:.4f}  macro F1 {report.get('macro_f1', 0):.4f}")
+    names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
+    scalars = [(k, v) for k, v in report.items() if isinstance(v, float)]
+    console.print("  ".join(f"{names.get(k, k)} [bold]{v:.4f}[/]" for k, v in scalars), soft_wrap=True)
     if "per_class" in report:
         table = Table(box=None, header_style="bold")
         for col in ("class", "precision", "recall", "F1", "support"):

@@ -32,6 +32,9 @@ class Split(Protocol):
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Batches in random order when a generator is given, in stored order otherwise."""
 
+    def num_batches(self, batch_size: int) -> int:
+        """How many batches one pass serves (for progress display)."""
+
 
 class Meter(Protocol):
     """Accumulates one pass over a split; `compute` gives scalars, `report` the details."""

@@ -68,11 +68,21 @@ class StreamSplit:
     def __len__(self) -> int:
         return max(len(self.ids) - 1, 0)  # characters predicted in one pass (before trimming to B streams)
 
+    def _layout(self, batch_size: int, offset: int) -> tuple[int, int]:
+        """(streams, characters per stream) for a pass starting at `offset`."""
+        chars = max(len(self.ids) - offset - 1, 0)
+        streams = max(min(batch_size, chars), 1)
+        return streams, chars // streams
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-self._layout(batch_size, 0)[1] // self.bptt)
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TextBatch]:
-        offset = int(torch.randint(self.bptt, (1,), generator=generator)) if generator is not None else 0
+        offset = 0
+        if generator is not None:  # below bptt, and never more than half the text (a tiny file still trains)
+            offset = int(torch.randint(max(min(self.bptt, (len(self.ids) - 1) // 2), 1), (1,), generator=generator))
         ids = self.ids[offset:]
-        streams = min(batch_size, max(len(ids) - 1, 1))
-        n = (len(ids) - 1) // streams  # characters per stream
+        streams, n = self._layout(batch_size, offset)
         x = ids[: streams * n].view(streams, n)  # (B, n): stream b is one contiguous piece of the text
         y = ids[1 : streams * n + 1].view(streams, n)
         for t in range(0, n, self.bptt):
@@ -87,8 +97,11 @@ class LMMeter:
         self.count = 0
 
     def update(self, batch: TextBatch, out: Output) -> None:
-        logits = out.logits.detach()
-        self.nll = self.nll + F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum")
+        if out.loss is not None:  # the models' loss is the mean NLL already: reuse it, no second softmax
+            self.nll = self.nll + out.loss.detach() * batch.size
+        else:
+            logits = out.logits.detach()
+            self.nll = self.nll + F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum")
         self.count += batch.size
 
     def compute(self) -> dict[str, float]:

@@ -63,6 +63,9 @@ class SequenceSplit:
         chunks = perm[torch.sort(self.lengths[perm], stable=True).indices].split(batch_size)
         return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
 
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[SequenceBatch]:
         for idx in self.order(batch_size, generator):
             lengths = self.lengths[idx]

@@ -71,6 +71,9 @@ class PairSplit:
     def __len__(self) -> int:
         return self.y.numel()
 
+    def num_batches(self, batch_size: int) -> int:
+        return 1
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[PairBatch]:
         yield PairBatch(self.x, self.y)
 
