@@ -93,14 +93,14 @@ def train_epoch(
     grad_clip_value: float | None = None,
     on_batch=None,
 ) -> dict[str, float]:
-    """One pass over the training split; returns the meter's metrics plus gradient-norm statistics."""
+    """One pass over the training split: the meter's metrics, gradient-norm statistics, steps and samples."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total = split.num_batches(batch_size)
     norm_sum = torch.zeros((), device=device)
     norm_max = torch.zeros((), device=device)
     state = None
-    steps = 0
+    steps = samples = 0
     for steps, batch in enumerate(split.batches(batch_size, generator), 1):
         batch = batch.to(device)
         out = model(**batch.inputs, targets=batch.targets, state=state)
@@ -114,11 +114,18 @@ def train_epoch(
             torch.nn.utils.clip_grad_value_(params, grad_clip_value)
         optimizer.step()
         meter.update(batch, out)
+        samples += batch.size
         norm_sum += norm
         torch.maximum(norm_max, norm, out=norm_max)
         if on_batch is not None:
             on_batch(steps, total)
-    return {**meter.compute(), "grad_norm": float(norm_sum) / max(steps, 1), "grad_norm_max": float(norm_max), "steps": steps}
+    return {
+        **meter.compute(),
+        "grad_norm": float(norm_sum) / max(steps, 1),
+        "grad_norm_max": float(norm_max),
+        "steps": steps,
+        "samples": samples,
+    }
 
 
 def detach(state):
@@ -261,14 +268,13 @@ class Trainer:
                     self.model, self.data.splits["train"], self.task.meter(self.data.meta), self.optimizer,
                     self.device, cfg.batch_size, self.generator, cfg.grad_clip, cfg.grad_clip_value, progress,
                 )  # fmt: skip
-                train_time = time.perf_counter() - t0
-                self.step += int(train.pop("steps"))
+                speed = train.pop("samples") / (time.perf_counter() - t0)
+                self.step += train.pop("steps")
                 val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
                 preview = getattr(self.task, "preview", None)  # e.g. a text sample, the predicted string
-                if preview is not None:
-                    val["preview"] = preview(self.model, self.data.meta, self.cfg, self.epoch)
+                text = preview(self.model, self.data.meta, self.cfg, self.epoch) if preview is not None else None
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
-                    self._end_epoch(train, val, train_time, t0, start)
+                    self._end_epoch(train, val, text, speed, t0, start)
         except KeyboardInterrupt:
             self.info.update(status="interrupted", finished=_now(), duration=time.perf_counter() - start)
             self.save_info()  # recorded first: a second Ctrl-C during the wrap-up still leaves the truth
@@ -282,22 +288,24 @@ class Trainer:
             raise
         return self._finish("completed", start)
 
-    def _end_epoch(self, train: dict[str, float], val: dict[str, float], train_time: float, t0: float, start: float) -> None:
+    def _end_epoch(
+        self, train: dict[str, float], val: dict[str, float], preview: str | None, speed: float, t0: float, start: float
+    ) -> None:
         """Record one finished epoch everywhere: best, checkpoints, run.json, metrics files, display."""
         improved = self._update_best(val[self.task.monitor])
         row = {
             "epoch": self.epoch,
             "step": self.step,
             **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
-            **{f"val_{k}": v for k, v in val.items() if k != "preview"},
+            **{f"val_{k}": v for k, v in val.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": train["grad_norm"],
             "grad_norm_max": train["grad_norm_max"],
             "best_epoch": self.best["epoch"],
-            "samples_per_s": len(self.data.splits["train"]) / train_time,
+            "samples_per_s": speed,  # training examples (names, characters) per second of the training pass
             "epoch_time": time.perf_counter() - t0,
             "elapsed": time.perf_counter() - start,
-            **({"preview": val["preview"]} if "preview" in val else {}),
+            **({"preview": preview} if preview is not None else {}),
         }
         state = self.checkpoint_state()
         save_checkpoint(self.dir / "checkpoints" / "last.pt", state)
