@@ -7,7 +7,7 @@ per character and layer 2 * 4H * (input + H) for the gates, plus 2 * H * V for t
 backward = 2 x forward, so a training step is 3 x forward (elementwise gate math not counted).
 The matmul reference is torch.mm on float32 square matrices (best of several runs, same threads).
 
-Usage: python benchmarks/lstm_flops.py [--steps 12] [--matmul 2048]
+Usage: python benchmarks/lstm_flops.py [--steps 12] [--matmul 2048] [--cell lstm|gru|rnn]
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def matmul_gflops(n: int, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def lstm_step_gflops(steps: int, B: int = 64, T: int = 100, E: int = 64, H: int = 512, V: int = 65) -> tuple[float, float]:
+def lstm_step_gflops(steps: int, cell: str = "lstm", B: int = 64, T: int = 100, E: int = 64, H: int = 512, V: int = 65) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = CharLM(V, cell="lstm", embedding_size=E, hidden_size=H, layers=2, dropout=0.2)
+    model = CharLM(V, cell=cell, embedding_size=E, hidden_size=H, layers=2, dropout=0.2)
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     split = StreamSplit(torch.randint(0, V, (B * T * (steps + 2) + 1,)), T)
-    forward_per_char = 2 * 4 * H * (E + H) + 2 * 4 * H * (H + H) + 2 * H * V
+    forward_per_char = 2 * gates * H * (E + H) + 2 * gates * H * (H + H) + 2 * H * V
     train_epoch(model, StreamSplit(split.ids[: B * T * 2 + 1], T), LMMeter(), opt, torch.device("cpu"), B, None, 5.0)  # warm-up
     t0 = time.perf_counter()
     train_epoch(model, split, LMMeter(), opt, torch.device("cpu"), B, None, 5.0)
@@ -51,16 +52,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--matmul", type=int, default=2048)
+    ap.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn"])
     args = ap.parse_args()
     mm = matmul_gflops(args.matmul)
-    lstm, cps = lstm_step_gflops(args.steps)
+    lstm, cps = lstm_step_gflops(args.steps, args.cell)
     mm2 = matmul_gflops(args.matmul)  # again after, in case the clock moved
     ref = max(mm, mm2)
     print(f"threads {torch.get_num_threads()}, torch {torch.__version__}")
     print("| measurement | GFLOP/s |")
     print("|---|---:|")
     print(f"| float32 matmul {args.matmul}x{args.matmul} (best of before/after) | {ref:.1f} |")
-    print(f"| rnnctl 2-layer LSTM-512 training step ({cps:,.0f} chars/s) | {lstm:.1f} |")
+    print(f"| rnnctl 2-layer {args.cell.upper()}-512 training step ({cps:,.0f} chars/s) | {lstm:.1f} |")
     print(f"| ratio | {lstm / ref:.2f} |")
 
 
