@@ -68,7 +68,7 @@ def train(
 def eval_(
     run: RunRef = "latest",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    split: Annotated[str, typer.Option(help="test or val.")] = "test",
+    split: Annotated[Optional[str], typer.Option(help="test or val; default: test, or val for a task without a test split.")] = None,
 ) -> None:
     """Re-evaluate a saved run on a split and save the result in its folder."""
     from rnnctl import views
@@ -107,24 +107,12 @@ def sample(
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Generate text from a character language model, streaming it to the terminal."""
-    import torch
-
+    from rnnctl import views
     from rnnctl.engine import LoadedRun, latest_language_model_run
 
     with user_errors():
         loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
-        generator = torch.Generator().manual_seed(rng_seed) if rng_seed is not None else None
-        for i in range(num):
-            chars = loaded.sample(seed, length, temperature, top_k, generator)
-            first = next(chars, "")  # errors in the arguments surface before anything is printed
-            if num > 1:
-                sys.stdout.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
-            sys.stdout.write(seed + first)
-            for ch in chars:
-                sys.stdout.write(ch)
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        views.stream_samples(sys.stdout, seed, loaded.samples(seed, length, temperature, top_k, num, rng_seed), num)
 
 
 @app.command()

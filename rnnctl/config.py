@@ -39,7 +39,7 @@ class ModelConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1e3)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
 
@@ -49,7 +49,7 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 

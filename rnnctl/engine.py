@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import platform
 import random
@@ -173,6 +174,9 @@ def git_commit() -> str | None:
     """The commit of rnnctl's own source, when it runs from a git checkout (an editable install)."""
     src = Path(__file__).resolve().parent.parent
     try:
+        top = subprocess.run(["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5).stdout.strip()
+        if not top or Path(top).resolve() != src:
+            return None  # an installed copy inside someone else's repository: that commit is not rnnctl's
         out = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
@@ -223,6 +227,7 @@ class Trainer:
             "status": "running",
             "command": command,
             "created": _now(),
+            "created_ns": time.time_ns(),  # orders runs started within the same second
             "seed": cfg.train.seed,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
@@ -275,6 +280,7 @@ class Trainer:
                 text = preview(self.model, self.data.meta, self.cfg, self.epoch) if preview is not None else None
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
                     self._end_epoch(train, val, text, speed, t0, start)
+            return self._finish("completed", start)  # inside the try: a failure while testing is recorded too
         except KeyboardInterrupt:
             self.info.update(status="interrupted", finished=_now(), duration=time.perf_counter() - start)
             self.save_info()  # recorded first: a second Ctrl-C during the wrap-up still leaves the truth
@@ -283,10 +289,10 @@ class Trainer:
         except BaseException:
             self.info.update(status="failed", finished=_now(), duration=time.perf_counter() - start)
             self.save_info()
-            for lg in self.loggers:
-                lg.finish({**self.info, "dir": str(self.dir)})
             raise
-        return self._finish("completed", start)
+        finally:
+            for lg in self.loggers:  # idempotent: stops a live display however the run ended
+                lg.finish({**self.info, "dir": str(self.dir)})
 
     def _end_epoch(
         self, train: dict[str, float], val: dict[str, float], preview: str | None, speed: float, t0: float, start: float
@@ -307,16 +313,16 @@ class Trainer:
             "elapsed": time.perf_counter() - start,
             **({"preview": preview} if preview is not None else {}),
         }
-        state = self.checkpoint_state()
-        save_checkpoint(self.dir / "checkpoints" / "last.pt", state)
-        if improved:
-            save_checkpoint(self.dir / "checkpoints" / "best.pt", state)
+        ckpt = self.dir / "checkpoints"
+        save_checkpoint([ckpt / "last.pt", *([ckpt / "best.pt"] if improved else [])], self.checkpoint_state())
         self.info.update(epochs_done=self.epoch, best=self.best)
         self.save_info()
         for lg in self.loggers:
             lg.epoch(row)
 
     def _update_best(self, value: float) -> bool:
+        if not math.isfinite(value):  # a diverged epoch is never the best one
+            return False
         old = self.best["value"]
         better = old is None or (value > old if self.task.monitor_mode == "max" else value < old)
         if better:
@@ -337,10 +343,7 @@ class Trainer:
         plots.write_all(self.dir)
         self.info.update(status=status, finished=_now(), duration=time.perf_counter() - start)
         self.save_info()
-        summary = {**self.info, "dir": str(self.dir)}
-        for lg in self.loggers:
-            lg.finish(summary)
-        return summary
+        return {**self.info, "dir": str(self.dir)}
 
 
 def train(cfg: Config, command: str, loggers: list[Logger], root: Path | None = None) -> dict[str, Any]:
@@ -375,8 +378,9 @@ class LoadedRun:
         self.model.load_state_dict(self.ckpt["model"])
         self.model.eval()
 
-    def evaluate(self, split: str) -> tuple[dict[str, Any], Path]:
+    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Path]:
         data = self.task.prepare(self.cfg, meta=self.meta)
+        split = split or ("test" if "test" in data.splits else "val")  # a language model has no test split
         if split not in data.splits:
             raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
         meter = self.task.meter(self.meta, detailed=True)
@@ -386,11 +390,14 @@ class LoadedRun:
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)
 
-    def sample(self, seed: str, length: int, temperature: float, top_k: int, generator: torch.Generator | None) -> Iterator[str]:
+    def samples(self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None) -> Iterator[Iterator[str]]:
+        """`num` character streams; one generator serves them all, so `rng_seed` fixes the whole output."""
         sample = getattr(self.task, "sample", None)
         if sample is None:
             raise RunError(f"{self.dir.name} is a {self.cfg.task} run, not a language model: nothing to sample")
-        return sample(self.model, self.meta, seed, length, temperature, top_k, generator)
+        generator = torch.Generator().manual_seed(rng_seed) if rng_seed is not None else None
+        for _ in range(num):
+            yield sample(self.model, self.meta, seed, length, temperature, top_k, generator)
 
 
 def latest_language_model_run() -> str:
@@ -402,5 +409,5 @@ def latest_language_model_run() -> str:
         info = read_run(path)
         if info.get("status") == "completed" and hasattr(TASKS.get(info.get("task")), "sample"):
             return str(path)
-    raise RunError(f"no completed language-model run in {runs_root()}/ (train one: rnnctl train configs/charlm_shakespeare.yaml)")
+    raise RunError(f"no completed language-model run in {runs_root()}/ (train one first)")
 

@@ -38,14 +38,17 @@ def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Pat
     """A new, empty run folder; never reuses one (two runs in the same second get -2, -3, ...)."""
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        path = root / f"{stamp}-{safe}{'' if n == 1 else f'-{n}'}"
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 1000):
+            path = root / f"{stamp}-{safe}{'' if n == 1 else f'-{n}'}"
+            try:
+                path.mkdir()
+                return path
+            except FileExistsError:
+                continue
+    except OSError as e:
+        raise RunError(f"runs folder {root} (${RUNS_ENV} or ./runs): cannot create a run folder: {e.strerror or e}") from None
     raise RunError(f"{root}: could not create a run folder for {stamp}-{safe}")
 
 
@@ -80,10 +83,12 @@ def read_json(path: Path) -> dict[str, Any]:
 # -- checkpoints ---------------------------------------------------------------------------------
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(paths: Path | list[Path], state: dict[str, Any]) -> None:
+    """Serialize once, write atomically to each path (last.pt and, on a new best, best.pt)."""
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
-    atomic_write(path, buf.getvalue())
+    for path in [paths] if isinstance(paths, Path) else paths:
+        atomic_write(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -149,11 +154,16 @@ def is_run(path: Path) -> bool:
 
 
 def all_runs(root: Path | None = None) -> list[Path]:
-    """Run folders under the root, oldest first (folder names start with their creation time)."""
+    """Run folders under the root, oldest first: by the second in the folder name, then by the exact start."""
     root = root or runs_root()
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=lambda p: p.name)
+
+    def started(p: Path) -> tuple[str, int, str]:
+        info = read_run(p)
+        return p.name[:15], int(info.get("created_ns") or 0), p.name
+
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=started)
 
 
 def resolve_run(ref: str, root: Path | None = None) -> Path:
@@ -181,7 +191,14 @@ def resolve_run(ref: str, root: Path | None = None) -> Path:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    info = read_json(run_dir / "run.json")
+    """run.json, with a status of `died` for a run whose process is gone and `unreadable` for a broken file."""
+    try:
+        info = read_json(run_dir / "run.json")
+    except RunError:
+        info = None
+    if not isinstance(info, dict):
+        return {"id": run_dir.name, "status": "unreadable"}
+    info.setdefault("id", run_dir.name)
     if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
         info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
     return info

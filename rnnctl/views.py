@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -45,6 +45,20 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     console.print(f"saved: {saved}", soft_wrap=True)
 
 
+def stream_samples(stream: TextIO, seed: str, samples: Iterator[Iterator[str]], num: int) -> None:
+    """Each sample as it is generated: the seed, then one character at a time."""
+    for i, chars in enumerate(samples):
+        first = next(chars, "")  # a bad argument raises here, before anything is printed
+        if num > 1:
+            stream.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
+        stream.write(seed + first)
+        for ch in chars:
+            stream.write(ch)
+            stream.flush()
+        stream.write("\n")
+        stream.flush()
+
+
 def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
     table.add_column("input")
@@ -66,11 +80,11 @@ def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole
     for col in ("task", "status", "epochs", "best val", "test", "duration"):
         table.add_column(col, justify="right" if col in ("epochs", "duration") else "left")
-    colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "died": "red"}
+    colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "died": "red", "unreadable": "red"}
     for r in runs:
-        best = r.get("best") or {}
+        best = r.get("best") if isinstance(r.get("best"), dict) else {}
         best_s = f"{best['metric']} {best['value']:.4f} (ep {best['epoch']})" if best.get("epoch") is not None else "-"
-        test = r.get("test") or {}
+        test = r.get("test") if isinstance(r.get("test"), dict) else {}
         test_s = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc", "loss"))
         status = r.get("status", "?")
         table.add_row(

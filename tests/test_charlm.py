@@ -508,3 +508,11 @@ def test_generate_restores_training_mode():
     model.eval()
     list(model.generate([1], 2))
     assert not model.training
+
+
+def test_eval_without_split_uses_val_for_a_language_model(cli, char_run, isolated):
+    run = copy_char_run(char_run, isolated)
+    result = cli("eval", run.name)
+    assert result.exit_code == 0, result.output
+    assert (run / "eval" / "val-best.json").exists()
+    assert "bits/char" in result.stdout

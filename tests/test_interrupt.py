@@ -106,10 +106,10 @@ def test_ctrl_c_while_saving_last_checkpoint_keeps_best_consistent(names_files, 
     records best epoch 2 with its val_acc while best.pt (tested as "the best checkpoint") is epoch 1."""
     original = engine.save_checkpoint
 
-    def save_checkpoint(path, state):
-        if path.name == "last.pt" and state["epoch"] == 2:
+    def save_checkpoint(paths, state):
+        if any(p.name == "last.pt" for p in paths) and state["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered while last.pt is written
-        original(path, state)
+        original(paths, state)
 
     monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
     with pytest.raises(KeyboardInterrupt):

@@ -42,8 +42,8 @@ class HelloModel(ModelConfig):
 
     @model_validator(mode="after")
     def _forward_only(self) -> "HelloModel":
-        if self.stepwise and self.bidirectional:
-            raise ValueError("bidirectional: a stepwise RNN runs forward only (set model.bidirectional: false)")
+        if self.bidirectional:
+            raise ValueError("bidirectional: the hello tagger runs forward only, one output per step (set model.bidirectional: false)")
         return self
 
 

@@ -1,0 +1,72 @@
+"""What happens around the training loop: failures while wrapping up, bad environments, broken run files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import CONFIGS, TINY, assert_one_line_error, run_dirs, tiny_config
+from rnnctl import engine, plots
+from rnnctl.runs import all_runs, create_run_dir
+
+
+@pytest.mark.parametrize("raised, status", [(RuntimeError("disk full"), "failed"), (KeyboardInterrupt(), "interrupted")])
+def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monkeypatch, raised, status):
+    finished = []
+
+    class Watcher:
+        def start(self, info): pass
+        def progress(self, done, total): pass
+        def epoch(self, row): pass
+        def finish(self, summary): finished.append(summary["status"])
+
+    def boom(run_dir):
+        raise raised
+
+    monkeypatch.setattr(plots, "write_all", boom)
+    with pytest.raises(type(raised)):
+        engine.train(tiny_config(names_files), command="test", loggers=[Watcher()])
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == status
+    assert finished and finished[-1] == status  # the display was told, so a live table stops
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.seed=-1", "train.seed"), ("train.seed=10000000000000", "train.seed"), ("optim.lr=1e300", "optim.lr"),
+])  # fmt: skip
+def test_out_of_range_seed_and_lr(cli, override, key):
+    assert_one_line_error(cli("config", "show", TINY, "--set", override), key)
+
+
+def test_hello_refuses_bidirectional_even_with_the_fused_module(cli, isolated):
+    result = cli("train", CONFIGS / "hello_rnncell.yaml", "--set", "model.stepwise=false", "--set", "model.bidirectional=true")
+    assert_one_line_error(result, "bidirectional", "forward only")
+    assert run_dirs(isolated) == []
+
+
+def test_runs_folder_that_is_a_file_is_a_one_line_error(cli, names_files, tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("RNNCTL_RUNS", str(blocker))
+    assert_one_line_error(cli("train", TINY, *names_files.set_args()), str(blocker), "cannot create a run folder")
+
+
+def test_runs_lists_a_broken_run_json_as_unreadable(cli, copy_run, isolated):
+    broken = isolated / "20200101-000000-broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("[1, 2, 3]")
+    result = cli("runs")
+    assert result.exit_code == 0, result.output
+    assert "unreadable" in result.stdout and copy_run.name in result.stdout
+
+
+def test_latest_orders_runs_started_in_the_same_second_by_their_start(isolated):
+    import datetime as dt
+
+    now = dt.datetime(2024, 1, 2, 3, 4, 5)
+    first = create_run_dir(isolated, "zebra", now=now)  # sorts last by name, but started first
+    second = create_run_dir(isolated, "aardvark", now=now)
+    for i, d in enumerate((first, second)):
+        (d / "run.json").write_text(json.dumps({"id": d.name, "status": "completed", "created_ns": 1000 + i}))
+    assert all_runs(isolated) == [first, second]
