@@ -49,6 +49,7 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
+    eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
     seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 

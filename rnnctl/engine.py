@@ -217,7 +217,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         self.epoch = self.step = 0
-        self.best: dict[str, Any] = {"epoch": None, "value": None, "metric": f"val_{self.task.monitor}"}
+        self.best: dict[str, Any] = {"epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}"}
         self.dir = create_run_dir(root or runs_root(), cfg.name or cfg.task)
         self.loggers: list[Logger] = [MetricsFiles(self.dir), *loggers]
         self.info: dict[str, Any] = {
@@ -264,20 +264,26 @@ class Trainer:
         start = time.perf_counter()
         for lg in self.loggers:
             lg.start({**self.info, "dir": str(self.dir), "monitor": self.best["metric"]})
-        progress = lambda done, total: [lg.progress(done, total) for lg in self.loggers]  # noqa: E731
         try:
             while self.epoch < cfg.epochs:
                 self.epoch += 1
                 t0 = time.perf_counter()
+                meter = self.task.meter(self.data.meta)
+
+                def on_batch(done: int, total: int, meter: Meter = meter) -> None:
+                    for lg in self.loggers:
+                        lg.progress(done, total)
+                    if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                        self._evaluation_point(meter, done, total, start)  # a row inside a long epoch
+                        self.model.train()
+
                 train = train_epoch(
-                    self.model, self.data.splits["train"], self.task.meter(self.data.meta), self.optimizer,
-                    self.device, cfg.batch_size, self.generator, cfg.grad_clip, cfg.grad_clip_value, progress,
+                    self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
+                    self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
                 )  # fmt: skip
                 speed = train.pop("samples") / (time.perf_counter() - t0)
                 self.step += train.pop("steps")
-                val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, cfg.batch_size).compute()
-                preview = getattr(self.task, "preview", None)  # e.g. a text sample, the predicted string
-                text = preview(self.model, self.data.meta, self.cfg, self.epoch) if preview is not None else None
+                val, text = self._validate(self.step)
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
                     self._end_epoch(train, val, text, speed, t0, start)
             return self._finish("completed", start)  # inside the try: a failure while testing is recorded too
@@ -294,11 +300,45 @@ class Trainer:
             for lg in self.loggers:  # idempotent: stops a live display however the run ended
                 lg.finish({**self.info, "dir": str(self.dir)})
 
+    def _validate(self, step: int) -> tuple[dict[str, float], str | None]:
+        """Validation metrics, and the task's preview (a text sample, a predicted string) if it has one."""
+        val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size)
+        preview = getattr(self.task, "preview", None)
+        return val.compute(), (preview(self.model, self.data.meta, self.cfg, step) if preview is not None else None)
+
+    def _evaluation_point(self, meter: Meter, done: int, total: int, start: float) -> None:
+        """`train.eval_every`: validate inside an epoch and log a partial row (train metrics so far).
+
+        A better model here becomes best.pt; last.pt stays at epoch boundaries, where training resumes.
+        """
+        step = self.step + done
+        val, text = self._validate(step)
+        with deferred_interrupt():
+            improved = self._update_best(val[self.task.monitor], step)
+            row = {
+                "epoch": self.epoch,
+                "step": step,
+                "epoch_fraction": self.epoch - 1 + done / total,
+                "partial": True,
+                **{f"train_{k}": v for k, v in meter.compute().items()},
+                **{f"val_{k}": v for k, v in val.items()},
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "best_epoch": self.best["epoch"],
+                "elapsed": time.perf_counter() - start,
+                **({"preview": text} if text is not None else {}),
+            }
+            if improved:
+                save_checkpoint(self.dir / "checkpoints" / "best.pt", {**self.checkpoint_state(), "step": step})
+                self.info.update(best=self.best)
+                self.save_info()
+            for lg in self.loggers:
+                lg.epoch(row)
+
     def _end_epoch(
         self, train: dict[str, float], val: dict[str, float], preview: str | None, speed: float, t0: float, start: float
     ) -> None:
         """Record one finished epoch everywhere: best, checkpoints, run.json, metrics files, display."""
-        improved = self._update_best(val[self.task.monitor])
+        improved = self._update_best(val[self.task.monitor], self.step)
         row = {
             "epoch": self.epoch,
             "step": self.step,
@@ -320,13 +360,13 @@ class Trainer:
         for lg in self.loggers:
             lg.epoch(row)
 
-    def _update_best(self, value: float) -> bool:
+    def _update_best(self, value: float, step: int) -> bool:
         if not math.isfinite(value):  # a diverged epoch is never the best one
             return False
         old = self.best["value"]
         better = old is None or (value > old if self.task.monitor_mode == "max" else value < old)
         if better:
-            self.best.update(epoch=self.epoch, value=value)
+            self.best.update(epoch=self.epoch, step=step, value=value)
         return better
 
     def _finish(self, status: str, start: float) -> dict[str, Any]:

@@ -35,6 +35,11 @@ def fmt_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def epoch_label(row: dict[str, Any]) -> str:
+    """`3` at the end of epoch 3; `2.50` halfway through it (a `train.eval_every` row)."""
+    return f"{row['epoch_fraction']:.2f}" if row.get("partial") else str(row["epoch"])
+
+
 def metric_columns(row: dict[str, Any]) -> list[str]:
     """train_* then val_* metrics, in the row's order."""
     return [k for k in row if k.startswith("train_")] + [k for k in row if k.startswith("val_")]
@@ -53,7 +58,7 @@ class _Clock:
         self.t0 = time.perf_counter()
 
     def eta(self, row: dict[str, Any]) -> float | None:
-        done = row["epoch"] - self.first_epoch
+        done = row.get("epoch_fraction", row["epoch"]) - self.first_epoch
         return (time.perf_counter() - self.t0) / done * (self.epochs - row["epoch"]) if done > 0 else None
 
 
@@ -77,16 +82,17 @@ class PlainLines:
         pass
 
     def epoch(self, row: dict[str, Any]) -> None:
-        parts = [f"epoch {row['epoch']}/{self.clock.epochs}"]
+        parts = [f"epoch {epoch_label(row)}/{self.clock.epochs}"]
         parts += [f"{k} {fmt_value(k, row[k])}" for k in metric_columns(row)]
-        parts += [
-            f"lr {fmt_value('lr', row['lr'])}",
-            f"grad_norm {row['grad_norm']:.3f}",
-            f"{row['samples_per_s']:,.0f} samples/s",
-            f"elapsed {fmt_duration(row['elapsed'])}",
-            f"eta {fmt_duration(self.clock.eta(row))}",
-            f"best {row['best_epoch']}" + (" *" if row["best_epoch"] == row["epoch"] else ""),
-        ]
+        parts += [f"lr {fmt_value('lr', row['lr'])}"]
+        if not row.get("partial"):
+            parts += [
+                f"grad_norm {row['grad_norm']:.3f}",
+                f"{row['samples_per_s']:,.0f} samples/s",
+                f"elapsed {fmt_duration(row['elapsed'])}",
+                f"eta {fmt_duration(self.clock.eta(row))}",
+            ]
+        parts += [f"best {row['best_epoch']}" + (" *" if row["best_epoch"] == row["epoch"] else "")]
         print("  ".join(parts), file=self.stream, flush=True)
         if "preview" in row:
             print(f"  preview: {row['preview']!r}", file=self.stream, flush=True)
@@ -122,7 +128,8 @@ class LiveTable:
     def epoch(self, row: dict[str, Any]) -> None:
         row = {**row, "eta": self.clock.eta(row)}
         self.rows.append(row)
-        self.done = 0
+        if not row.get("partial"):
+            self.done = 0
         if self.live is not None:
             self.live.refresh()
 
@@ -144,13 +151,13 @@ class LiveTable:
         best = self.rows[-1]["best_epoch"] if self.rows else None
         height = max(self.console.height - 8, 5)
         for row in self.rows[-height:]:
-            is_best = row["epoch"] == best
+            is_best = row["epoch"] == best and not row.get("partial")
             table.add_row(
-                f"{row['epoch']}/{self.clock.epochs}",
-                *[fmt_value(k, row[k]) for k in metrics],
+                f"{epoch_label(row)}/{self.clock.epochs}",
+                *[fmt_value(k, row.get(k)) for k in metrics],
                 fmt_value("lr", row["lr"]),
-                f"{row['grad_norm']:.3f}",
-                fmt_value("samples_per_s", row["samples_per_s"]),
+                fmt_value("grad_norm", row.get("grad_norm")),
+                fmt_value("samples_per_s", row.get("samples_per_s")),
                 fmt_duration(row["elapsed"]),
                 fmt_duration(row["eta"]),
                 f"{row['best_epoch']}",
@@ -162,6 +169,6 @@ class LiveTable:
         if self.total:
             width = 30
             filled = int(width * self.done / self.total)
-            epoch = len(self.rows) + self.clock.first_epoch + 1
+            epoch = sum(not r.get("partial") for r in self.rows) + self.clock.first_epoch + 1
             parts.append(Text(f"epoch {epoch}: [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} batches", style="dim"))
         return Group(*parts)

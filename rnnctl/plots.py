@@ -34,7 +34,7 @@ def write_all(run_dir: Path) -> list[Path]:
 
 
 def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    epochs = [r["epoch"] for r in rows]
+    epochs = [r.get("epoch_fraction", r["epoch"]) for r in rows]  # rows inside an epoch sit between epochs
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     for split, style in (("train", "-"), ("val", "-")):
         key = f"{split}_{metric}"

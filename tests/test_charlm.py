@@ -516,3 +516,32 @@ def test_eval_without_split_uses_val_for_a_language_model(cli, char_run, isolate
     assert result.exit_code == 0, result.output
     assert (run / "eval" / "val-best.json").exists()
     assert "bits/char" in result.stdout
+
+
+def test_eval_every_adds_rows_inside_epochs_without_changing_training(cli, char_run, isolated):
+    """train.eval_every: partial rows between epoch rows; the epoch rows' numbers are those of a run without it."""
+    from rnnctl.engine import TIMING_KEYS
+    from rnnctl.runs import load_checkpoint
+
+    result = cli("train", CHARLM_TINY, "--set", f"data.path={char_run.text_path}", "--set", "train.eval_every=10")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    partial = [r for r in rows if r.get("partial")]
+    full = [r for r in rows if not r.get("partial")]
+    assert [r["epoch"] for r in full] == [1, 2]
+    assert partial and all(r["epoch"] - 1 < r["epoch_fraction"] < r["epoch"] for r in partial)
+    assert [r["step"] for r in rows] == sorted(r["step"] for r in rows)  # in training order
+    epoch_start = {1: 0, 2: full[0]["step"]}
+    assert all((r["step"] - epoch_start[r["epoch"]]) % 10 == 0 for r in partial)  # every 10 steps of each epoch
+    assert result.stdout.count("epoch 0.") + result.stdout.count("epoch 1.") == len(partial)  # shown as they come
+    reference = [json.loads(line) for line in (char_run.dir / "metrics.jsonl").read_text().splitlines()]
+    skip = {*TIMING_KEYS, "best_epoch", "preview"}
+    assert [{k: v for k, v in r.items() if k not in skip} for r in full] == [
+        {k: v for k, v in r.items() if k not in skip} for r in reference
+    ]
+    info = json.loads((run / "run.json").read_text())
+    best_values = [r["val_loss"] for r in rows]
+    assert info["best"]["value"] == min(best_values)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["step"] == info["best"]["step"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == full[-1]["step"]  # resumes at an epoch end

@@ -155,9 +155,9 @@ class CharLMTask:
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> LMMeter:
         return LMMeter()
 
-    def preview(self, model: CharLM, meta: dict[str, Any], cfg: Config, epoch: int) -> str:
-        """A short sample after each evaluation, from a newline, seeded by (train.seed, epoch)."""
-        generator = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + epoch) % 2**63)
+    def preview(self, model: CharLM, meta: dict[str, Any], cfg: Config, step: int) -> str:
+        """A short sample after each evaluation, from a newline, seeded by (train.seed, step)."""
+        generator = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) % 2**63)
         seed = "\n" if "\n" in meta["vocab"] else meta["vocab"][0]
         return "".join(self.sample(model, meta, seed, 120, 0.8, 0, generator))
 

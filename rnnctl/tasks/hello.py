@@ -129,7 +129,7 @@ class HelloTask:
         return HelloMeter()
 
     @torch.no_grad()
-    def preview(self, model: torch.nn.Module, meta: dict[str, Any], cfg: Config, epoch: int) -> str:
+    def preview(self, model: torch.nn.Module, meta: dict[str, Any], cfg: Config, step: int) -> str:
         """The string the model predicts for the source, shown every epoch."""
         vocab = meta["vocab"]
         stoi = {ch: i for i, ch in enumerate(vocab)}
