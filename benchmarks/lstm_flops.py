@@ -19,7 +19,8 @@ import torch
 
 from rnnctl.engine import train_epoch
 from rnnctl.models import CharLM
-from rnnctl.tasks.charlm import LMMeter, StreamSplit
+from rnnctl.tasks.charlm import StreamSplit
+from rnnctl.tasks.tokens import LMMeter
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:

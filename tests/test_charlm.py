@@ -23,7 +23,8 @@ from rnnctl import engine
 from rnnctl.config import load_config
 from rnnctl.models import CharLM
 from rnnctl.tasks import get_task
-from rnnctl.tasks.charlm import LMMeter, StreamSplit
+from rnnctl.tasks.charlm import StreamSplit
+from rnnctl.tasks.tokens import LMMeter
 
 CHARLM_TINY = CONFIGS / "smoke" / "charlm_tiny.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,19 +8,17 @@ Training cuts the text into `train.batch_size` contiguous streams read side by s
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_text
 from rnnctl.errors import DataError, RunError
-from rnnctl.models import CharLM, Output
+from rnnctl.models import CharLM
 from rnnctl.tasks import Prepared
+from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
 class CharLMData(DataConfig):
@@ -36,23 +34,6 @@ class CharLMModel(ModelConfig):
         if self.bidirectional:
             raise ValueError("bidirectional: a language model reads left to right (set model.bidirectional: false)")
         return self
-
-
-@dataclass
-class TextBatch:
-    x: torch.Tensor  # (B, T) character ids
-    targets: torch.Tensor  # (B, T) the next character of each
-
-    @property
-    def inputs(self) -> dict[str, torch.Tensor]:
-        return {"x": self.x}
-
-    @property
-    def size(self) -> int:
-        return self.targets.numel()  # characters, so samples/s reads as characters/s
-
-    def to(self, device: torch.device) -> "TextBatch":
-        return TextBatch(self.x.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
 
 
 class StreamSplit:
@@ -87,29 +68,6 @@ class StreamSplit:
         y = ids[1 : streams * n + 1].view(streams, n)
         for t in range(0, n, self.bptt):
             yield TextBatch(x[:, t : t + self.bptt], y[:, t : t + self.bptt])
-
-
-class LMMeter:
-    """Mean negative log-likelihood per character, in nats; also bits per character and perplexity."""
-
-    def __init__(self) -> None:
-        self.nll = 0
-        self.count = 0
-
-    def update(self, batch: TextBatch, out: Output) -> None:
-        if out.loss is not None:  # the models' loss is the mean NLL already: reuse it, no second softmax
-            self.nll = self.nll + out.loss.detach() * batch.size
-        else:
-            logits = out.logits.detach()
-            self.nll = self.nll + F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum")
-        self.count += batch.size
-
-    def compute(self) -> dict[str, float]:
-        loss = float(self.nll) / max(self.count, 1)
-        return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(min(loss, 50.0))}
-
-    def report(self) -> dict[str, Any]:
-        return {**self.compute(), "n": self.count}
 
 
 class CharLMTask:

@@ -7,7 +7,6 @@ epoch is one optimizer step on the pair, and the predicted string is shown every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 import torch
@@ -17,7 +16,7 @@ from rnnctl.config import Config, ModelConfig, Section
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.models import SequenceTagger
 from rnnctl.tasks import Prepared
-from rnnctl.tasks.charlm import LMMeter
+from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
 class HelloData(Section):
@@ -47,23 +46,6 @@ class HelloModel(ModelConfig):
         return self
 
 
-@dataclass
-class PairBatch:
-    x: torch.Tensor  # (1, T) source ids
-    targets: torch.Tensor  # (1, T) target ids
-
-    @property
-    def inputs(self) -> dict[str, torch.Tensor]:
-        return {"x": self.x}
-
-    @property
-    def size(self) -> int:
-        return self.targets.numel()
-
-    def to(self, device: torch.device) -> "PairBatch":
-        return PairBatch(self.x.to(device), self.targets.to(device))
-
-
 class PairSplit:
     def __init__(self, x: torch.Tensor, y: torch.Tensor):
         self.x, self.y = x, y
@@ -74,8 +56,8 @@ class PairSplit:
     def num_batches(self, batch_size: int) -> int:
         return 1
 
-    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[PairBatch]:
-        yield PairBatch(self.x, self.y)
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[TextBatch]:
+        yield TextBatch(self.x, self.y)
 
 
 class HelloMeter(LMMeter):
@@ -85,7 +67,7 @@ class HelloMeter(LMMeter):
         super().__init__()
         self.correct = 0
 
-    def update(self, batch: PairBatch, out) -> None:
+    def update(self, batch: TextBatch, out) -> None:
         super().update(batch, out)
         self.correct = self.correct + (out.logits.detach().argmax(-1) == batch.targets).sum()
 
