@@ -88,7 +88,10 @@ def main():
                 lengths = lte[idx]
                 correct += (model(xte[idx, : int(lengths.max())], lengths).argmax(1) == yte[idx]).sum().item()
         t2 = time.perf_counter()
-        print(json.dumps({"epoch": epoch, "epoch_time": t2 - t0, "train_time": t1 - t0, "acc": correct / len(yte)}), flush=True)
+        print(
+            json.dumps({"epoch": epoch, "epoch_time": t2 - t0, "train_time": t1 - t0, "acc": correct / len(yte)}),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ ROOT = HERE.parent
 
 
 def run_seed(text: Path, iters: int, script: Path) -> list[float]:
-    out = subprocess.run([sys.executable, str(script), str(text), str(iters)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(script), str(text), str(iters)], capture_output=True, text=True, check=True
+    ).stdout
     return [float(re.search(r"chars_per_s (\d+)", out).group(1))]
 
 
@@ -68,7 +70,10 @@ def main() -> None:
             t0 = time.perf_counter()
             got = contenders[name]()
             rates[name] += got
-            print(f"repeat {r + 1} {name}: {' '.join(f'{x:,.0f}' for x in got)} chars/s ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+            print(
+                f"repeat {r + 1} {name}: {' '.join(f'{x:,.0f}' for x in got)} chars/s ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+            )
     med = {k: statistics.median(v) for k, v in rates.items()}
     seed, bare = med[names[0]], med[names[1]]
     print("| contender | median training chars/s | x seed 002 | / bare loop |")

@@ -34,14 +34,18 @@ def matmul_gflops(n: int, repeats: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def lstm_step_gflops(steps: int, cell: str = "lstm", B: int = 64, T: int = 100, E: int = 64, H: int = 512, V: int = 65) -> tuple[float, float]:
+def lstm_step_gflops(
+    steps: int, cell: str = "lstm", B: int = 64, T: int = 100, E: int = 64, H: int = 512, V: int = 65
+) -> tuple[float, float]:
     torch.manual_seed(0)
     model = CharLM(V, cell=cell, embedding_size=E, hidden_size=H, layers=2, dropout=0.2)
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     split = StreamSplit(torch.randint(0, V, (B * T * (steps + 2) + 1,)), T)
     forward_per_char = 2 * gates * H * (E + H) + 2 * gates * H * (H + H) + 2 * H * V
-    train_epoch(model, StreamSplit(split.ids[: B * T * 2 + 1], T), LMMeter(), opt, torch.device("cpu"), B, None, 5.0)  # warm-up
+    train_epoch(
+        model, StreamSplit(split.ids[: B * T * 2 + 1], T), LMMeter(), opt, torch.device("cpu"), B, None, 5.0
+    )  # warm-up
     t0 = time.perf_counter()
     train_epoch(model, split, LMMeter(), opt, torch.device("cpu"), B, None, 5.0)
     dt = time.perf_counter() - t0

@@ -21,12 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("configs", nargs="*", default=["configs/names_gru.yaml", "configs/names_lstm.yaml", "configs/names_rnn.yaml"])
+    ap.add_argument(
+        "configs", nargs="*", default=["configs/names_gru.yaml", "configs/names_lstm.yaml", "configs/names_rnn.yaml"]
+    )
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     env = {**os.environ, "RNNCTL_DATA": os.environ.get("RNNCTL_DATA", str(ROOT.parent / "shared/datasets"))}
     print(f"RNNCTL_DATA={env['RNNCTL_DATA']}\n")
-    print("| config | test acc | test macro F1 | best epoch (val acc) | epochs | training time (s) | whole command (s) |")
+    print(
+        "| config | test acc | test macro F1 | best epoch (val acc) | epochs | training time (s) | whole command (s) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for config in args.configs:
         with tempfile.TemporaryDirectory() as runs:

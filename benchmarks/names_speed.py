@@ -32,7 +32,9 @@ SEED_HPARAMS = [
 
 
 def run_seed(data: Path, epochs: int, seed_script: Path) -> list[float]:
-    out = subprocess.run([sys.executable, str(seed_script), str(data), str(epochs)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(seed_script), str(data), str(epochs)], capture_output=True, text=True, check=True
+    ).stdout
     cumulative = [float(t) for t in re.findall(r"^epoch \d+ acc [\d.]+ t ([\d.]+)s", out, re.M)]
     return [b - a for a, b in zip([0.0, *cumulative], cumulative)]
 
@@ -45,7 +47,12 @@ def run_bare(data: Path, epochs: int, bucket: bool) -> list[float]:
 
 def run_rnnctl(data: Path, epochs: int) -> list[float]:
     with tempfile.TemporaryDirectory() as runs:
-        sets = [*SEED_HPARAMS, f"data.path={data}", f"data.val_path={data / 'names_test.csv.gz'}", f"train.epochs={epochs}"]
+        sets = [
+            *SEED_HPARAMS,
+            f"data.path={data}",
+            f"data.val_path={data / 'names_test.csv.gz'}",
+            f"train.epochs={epochs}",
+        ]
         cmd = [str(Path(sys.executable).with_name("rnnctl")), "train", str(ROOT / "configs/names_gru.yaml"), "--quiet"]
         for s in sets:
             cmd += ["--set", s]
@@ -78,7 +85,10 @@ def main() -> None:
             t0 = time.perf_counter()
             epochs = contenders[name]()
             times[name] += epochs[1:]
-            print(f"repeat {r + 1} {name}: {' '.join(f'{t:.2f}' for t in epochs)} (process {time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+            print(
+                f"repeat {r + 1} {name}: {' '.join(f'{t:.2f}' for t in epochs)} (process {time.perf_counter() - t0:.1f} s)",
+                file=sys.stderr,
+            )
     med = {k: statistics.median(v) for k, v in times.items()}
     seed, bare = med[names[0]], med[names[2]]
     print(f"threads: torch default; epochs per process {args.epochs} (first dropped), repeats {args.repeats}\n")

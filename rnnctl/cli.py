@@ -25,7 +25,9 @@ app.add_typer(config_app, name="config")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-Overrides = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")]
+Overrides = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")
+]
 RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest'.")]
 
 
@@ -47,7 +49,9 @@ def user_errors() -> Iterator[None]:
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")],
     overrides: Overrides = None,
-    name: Annotated[Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")] = None,
+    name: Annotated[
+        Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output; only the final summary.")] = False,
 ) -> None:
     """Train a model from a config and write a run folder under runs/."""
@@ -68,7 +72,9 @@ def train(
 def eval_(
     run: RunRef = "latest",
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
-    split: Annotated[Optional[str], typer.Option(help="test or val; default: test, or val for a task without a test split.")] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="test or val; default: test, or val for a task without a test split.")
+    ] = None,
 ) -> None:
     """Re-evaluate a saved run on a split and save the result in its folder."""
     from rnnctl import views
@@ -97,13 +103,20 @@ def predict(
 
 @app.command()
 def sample(
-    run: Annotated[Optional[str], typer.Argument(help="Run id, path or 'latest'; default: the newest completed language-model run.")] = None,
-    seed: Annotated[str, typer.Option("--seed", help="Text to start from; the model reads it before generating.")] = "\n",
+    run: Annotated[
+        Optional[str],
+        typer.Argument(help="Run id, path or 'latest'; default: the newest completed language-model run."),
+    ] = None,
+    seed: Annotated[
+        str, typer.Option("--seed", help="Text to start from; the model reads it before generating.")
+    ] = "\n",
     length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
     temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Sample among the k most likely characters only; 0: all.")] = 0,
     num: Annotated[int, typer.Option(min=1, help="How many samples.")] = 1,
-    rng_seed: Annotated[Optional[int], typer.Option(help="Seed for the sampler: the same seed gives the same text.")] = None,
+    rng_seed: Annotated[
+        Optional[int], typer.Option(help="Seed for the sampler: the same seed gives the same text.")
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Generate text from a character language model, streaming it to the terminal."""
@@ -126,7 +139,9 @@ def runs() -> None:
 
 
 @config_app.command("show")
-def config_show(config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], overrides: Overrides = None) -> None:
+def config_show(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], overrides: Overrides = None
+) -> None:
     """Print the resolved, validated config (defaults filled in, overrides applied)."""
     from rnnctl.config import dump_yaml, load_config
 

@@ -174,13 +174,20 @@ def git_commit() -> str | None:
     """The commit of rnnctl's own source, when it runs from a git checkout (an editable install)."""
     src = Path(__file__).resolve().parent.parent
     try:
-        top = subprocess.run(["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5).stdout.strip()
+        top = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         if not top or Path(top).resolve() != src:
             return None  # an installed copy inside someone else's repository: that commit is not rnnctl's
         out = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out + ("-dirty" if dirty else "") if out else None
@@ -240,7 +247,9 @@ class Trainer:
             "pid": os.getpid(),
             "host": os.uname().nodename,
         }
-        (self.dir / "config.yaml").write_text(dump_yaml({**cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8")
+        (self.dir / "config.yaml").write_text(
+            dump_yaml({**cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8"
+        )
         self.save_info()
 
     def save_info(self) -> None:
@@ -302,7 +311,9 @@ class Trainer:
 
     def _validate(self, step: int) -> tuple[dict[str, float], str | None]:
         """Validation metrics, and the task's preview (a text sample, a predicted string) if it has one."""
-        val = evaluate(self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size)
+        val = evaluate(
+            self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size
+        )
         preview = getattr(self.task, "preview", None)
         return val.compute(), (preview(self.model, self.data.meta, self.cfg, step) if preview is not None else None)
 
@@ -377,7 +388,13 @@ class Trainer:
         if best_path.exists() and "test" in self.data.splits:
             ckpt = load_checkpoint(best_path)
             self.model.load_state_dict(ckpt["model"])
-            report = evaluate(self.model, self.data.splits["test"], self.task.meter(self.data.meta, detailed=True), self.device, self.cfg.train.batch_size).report()
+            report = evaluate(
+                self.model,
+                self.data.splits["test"],
+                self.task.meter(self.data.meta, detailed=True),
+                self.device,
+                self.cfg.train.batch_size,
+            ).report()
             save_eval(self.dir, "test", "best", {"epoch": ckpt["epoch"], **report})
             self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
         plots.write_all(self.dir)
@@ -430,7 +447,9 @@ class LoadedRun:
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)
 
-    def samples(self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None) -> Iterator[Iterator[str]]:
+    def samples(
+        self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None
+    ) -> Iterator[Iterator[str]]:
         """`num` character streams; one generator serves them all, so `rng_seed` fixes the whole output."""
         sample = getattr(self.task, "sample", None)
         if sample is None:
@@ -450,4 +469,3 @@ def latest_language_model_run() -> str:
         if info.get("status") == "completed" and hasattr(TASKS.get(info.get("task")), "sample"):
             return str(path)
     raise RunError(f"no completed language-model run in {runs_root()}/ (train one first)")
-

@@ -165,10 +165,17 @@ class LiveTable:
             )
         parts: list[Any] = [table]
         if self.rows and "preview" in self.rows[-1]:
-            parts.append(Text(f"preview (epoch {self.rows[-1]['epoch']}): ", style="bold") + Text(self.rows[-1]["preview"]))
+            parts.append(
+                Text(f"preview (epoch {self.rows[-1]['epoch']}): ", style="bold") + Text(self.rows[-1]["preview"])
+            )
         if self.total:
             width = 30
             filled = int(width * self.done / self.total)
             epoch = sum(not r.get("partial") for r in self.rows) + self.clock.first_epoch + 1
-            parts.append(Text(f"epoch {epoch}: [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} batches", style="dim"))
+            parts.append(
+                Text(
+                    f"epoch {epoch}: [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} batches",
+                    style="dim",
+                )
+            )
         return Group(*parts)

@@ -14,13 +14,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
-
 class Output(NamedTuple):
     """What every model's forward returns (nanoGPT style, plus a recurrent state)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None  # mean over the batch; None when no targets were given
     state: Any = None  # hidden state to carry into the next batch (truncated BPTT); None otherwise
+
 
 RNN_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -29,7 +29,13 @@ CELLS: dict[str, type[nn.RNNCellBase]] = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell
 
 
 def make_rnn(
-    cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float, stepwise: bool = False
+    cell: str,
+    input_size: int,
+    hidden_size: int,
+    layers: int,
+    bidirectional: bool,
+    dropout: float,
+    stepwise: bool = False,
 ) -> nn.Module:
     """The multi-layer recurrent module for a cell name, batch-first: fused, or stepped by hand."""
     if stepwise:
@@ -58,7 +64,9 @@ class StepwiseRNN(nn.Module):
         super().__init__()
         self.lstm = cell == "lstm"
         self.hidden_size = hidden_size
-        self.cells = nn.ModuleList(CELLS[cell](input_size if i == 0 else hidden_size, hidden_size) for i in range(layers))
+        self.cells = nn.ModuleList(
+            CELLS[cell](input_size if i == 0 else hidden_size, hidden_size) for i in range(layers)
+        )
         self.drop = nn.Dropout(dropout if layers > 1 else 0.0)  # between layers, as the fused module does
 
     def forward(self, x: torch.Tensor, state=None):
@@ -125,7 +133,9 @@ class RecurrentClassifier(nn.Module):
         features = hidden_size * self.directions * (2 if pooling == "last+max" else 1)
         self.head = nn.Linear(features, num_classes)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
+    def forward(
+        self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None
+    ) -> Output:
         # x: (B, T) token ids, 0 = padding; lengths: (B,) on the CPU (no device sync to read them)
         emb = self.drop(self.embedding(x))  # (B, T, E)
         if bool(lengths.min() == lengths.max()):  # a length-bucketed batch: no padding, so no packing needed

@@ -67,7 +67,15 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
     for i in range(n):
         for j in range(n):
             if counts[i][j]:
-                ax.text(j, i, counts[i][j], ha="center", va="center", fontsize=6, color="white" if norm[i][j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    counts[i][j],
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i][j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}")

@@ -48,7 +48,9 @@ def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Pat
             except FileExistsError:
                 continue
     except OSError as e:
-        raise RunError(f"runs folder {root} (${RUNS_ENV} or ./runs): cannot create a run folder: {e.strerror or e}") from None
+        raise RunError(
+            f"runs folder {root} (${RUNS_ENV} or ./runs): cannot create a run folder: {e.strerror or e}"
+        ) from None
     raise RunError(f"{root}: could not create a run folder for {stamp}-{safe}")
 
 
@@ -103,7 +105,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path}: not an rnnctl checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise RunError(f"{path}: checkpoint format version {ckpt.get('version')}, this rnnctl reads {CHECKPOINT_VERSION}")
+        raise RunError(
+            f"{path}: checkpoint format version {ckpt.get('version')}, this rnnctl reads {CHECKPOINT_VERSION}"
+        )
     return ckpt
 
 

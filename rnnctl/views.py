@@ -40,7 +40,9 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         for col in ("class", "precision", "recall", "F1", "support"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for c in report["per_class"]:
-            table.add_row(c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"]))
+            table.add_row(
+                c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
+            )
         console.print(table)
     console.print(f"saved: {saved}", soft_wrap=True)
 
@@ -80,7 +82,14 @@ def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole
     for col in ("task", "status", "epochs", "best val", "test", "duration"):
         table.add_column(col, justify="right" if col in ("epochs", "duration") else "left")
-    colors = {"completed": "green", "running": "cyan", "interrupted": "yellow", "failed": "red", "died": "red", "unreadable": "red"}
+    colors = {
+        "completed": "green",
+        "running": "cyan",
+        "interrupted": "yellow",
+        "failed": "red",
+        "died": "red",
+        "unreadable": "red",
+    }
     for r in runs:
         best = r.get("best") if isinstance(r.get("best"), dict) else {}
         best_s = f"{best['metric']} {best['value']:.4f} (ep {best['epoch']})" if best.get("epoch") is not None else "-"

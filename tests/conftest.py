@@ -64,7 +64,9 @@ def gen_names(n: int, seed: int) -> list[tuple[str, str]]:
         elif label == "Gaelic":
             name = rnd.choice(["Mc", "O'", "Mac"]) + root.capitalize()
         elif label == "Nippon":
-            name = "".join(rnd.choice(CV) for _ in range(rnd.randint(2, 3))).capitalize() + rnd.choice(["ko", "ta", "mi"])
+            name = "".join(rnd.choice(CV) for _ in range(rnd.randint(2, 3))).capitalize() + rnd.choice(
+                ["ko", "ta", "mi"]
+            )
         else:
             name = root.capitalize() + rnd.choice(["ez", "es", "ado"])
         rows.append((name, label))

@@ -29,7 +29,28 @@ from rnnctl.tasks.tokens import LMMeter
 CHARLM_TINY = CONFIGS / "smoke" / "charlm_tiny.yaml"
 PNG = b"\x89PNG\r\n\x1a\n"
 
-WORDS = ["the", "a", "cab", "bad", "abba", "was", "and", "bob", "ran", "to", "back", "at", "dawn", "baby", "crab", "sat", "by", "bay", "old", "sea"]
+WORDS = [
+    "the",
+    "a",
+    "cab",
+    "bad",
+    "abba",
+    "was",
+    "and",
+    "bob",
+    "ran",
+    "to",
+    "back",
+    "at",
+    "dawn",
+    "baby",
+    "crab",
+    "sat",
+    "by",
+    "bay",
+    "old",
+    "sea",
+]
 
 
 def gen_text(n_chars: int, seed: int = 0) -> str:

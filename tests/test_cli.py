@@ -313,7 +313,9 @@ def test_train_test_label_unseen(cli, tmp_path, names_files, isolated):
 
 
 def test_train_missing_data_file(cli, isolated):
-    assert_one_line_error(cli("train", TINY, "--set", "data.path=missing.csv"), "data.path", "missing.csv", "does not exist")
+    assert_one_line_error(
+        cli("train", TINY, "--set", "data.path=missing.csv"), "data.path", "missing.csv", "does not exist"
+    )
     assert run_dirs(isolated) == []
 
 

@@ -40,7 +40,9 @@ def test_tiny_config_is_tiny():
 
 
 def test_overrides_apply_with_dotted_keys():
-    cfg = load_config(TINY, ["model.cell=lstm", "optim.lr=3e-4", "train.epochs=7", "model.bidirectional=true", "name=exp"])
+    cfg = load_config(
+        TINY, ["model.cell=lstm", "optim.lr=3e-4", "train.epochs=7", "model.bidirectional=true", "name=exp"]
+    )
     assert cfg.model.cell == "lstm"
     assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.train.epochs == 7 and isinstance(cfg.train.epochs, int)

@@ -246,7 +246,9 @@ def test_val_split_through_prepare_is_seeded(names_files):
     def val_names(*more):
         prepared = TASK.prepare(tiny_config(names_files, *more))
         val = prepared.splits["val"]
-        return prepared, sorted(val.x[i, : int(val.lengths[i])].tolist() + [int(val.labels[i])] for i in range(len(val)))
+        return prepared, sorted(
+            val.x[i, : int(val.lengths[i])].tolist() + [int(val.labels[i])] for i in range(len(val))
+        )
 
     p1, v1 = val_names()
     _, v2 = val_names("train.seed=5")  # the split does not follow the training seed
@@ -289,7 +291,7 @@ def test_every_example_once_per_epoch(bucket, shuffled):
             assert batch.x.size(1) == int(batch.lengths.max())
             for row, label in zip(batch.x, batch.targets.tolist()):
                 assert row[: LENGTHS[label]].tolist() == [label % 7 + 2] * LENGTHS[label]
-                assert (row[LENGTHS[label]:] == 0).all()
+                assert (row[LENGTHS[label] :] == 0).all()
         assert sorted(served) == list(range(len(LENGTHS)))
 
 
@@ -297,12 +299,18 @@ def test_bucketing_groups_by_length_and_is_seeded():
     bucketed, plain = make_split(LENGTHS, True), make_split(LENGTHS, False)
 
     def intervals(split, seed):
-        return [(int(split.lengths[b].min()), int(split.lengths[b].max())) for b in split.order(16, torch.Generator().manual_seed(seed))]
+        return [
+            (int(split.lengths[b].min()), int(split.lengths[b].max()))
+            for b in split.order(16, torch.Generator().manual_seed(seed))
+        ]
 
     spans = sorted(intervals(bucketed, 0))
     for (lo1, hi1), (lo2, hi2) in zip(spans, spans[1:]):
         assert hi1 <= lo2  # batches are slices of the length-sorted order
-    padding = lambda split: sum(int(split.lengths[b].max()) * len(b) - int(split.lengths[b].sum()) for b in split.order(16, torch.Generator().manual_seed(0)))  # noqa: E731
+    padding = lambda split: sum(
+        int(split.lengths[b].max()) * len(b) - int(split.lengths[b].sum())
+        for b in split.order(16, torch.Generator().manual_seed(0))
+    )  # noqa: E731
     assert padding(bucketed) < padding(plain)
     # seeded: the same seed serves the same batches; another seed does not
     order = lambda split, seed: [b.tolist() for b in split.order(16, torch.Generator().manual_seed(seed))]  # noqa: E731

@@ -68,7 +68,9 @@ def test_checkpoint_contents(trained_run):
     raw = torch.load(path, map_location="cpu", weights_only=True)  # plain data and tensors only
     ckpt = load_checkpoint(path)
     assert raw.keys() == ckpt.keys()
-    assert {"format", "version", "task", "config", "meta", "model", "optimizer", "epoch", "step", "best", "rng"} <= set(ckpt)
+    assert {"format", "version", "task", "config", "meta", "model", "optimizer", "epoch", "step", "best", "rng"} <= set(
+        ckpt
+    )
     assert ckpt["format"] == CHECKPOINT_FORMAT and ckpt["version"] == CHECKPOINT_VERSION
     assert ckpt["task"] == "names"
     assert ckpt["meta"]["classes"] == ["Gaelic", "Iberic", "Nippon", "Slavic"]

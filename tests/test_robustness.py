@@ -11,15 +11,24 @@ from rnnctl import engine, plots
 from rnnctl.runs import all_runs, create_run_dir
 
 
-@pytest.mark.parametrize("raised, status", [(RuntimeError("disk full"), "failed"), (KeyboardInterrupt(), "interrupted")])
+@pytest.mark.parametrize(
+    "raised, status", [(RuntimeError("disk full"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
 def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monkeypatch, raised, status):
     finished = []
 
     class Watcher:
-        def start(self, info): pass
-        def progress(self, done, total): pass
-        def epoch(self, row): pass
-        def finish(self, summary): finished.append(summary["status"])
+        def start(self, info):
+            pass
+
+        def progress(self, done, total):
+            pass
+
+        def epoch(self, row):
+            pass
+
+        def finish(self, summary):
+            finished.append(summary["status"])
 
     def boom(run_dir):
         raise raised
@@ -40,7 +49,9 @@ def test_out_of_range_seed_and_lr(cli, override, key):
 
 
 def test_hello_refuses_bidirectional_even_with_the_fused_module(cli, isolated):
-    result = cli("train", CONFIGS / "hello_rnncell.yaml", "--set", "model.stepwise=false", "--set", "model.bidirectional=true")
+    result = cli(
+        "train", CONFIGS / "hello_rnncell.yaml", "--set", "model.stepwise=false", "--set", "model.bidirectional=true"
+    )
     assert_one_line_error(result, "bidirectional", "forward only")
     assert run_dirs(isolated) == []
 

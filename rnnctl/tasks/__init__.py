@@ -67,8 +67,9 @@ class Task(Protocol):
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> Meter: ...
 
-    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int) -> list[dict[str, Any]]:
-        ...
+    def predict(
+        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top_k: int
+    ) -> list[dict[str, Any]]: ...
 
 
 def _registry() -> dict[str, Task]:

@@ -92,7 +92,9 @@ class CharLMTask:
         ids = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
         n_val = max(int(len(ids) * data.val_fraction), 2)
         if len(ids) - n_val < 2:
-            raise DataError(f"{path}: {len(ids)} characters are too few to hold out {data.val_fraction:.0%} for validation")
+            raise DataError(
+                f"{path}: {len(ids)} characters are too few to hold out {data.val_fraction:.0%} for validation"
+            )
         splits = {"train": StreamSplit(ids[:-n_val], data.bptt), "val": StreamSplit(ids[-n_val:], data.bptt)}
         derived = {"vocab_size": len(vocab), "characters": {"train": len(ids) - n_val, "val": n_val}}
         return Prepared(meta={"vocab": vocab}, splits=splits, derived=derived)
@@ -119,7 +121,9 @@ class CharLMTask:
         seed = "\n" if "\n" in meta["vocab"] else meta["vocab"][0]
         return "".join(self.sample(model, meta, seed, 120, 0.8, 0, generator))
 
-    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int) -> list[dict[str, Any]]:
+    def predict(
+        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int
+    ) -> list[dict[str, Any]]:
         raise RunError("a charlm run generates text: use `rnnctl sample RUN --seed TEXT`")
 
     def sample(

@@ -35,7 +35,9 @@ class SequenceBatch:
         return len(self.targets)
 
     def to(self, device: torch.device) -> "SequenceBatch":
-        return SequenceBatch(self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True))
+        return SequenceBatch(
+            self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True)
+        )
 
 
 class SequenceSplit:
@@ -122,7 +124,9 @@ class ClassificationMeter:
         support = cm.sum(1)
         out["per_class"] = [
             {"label": label, "precision": p, "recall": r, "f1": f, "support": int(s)}
-            for label, p, r, f, s in zip(self.classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist())
+            for label, p, r, f, s in zip(
+                self.classes, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist()
+            )
         ]
         present = support > 0
         out["macro_f1"] = float(f1[present].mean()) if present.any() else 0.0

@@ -42,7 +42,9 @@ class HelloModel(ModelConfig):
     @model_validator(mode="after")
     def _forward_only(self) -> "HelloModel":
         if self.bidirectional:
-            raise ValueError("bidirectional: the hello tagger runs forward only, one output per step (set model.bidirectional: false)")
+            raise ValueError(
+                "bidirectional: the hello tagger runs forward only, one output per step (set model.bidirectional: false)"
+            )
         return self
 
 
@@ -120,5 +122,7 @@ class HelloTask:
         model.eval()
         return "".join(vocab[i] for i in model(x).logits.argmax(-1)[0].tolist())
 
-    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int) -> list[dict[str, Any]]:
+    def predict(
+        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int
+    ) -> list[dict[str, Any]]:
         raise RunError("a hello run has nothing to predict beyond its pair: see its metrics.jsonl (preview)")

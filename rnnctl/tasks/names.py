@@ -93,7 +93,9 @@ class NamesTask:
         return ClassificationMeter(meta["classes"], detailed)
 
     @torch.no_grad()
-    def predict(self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int = 3) -> list[dict[str, Any]]:
+    def predict(
+        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int = 3
+    ) -> list[dict[str, Any]]:
         stoi = {ch: i for i, ch in enumerate(meta["alphabet"])}
         names = [s.strip() for s in inputs]
         for s in names:

@@ -41,7 +41,9 @@ class LMMeter:
             self.nll = self.nll + out.loss.detach() * batch.size
         else:
             logits = out.logits.detach()
-            self.nll = self.nll + F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum")
+            self.nll = self.nll + F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum"
+            )
         self.count += batch.size
 
     def compute(self) -> dict[str, float]:
