@@ -20,8 +20,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from harness import interleaved
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -63,17 +64,9 @@ def main() -> None:
         "bare PyTorch loop, 64 streams": lambda: run_bare(args.text, args.epochs),
         "rnnctl train configs/charlm_minchar.yaml": lambda: run_rnnctl(args.text, args.epochs),
     }
-    rates: dict[str, list[float]] = {k: [] for k in contenders}
     names = list(contenders)
-    for r in range(args.repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            got = contenders[name]()
-            rates[name] += got
-            print(
-                f"repeat {r + 1} {name}: {' '.join(f'{x:,.0f}' for x in got)} chars/s ({time.perf_counter() - t0:.0f} s)",
-                file=sys.stderr,
-            )
+    runs = interleaved(contenders, args.repeats, "chars/s", ",.0f")
+    rates = {k: [x for run in v for x in run] for k, v in runs.items()}
     med = {k: statistics.median(v) for k, v in rates.items()}
     seed, bare = med[names[0]], med[names[1]]
     print("| contender | median training chars/s | x seed 002 | / bare loop |")

@@ -19,8 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from harness import interleaved
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,17 +79,9 @@ def main() -> None:
         "bare loop, length-bucketed batches": lambda: run_bare(args.data, args.epochs, bucket=True),
         "rnnctl train (checkpoints, metrics, plots)": lambda: run_rnnctl(args.data, args.epochs),
     }
-    times: dict[str, list[float]] = {k: [] for k in contenders}
     names = list(contenders)
-    for r in range(args.repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            epochs = contenders[name]()
-            times[name] += epochs[1:]
-            print(
-                f"repeat {r + 1} {name}: {' '.join(f'{t:.2f}' for t in epochs)} (process {time.perf_counter() - t0:.1f} s)",
-                file=sys.stderr,
-            )
+    runs = interleaved(contenders, args.repeats, "s per epoch")
+    times = {k: [t for run in v for t in run[1:]] for k, v in runs.items()}  # each process's first epoch dropped
     med = {k: statistics.median(v) for k, v in times.items()}
     seed, bare = med[names[0]], med[names[2]]
     print(f"threads: torch default; epochs per process {args.epochs} (first dropped), repeats {args.repeats}\n")
