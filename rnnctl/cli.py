@@ -23,6 +23,8 @@ config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=Tru
 app.add_typer(config_app, name="config")
 
 out = Console(highlight=False)
+if not out.is_terminal:
+    out.width = max(out.width, 160)  # a pipe or a log file has no width to fit: keep table rows on one line
 err = Console(stderr=True, highlight=False)
 
 Overrides = Annotated[
@@ -47,24 +49,39 @@ def user_errors() -> Iterator[None]:
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")],
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
     overrides: Overrides = None,
     name: Annotated[
         Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output; only the final summary.")] = False,
+    resume: Annotated[
+        Optional[str], typer.Option(help="Continue this run (id, path or 'latest') from its last checkpoint.")
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="With --resume: train up to this many epochs in all.")] = None,
 ) -> None:
-    """Train a model from a config and write a run folder under runs/."""
+    """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import engine, views
     from rnnctl.config import load_config
+    from rnnctl.errors import ConfigError
     from rnnctl.live import LiveTable, PlainLines
 
     with user_errors():
-        cfg = load_config(config, overrides or [])
-        if name:
-            cfg = cfg.model_copy(update={"name": name})
         loggers = [] if quiet else [LiveTable(out) if out.is_terminal else PlainLines(sys.stdout)]
-        result = engine.train(cfg, command=shlex.join(["rnnctl", *sys.argv[1:]]), loggers=loggers)
+        command = shlex.join(["rnnctl", *sys.argv[1:]])
+        if resume is not None:
+            if config is not None or overrides or name:
+                raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
+            result = engine.resume(resume, epochs, command=command, loggers=loggers)
+        else:
+            if config is None:
+                raise ConfigError("give a CONFIG file to train, or --resume RUN to continue a run")
+            if epochs is not None:
+                overrides = [*(overrides or []), f"train.epochs={epochs}"]
+            cfg = load_config(config, overrides or [])
+            if name:
+                cfg = cfg.model_copy(update={"name": name})
+            result = engine.train(cfg, command=command, loggers=loggers)
         views.summary(out, result)
 
 

@@ -27,6 +27,9 @@ from rnnctl.config import Config, OptimConfig, dump_yaml, validate
 from rnnctl.errors import ConfigError, DataError, RunError
 from rnnctl.runs import (
     MetricsFiles,
+    read_json,
+    read_run,
+    truncate_metrics,
     create_run_dir,
     load_checkpoint,
     resolve_run,
@@ -211,12 +214,20 @@ def _now() -> str:
 class Trainer:
     """A training run from start to finish: owns the run folder, the model, the loop and its state."""
 
-    def __init__(self, cfg: Config, command: str, loggers: list[Logger], root: Path | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        command: str,
+        loggers: list[Logger],
+        root: Path | None = None,
+        resume: tuple[Path, dict[str, Any]] | None = None,  # (run folder, its last checkpoint)
+    ):
         self.cfg = cfg
         self.task: Task = get_task(cfg.task)
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
-        self.data = self.task.prepare(cfg)  # user data errors surface here, before any run folder exists
+        meta = resume[1]["meta"] if resume else None  # a resumed run keeps its vocabulary and classes
+        self.data = self.task.prepare(cfg, meta)  # user data errors surface here, before any run folder exists
         for name, split in self.data.splits.items():
             if len(split) == 0:
                 raise DataError(f"the {name} split is empty: more data, or another data.val_fraction")
@@ -225,6 +236,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         self.epoch = self.step = 0
         self.best: dict[str, Any] = {"epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}"}
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
+        if resume is not None:
+            self._restore(*resume, command, loggers)
+            return
         self.dir = create_run_dir(root or runs_root(), cfg.name or cfg.task)
         self.loggers: list[Logger] = [MetricsFiles(self.dir), *loggers]
         self.info: dict[str, Any] = {
@@ -252,6 +267,36 @@ class Trainer:
         )
         self.save_info()
 
+    def _restore(self, run_dir: Path, ckpt: dict[str, Any], command: str, loggers: list[Logger]) -> None:
+        """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
+        rng = ckpt["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy(), *rng["numpy"][2:]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.generator.set_state(rng["data"])
+        self.dir = run_dir
+        self.loggers = [MetricsFiles(self.dir), *loggers]
+        kept = truncate_metrics(self.dir, self.step)  # rows logged after the checkpoint (an unfinished epoch) go
+        self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
+        self.info = read_json(self.dir / "run.json")
+        history = self.info.setdefault("history", [])
+        history.append({"resumed": _now(), "from_epoch": self.epoch, "command": command, "status_before": self.info.get("status")})
+        self.info.update(
+            status="running", epochs=self.cfg.train.epochs, epochs_done=self.epoch, best=self.best,
+            pid=os.getpid(), host=os.uname().nodename,
+        )  # fmt: skip
+        for key in ("finished", "duration"):
+            self.info.pop(key, None)
+        (self.dir / "config.yaml").write_text(
+            dump_yaml({**self.cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8"
+        )
+        self.save_info()
+
     def save_info(self) -> None:
         write_json(self.dir / "run.json", self.info)
 
@@ -270,7 +315,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         cfg = self.cfg.train
-        start = time.perf_counter()
+        start = time.perf_counter() - self.elapsed_before
         for lg in self.loggers:
             lg.start({**self.info, "dir": str(self.dir), "monitor": self.best["metric"]})
         try:
@@ -405,6 +450,28 @@ class Trainer:
 
 def train(cfg: Config, command: str, loggers: list[Logger], root: Path | None = None) -> dict[str, Any]:
     return Trainer(cfg, command, loggers, root).run()
+
+
+def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger]) -> dict[str, Any]:
+    """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it."""
+    run_dir = resolve_run(ref)
+    info = read_run(run_dir)
+    if info.get("status") == "running":
+        raise RunError(f"{run_dir.name} is still running (pid {info.get('pid')}): stop it before resuming")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    raw = dict(ckpt["config"])
+    if epochs is not None:
+        raw["train"] = {**raw["train"], "epochs": epochs}
+    try:
+        cfg = validate(raw, source="--epochs" if epochs is not None else f"{run_dir}/checkpoints/last.pt")
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    if ckpt["epoch"] >= cfg.train.epochs:
+        raise RunError(
+            f"{run_dir.name} has trained {ckpt['epoch']} of {cfg.train.epochs} epochs: "
+            f"pass --epochs N with N > {ckpt['epoch']} to train longer"
+        )
+    return Trainer(cfg, command, loggers, resume=(run_dir, ckpt)).run()
 
 
 def save_eval(run_dir: Path, split: str, checkpoint: str, report: dict[str, Any]) -> tuple[dict[str, Any], Path]:

@@ -130,7 +130,9 @@ class MetricsFiles:
     def epoch(self, row: dict[str, Any]) -> None:
         with self.jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        rows = read_metrics(self.jsonl.parent)
+        self.write_csv(read_metrics(self.jsonl.parent))
+
+    def write_csv(self, rows: list[dict[str, Any]]) -> None:
         # the CSV is the numeric table; text (a sample, a predicted string) stays in the JSONL
         columns = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, str)))
         out = io.StringIO()
@@ -141,6 +143,14 @@ class MetricsFiles:
 
     def finish(self, summary: dict[str, Any]) -> None:
         pass
+
+
+def truncate_metrics(run_dir: Path, step: int) -> list[dict[str, Any]]:
+    """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again); returns the rest."""
+    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    MetricsFiles(run_dir).write_csv(rows)
+    return rows
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

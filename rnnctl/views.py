@@ -81,7 +81,7 @@ def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     table = Table(box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole
     for col in ("task", "status", "epochs", "best val", "test", "duration"):
-        table.add_column(col, justify="right" if col in ("epochs", "duration") else "left")
+        table.add_column(col, justify="right" if col in ("epochs", "duration") else "left", no_wrap=True)
     colors = {
         "completed": "green",
         "running": "cyan",
@@ -92,12 +92,13 @@ def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     }
     for r in runs:
         best = r.get("best") if isinstance(r.get("best"), dict) else {}
-        best_s = f"{best['metric']} {best['value']:.4f} (ep {best['epoch']})" if best.get("epoch") is not None else "-"
         test = r.get("test") if isinstance(r.get("test"), dict) else {}
-        test_s = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if k in ("acc", "loss"))
+        metric = str(best.get("metric") or "val_").removeprefix("val_")  # the metric that picked the best epoch
+        best_s = f"{metric} {best['value']:.4f} @{best['epoch']}" if best.get("epoch") is not None else "-"
+        test_s = f"{metric} {test[metric]:.4f}" if metric in test else "-"
         status = r.get("status", "?")
         table.add_row(
             r["id"], r.get("task", "?"), f"[{colors.get(status, 'white')}]{status}[/]",
-            f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s or "-", fmt_duration(r.get("duration")),
+            f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s, fmt_duration(r.get("duration")),
         )  # fmt: skip
     console.print(table)

@@ -1,0 +1,86 @@
+"""--resume: a run continued from its last checkpoint ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY, assert_one_line_error, run_dirs, tiny_config
+from rnnctl import engine
+from rnnctl.engine import TIMING_KEYS
+from rnnctl.runs import read_metrics, truncate_metrics
+
+
+def numbers(run) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run)]
+
+
+class StopAfter:
+    """A logger that presses Ctrl-C once epoch `n` is recorded (an interrupt at an epoch boundary)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def start(self, info): pass
+    def progress(self, done, total): pass
+    def finish(self, summary): pass
+
+    def epoch(self, row):
+        if row["epoch"] == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def reference(names_files, isolated):
+    """An uninterrupted 4-epoch run (dropout on, so the torch RNG state matters too)."""
+    engine.train(tiny_config(names_files, "train.epochs=4", "model.dropout=0.3"), command="ref", loggers=[])
+    (run,) = run_dirs(isolated)
+    return run
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, reference, cli):
+    cfg = tiny_config(names_files, "train.epochs=4", "model.dropout=0.3", "name=cut")
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, command="cut", loggers=[StopAfter(2)])
+    (cut,) = [d for d in run_dirs(isolated) if d.name.endswith("-cut")]
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
+    result = cli("train", "--resume", str(cut))
+    assert result.exit_code == 0, result.output
+    assert numbers(cut) == numbers(reference)
+    info = json.loads((cut / "run.json").read_text())
+    ref = json.loads((reference / "run.json").read_text())
+    assert info["status"] == "completed" and info["epochs_done"] == 4
+    assert info["test"] == ref["test"]
+    assert info["history"][0]["from_epoch"] == 2 and info["history"][0]["status_before"] == "interrupted"
+
+
+def test_completed_run_extends_with_epochs(names_files, isolated, reference, cli):
+    engine.train(tiny_config(names_files, "train.epochs=2", "model.dropout=0.3", "name=short"), command="s", loggers=[])
+    (short,) = [d for d in run_dirs(isolated) if d.name.endswith("-short")]
+    assert_one_line_error(cli("train", "--resume", str(short)), "trained 2 of 2 epochs", "--epochs")
+    result = cli("train", "--resume", str(short), "--epochs", "4")
+    assert result.exit_code == 0, result.output
+    assert numbers(short) == numbers(reference)
+
+
+def test_resume_argument_errors(cli, copy_run, names_files):
+    assert_one_line_error(cli("train", TINY, "--resume", copy_run.name), "--resume")
+    assert_one_line_error(cli("train", "--resume", copy_run.name, "--set", "train.lr=1"), "--resume")
+    assert_one_line_error(cli("train"), "CONFIG")
+    assert_one_line_error(cli("train", "--resume", "no-such-run"), "unknown run")
+    info = json.loads((copy_run / "run.json").read_text())
+    info["status"] = "running"  # and this process is alive: it is really running
+    import os
+
+    info["pid"], info["host"] = os.getpid(), os.uname().nodename
+    (copy_run / "run.json").write_text(json.dumps(info))
+    assert_one_line_error(cli("train", "--resume", copy_run.name, "--epochs", "9"), "still running")
+
+
+def test_truncate_drops_rows_after_the_checkpoint(tmp_path):
+    rows = [{"epoch": 1, "step": 10}, {"epoch": 2, "step": 15, "partial": True}, {"epoch": 2, "step": 20}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = truncate_metrics(tmp_path, 10)
+    assert kept == rows[:1] and read_metrics(tmp_path) == rows[:1]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,step", "1,10"]
