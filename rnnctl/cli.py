@@ -146,13 +146,19 @@ def sample(
 
 
 @app.command()
-def runs() -> None:
+def runs(
+    task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
+    status: Annotated[
+        Optional[str], typer.Option(help="Only runs with this status (completed, interrupted, ...).")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="created, best (best validation metric first) or duration.")] = "created",
+) -> None:
     """List run folders: id, task, status, epochs, best validation metric, test metric, duration."""
     from rnnctl import views
-    from rnnctl.runs import all_runs, read_run
+    from rnnctl.runs import list_runs
 
     with user_errors():
-        views.run_list(out, [read_run(p) for p in all_runs()])
+        views.run_list(out, list_runs(task=task, status=status, sort=sort))
 
 
 @config_app.command("show")

@@ -24,7 +24,7 @@ import torch
 
 from rnnctl import __version__
 from rnnctl.config import Config, OptimConfig, dump_yaml, validate
-from rnnctl.errors import ConfigError, DataError, RunError
+from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.runs import (
     MetricsFiles,
     read_json,
@@ -109,6 +109,8 @@ def train_epoch(
         batch = batch.to(device)
         out = model(**batch.inputs, targets=batch.targets, state=state)
         state = detach(out.state)  # truncated BPTT: carry the state, not its history
+        if not torch.isfinite(out.loss):  # one sync per step; an update from a NaN loss would poison the weights
+            raise DivergedError(f"step {steps} of the epoch: the training loss is {out.loss.item()}", steps)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # before clipping
@@ -235,7 +237,9 @@ class Trainer:
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         self.epoch = self.step = 0
-        self.best: dict[str, Any] = {"epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}"}
+        self.best: dict[str, Any] = {
+            "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": self.task.monitor_mode,
+        }  # fmt: skip
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         if resume is not None:
             self._restore(*resume, command, loggers)
@@ -285,7 +289,9 @@ class Trainer:
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
         self.info = read_json(self.dir / "run.json")
         history = self.info.setdefault("history", [])
-        history.append({"resumed": _now(), "from_epoch": self.epoch, "command": command, "status_before": self.info.get("status")})
+        history.append(
+            {"resumed": _now(), "from_epoch": self.epoch, "command": command, "status_before": self.info.get("status")}
+        )
         self.info.update(
             status="running", epochs=self.cfg.train.epochs, epochs_done=self.epoch, best=self.best,
             pid=os.getpid(), host=os.uname().nodename,
@@ -331,10 +337,18 @@ class Trainer:
                         self._evaluation_point(meter, done, total, start)  # a row inside a long epoch
                         self.model.train()
 
-                train = train_epoch(
-                    self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
-                    self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
-                )  # fmt: skip
+                try:
+                    train = train_epoch(
+                        self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
+                        self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
+                    )  # fmt: skip
+                except DivergedError as e:
+                    kept = f"epoch {self.epoch - 1} in checkpoints/last.pt" if self.epoch > 1 else "none"
+                    raise DivergedError(
+                        f"epoch {self.epoch}, step {self.step + e.step}: the training loss is not finite "
+                        f"(lower optim.lr or set train.grad_clip); last good checkpoint: {kept}",
+                        e.step,
+                    ) from None
                 speed = train.pop("samples") / (time.perf_counter() - t0)
                 self.step += train.pop("steps")
                 val, text = self._validate(self.step)

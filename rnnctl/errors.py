@@ -15,3 +15,11 @@ class DataError(RnnctlError):
 
 class RunError(RnnctlError):
     """A run folder or checkpoint cannot be found or read."""
+
+
+class DivergedError(RnnctlError):
+    """The training loss became NaN or infinite: the run stops, its last good checkpoint kept."""
+
+    def __init__(self, message: str, step: int = 0):
+        super().__init__(message)
+        self.step = step  # the step within the epoch where it happened

@@ -180,6 +180,28 @@ def all_runs(root: Path | None = None) -> list[Path]:
     return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=started)
 
 
+def list_runs(task: str | None = None, status: str | None = None, sort: str = "created") -> list[dict[str, Any]]:
+    """run.json of every run, filtered; sorted by start, by best validation metric (best first), or duration."""
+    if sort not in ("created", "best", "duration"):
+        raise RunError(f"--sort {sort!r}: expected created, best or duration")
+    infos = [read_run(p) for p in all_runs()]
+    infos = [
+        i for i in infos if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
+    ]
+    if sort == "duration":
+        infos.sort(key=lambda i: -(i.get("duration") or 0))
+    elif sort == "best":
+
+        def rank(i: dict[str, Any]) -> float:
+            best = i.get("best") if isinstance(i.get("best"), dict) else {}
+            if best.get("value") is None:
+                return float("inf")
+            return best["value"] if best.get("mode") == "min" else -best["value"]
+
+        infos.sort(key=rank)
+    return infos
+
+
 def resolve_run(ref: str, root: Path | None = None) -> Path:
     """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
     root = root or runs_root()

@@ -22,9 +22,14 @@ class StopAfter:
     def __init__(self, n: int):
         self.n = n
 
-    def start(self, info): pass
-    def progress(self, done, total): pass
-    def finish(self, summary): pass
+    def start(self, info):
+        pass
+
+    def progress(self, done, total):
+        pass
+
+    def finish(self, summary):
+        pass
 
     def epoch(self, row):
         if row["epoch"] == self.n:

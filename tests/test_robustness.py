@@ -81,3 +81,46 @@ def test_latest_orders_runs_started_in_the_same_second_by_their_start(isolated):
     for i, d in enumerate((first, second)):
         (d / "run.json").write_text(json.dumps({"id": d.name, "status": "completed", "created_ns": 1000 + i}))
     assert all_runs(isolated) == [first, second]
+
+
+def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(
+    cli, names_files, isolated, monkeypatch
+):
+    from rnnctl.models import RecurrentClassifier
+    from rnnctl.runs import load_checkpoint
+
+    original = RecurrentClassifier.forward
+    calls = {"train": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 10:  # 216 training names / batch 32 = 7 steps an epoch: step 10 is in epoch 2
+                return out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(RecurrentClassifier, "forward", forward)
+    line = assert_one_line_error(cli("train", TINY, *names_files.set_args()), "epoch 2, step 10", "not finite")
+    assert "epoch 1 in checkpoints/last.pt" in line
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_runs_filters_and_sorts(cli, copy_run, isolated):
+    other = isolated / "20200101-000000-lm"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({
+        "id": other.name, "task": "charlm", "status": "failed", "epochs": 3, "epochs_done": 1, "duration": 999.0,
+        "best": {"epoch": 1, "value": 1.5, "metric": "val_loss", "mode": "min"},
+    }))  # fmt: skip
+    names_only = cli("runs", "--task", "names").stdout
+    assert copy_run.name in names_only and other.name not in names_only
+    failed = cli("runs", "--status", "failed").stdout
+    assert other.name in failed and copy_run.name not in failed
+    by_duration = cli("runs", "--sort", "duration").stdout
+    assert by_duration.index(other.name) < by_duration.index(copy_run.name)  # 999 s first
+    by_created = cli("runs").stdout
+    assert by_created.index(other.name) < by_created.index(copy_run.name)  # 2020 first
+    assert_one_line_error(cli("runs", "--sort", "size"), "--sort")
