@@ -44,12 +44,28 @@ class OptimConfig(Section):
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
 
 
+class ScheduleConfig(Section):
+    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    warmup_steps: int = Field(0, ge=0)  # linear ramp from 0 to optim.lr over the first steps
+    step_size: int = Field(10, ge=1)  # step: epochs between decays
+    gamma: float = Field(0.1, gt=0, le=1)  # step, plateau: the factor of each decay
+    patience: int = Field(2, ge=0)  # plateau: epochs without improvement before a decay
+    min_lr: float = Field(0.0, ge=0)  # cosine: where it ends; plateau: the floor
+
+
+class EarlyStopConfig(Section):
+    patience: int | None = Field(None, ge=1)  # stop after this many epochs without improvement; None: never
+    min_delta: float = Field(0.0, ge=0)  # smaller changes of the validation metric do not count as improvement
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 

@@ -25,6 +25,7 @@ import torch
 from rnnctl import __version__
 from rnnctl.config import Config, OptimConfig, dump_yaml, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
+from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.runs import (
     MetricsFiles,
     read_json,
@@ -236,6 +237,10 @@ class Trainer:
         self.model = self.task.build_model(cfg, self.data.meta).to(self.device)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
+        steps_per_epoch = self.data.splits["train"].num_batches(cfg.train.batch_size)
+        mode = self.task.monitor_mode
+        self.schedule = LRSchedule(cfg.train.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch, mode)
+        self.early_stop = EarlyStopping(cfg.train.early_stop, mode)
         self.epoch = self.step = 0
         self.best: dict[str, Any] = {
             "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": self.task.monitor_mode,
@@ -283,6 +288,8 @@ class Trainer:
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["data"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.early_stop.load_state_dict(ckpt["early_stop"])
         self.dir = run_dir
         self.loggers = [MetricsFiles(self.dir), *loggers]
         kept = truncate_metrics(self.dir, self.step)  # rows logged after the checkpoint (an unfinished epoch) go
@@ -296,7 +303,7 @@ class Trainer:
             status="running", epochs=self.cfg.train.epochs, epochs_done=self.epoch, best=self.best,
             pid=os.getpid(), host=os.uname().nodename,
         )  # fmt: skip
-        for key in ("finished", "duration"):
+        for key in ("finished", "duration", "stopped_early"):
             self.info.pop(key, None)
         (self.dir / "config.yaml").write_text(
             dump_yaml({**self.cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8"
@@ -316,6 +323,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "best": dict(self.best),
+            "schedule": self.schedule.state_dict(),
+            "early_stop": self.early_stop.state_dict(),
             "rng": rng_states(self.generator),
         }
 
@@ -331,12 +340,14 @@ class Trainer:
                 meter = self.task.meter(self.data.meta)
 
                 def on_batch(done: int, total: int, meter: Meter = meter) -> None:
+                    self._set_lr(self.step + done)  # for the next step
                     for lg in self.loggers:
                         lg.progress(done, total)
                     if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                         self._evaluation_point(meter, done, total, start)  # a row inside a long epoch
                         self.model.train()
 
+                self._set_lr(self.step)
                 try:
                     train = train_epoch(
                         self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
@@ -353,7 +364,8 @@ class Trainer:
                 self.step += train.pop("steps")
                 val, text = self._validate(self.step)
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
-                    self._end_epoch(train, val, text, speed, t0, start)
+                    if self._end_epoch(train, val, text, speed, t0, start):
+                        break
             return self._finish("completed", start)  # inside the try: a failure while testing is recorded too
         except KeyboardInterrupt:
             self.info.update(status="interrupted", finished=_now(), duration=time.perf_counter() - start)
@@ -407,14 +419,19 @@ class Trainer:
     def _end_epoch(
         self, train: dict[str, float], val: dict[str, float], preview: str | None, speed: float, t0: float, start: float
     ) -> None:
-        """Record one finished epoch everywhere: best, checkpoints, run.json, metrics files, display."""
-        improved = self._update_best(val[self.task.monitor], self.step)
+        """Record one finished epoch everywhere: best, checkpoints, run.json, metrics files, display.
+        Returns True when early stopping ends the run here."""
+        value = val[self.task.monitor]
+        improved = self._update_best(value, self.step)
+        lr = self.schedule.lr(self.step - 1)  # what the epoch's last step used
+        self.schedule.epoch_end(value)  # plateau decays act from the next step on
+        stop = self.early_stop.should_stop(value)
         row = {
             "epoch": self.epoch,
             "step": self.step,
             **{f"train_{k}": v for k, v in train.items() if not k.startswith("grad_norm")},
             **{f"val_{k}": v for k, v in val.items()},
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "grad_norm": train["grad_norm"],
             "grad_norm_max": train["grad_norm_max"],
             "best_epoch": self.best["epoch"],
@@ -426,9 +443,17 @@ class Trainer:
         ckpt = self.dir / "checkpoints"
         save_checkpoint([ckpt / "last.pt", *([ckpt / "best.pt"] if improved else [])], self.checkpoint_state())
         self.info.update(epochs_done=self.epoch, best=self.best)
+        if stop:
+            self.info["stopped_early"] = {"epoch": self.epoch, "patience": self.cfg.train.early_stop.patience}
         self.save_info()
         for lg in self.loggers:
             lg.epoch(row)
+        return stop
+
+    def _set_lr(self, step: int) -> None:
+        lr = self.schedule.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _update_best(self, value: float, step: int) -> bool:
         if not math.isfinite(value):  # a diverged epoch is never the best one

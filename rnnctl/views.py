@@ -20,6 +20,8 @@ def summary(console: Console, s: dict[str, Any]) -> None:
     line = f"[bold]{s['status']}[/] in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
     if best.get("epoch") is not None:
         line += f", best epoch {best['epoch']} ({best['metric']} {best['value']:.4f})"
+    if s.get("stopped_early"):
+        line += f"; stopped early: no improvement in {s['stopped_early']['patience']} epochs"
     console.print(line, soft_wrap=True)
     if s.get("test"):
         console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]", soft_wrap=True)
