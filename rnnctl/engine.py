@@ -28,6 +28,7 @@ from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.runs import (
     MetricsFiles,
+    append_steps,
     read_json,
     read_run,
     truncate_metrics,
@@ -102,8 +103,7 @@ def train_epoch(
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total = split.num_batches(batch_size)
-    norm_sum = torch.zeros((), device=device)
-    norm_max = torch.zeros((), device=device)
+    norms, losses = [], []  # one 0-d tensor per step, read back once at the end (no per-step sync)
     state = None
     steps = samples = 0
     for steps, batch in enumerate(split.batches(batch_size, generator), 1):
@@ -122,14 +122,14 @@ def train_epoch(
         optimizer.step()
         meter.update(batch, out)
         samples += batch.size
-        norm_sum += norm
-        torch.maximum(norm_max, norm, out=norm_max)
+        norms.append(norm.detach())
+        losses.append(out.loss.detach())
         if on_batch is not None:
             on_batch(steps, total)
     return {
         **meter.compute(),
-        "grad_norm": float(norm_sum) / max(steps, 1),
-        "grad_norm_max": float(norm_max),
+        "grad_norms": torch.stack(norms).float().cpu().tolist() if norms else [],
+        "losses": torch.stack(losses).float().cpu().tolist() if losses else [],
         "steps": steps,
         "samples": samples,
     }
@@ -361,9 +361,17 @@ class Trainer:
                         e.step,
                     ) from None
                 speed = train.pop("samples") / (time.perf_counter() - t0)
+                norms, losses = train.pop("grad_norms"), train.pop("losses")
+                step_rows = [
+                    {"step": self.step + i + 1, "loss": l, "grad_norm": n}
+                    for i, (l, n) in enumerate(zip(losses, norms))
+                ]
+                train["grad_norm"] = sum(norms) / max(len(norms), 1)
+                train["grad_norm_max"] = max(norms, default=0.0)
                 self.step += train.pop("steps")
                 val, text = self._validate(self.step)
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
+                    append_steps(self.dir, step_rows)  # before the epoch row: a resume truncates both by step
                     if self._end_epoch(train, val, text, speed, t0, start):
                         break
             return self._finish("completed", start)  # inside the try: a failure while testing is recorded too

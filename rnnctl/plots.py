@@ -10,7 +10,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rnnctl.runs import read_json, read_metrics  # noqa: E402
+import yaml  # noqa: E402
+
+from rnnctl.runs import read_json, read_metrics, read_steps  # noqa: E402
 
 FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
 TITLES = {"loss": "Loss", "acc": "Accuracy"}
@@ -25,6 +27,14 @@ def write_all(run_dir: Path) -> list[Path]:
     if rows:
         for metric in dict.fromkeys(k.split("_", 1)[1] for k in rows[0] if k.startswith("val_")):
             written.append(curve(rows, metric, out_dir / f"{FILE_NAMES.get(metric, metric)}.png"))
+    steps = read_steps(run_dir)
+    if steps:
+        clip = (
+            (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+            .get("train", {})
+            .get("grad_clip")
+        )
+        written.append(grad_norms(steps, clip, out_dir / "grad_norm.png"))
     test = run_dir / "eval" / "test-best.json"
     if test.exists():
         report = read_json(test)
@@ -46,6 +56,28 @@ def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_xlabel("epoch")
     ax.set_ylabel(TITLES.get(metric, metric))
     ax.set_title(TITLES.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def grad_norms(steps: list[dict[str, float]], clip: float | None, path: Path) -> Path:
+    """The gradient norm before clipping at every step, with the clipping threshold: explosions show."""
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    ax.plot(
+        [s["step"] for s in steps],
+        [s["grad_norm"] for s in steps],
+        linewidth=0.8,
+        label="gradient norm (before clipping)",
+    )
+    if clip is not None:
+        ax.axhline(clip, color="red", linestyle="--", label=f"clip threshold ({clip:g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("global L2 norm")
+    ax.set_title("Gradient norm per step")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -145,11 +145,35 @@ class MetricsFiles:
         pass
 
 
+def append_steps(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """steps.csv: the training loss and the gradient norm before clipping of every optimizer step."""
+    path = run_dir / "steps.csv"
+    new = not path.exists()
+    with path.open("a", encoding="utf-8") as f:
+        if new:
+            f.write("step,loss,grad_norm\n")
+        f.writelines(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in rows)
+
+
+def read_steps(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "steps.csv"
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    return [
+        {"step": int(s), "loss": float(lo), "grad_norm": float(g)} for s, lo, g in (ln.split(",") for ln in lines if ln)
+    ]
+
+
 def truncate_metrics(run_dir: Path, step: int) -> list[dict[str, Any]]:
     """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again); returns the rest."""
     rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
     atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     MetricsFiles(run_dir).write_csv(rows)
+    steps = [r for r in read_steps(run_dir) if r["step"] <= step]
+    if (run_dir / "steps.csv").exists():
+        (run_dir / "steps.csv").unlink()
+        append_steps(run_dir, steps)
     return rows
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import run_dirs, tiny_config
 from rnnctl import engine
 from rnnctl.config import validate
 from rnnctl.engine import TIMING_KEYS, LoadedRun
@@ -177,3 +177,19 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             save_checkpoint(path, {"epoch": 2, "w": torch.zeros(2)})
     assert load_checkpoint(path)["epoch"] == 1
     assert os.listdir(path.parent) == ["last.pt"]
+
+
+def test_every_step_logs_its_loss_and_gradient_norm(names_files, isolated):
+    from statistics import mean
+
+    from rnnctl import engine
+    from rnnctl.runs import read_metrics, read_steps
+
+    engine.train(tiny_config(names_files, "train.epochs=2", "train.grad_clip=0.5"), command="t", loggers=[])
+    (run,) = run_dirs(isolated)
+    rows, steps = read_metrics(run), read_steps(run)
+    assert [s["step"] for s in steps] == list(range(1, rows[-1]["step"] + 1))
+    first = [s["grad_norm"] for s in steps if s["step"] <= rows[0]["step"]]
+    assert mean(first) == pytest.approx(rows[0]["grad_norm"]) and max(first) == pytest.approx(rows[0]["grad_norm_max"])
+    assert max(s["grad_norm"] for s in steps) > 0.5  # logged before clipping
+    assert (run / "plots" / "grad_norm.png").stat().st_size > 0

@@ -9,7 +9,7 @@ import pytest
 from conftest import TINY, assert_one_line_error, run_dirs, tiny_config
 from rnnctl import engine
 from rnnctl.engine import TIMING_KEYS
-from rnnctl.runs import read_metrics, truncate_metrics
+from rnnctl.runs import read_metrics, read_steps, truncate_metrics
 
 
 def numbers(run) -> list[dict]:
@@ -53,6 +53,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, re
     result = cli("train", "--resume", str(cut))
     assert result.exit_code == 0, result.output
     assert numbers(cut) == numbers(reference)
+    assert read_steps(cut) == read_steps(reference)  # per-step losses and gradient norms too
     info = json.loads((cut / "run.json").read_text())
     ref = json.loads((reference / "run.json").read_text())
     assert info["status"] == "completed" and info["epochs_done"] == 4
