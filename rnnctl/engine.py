@@ -110,8 +110,6 @@ def train_epoch(
         batch = batch.to(device)
         out = model(**batch.inputs, targets=batch.targets, state=state)
         state = detach(out.state)  # truncated BPTT: carry the state, not its history
-        if not torch.isfinite(out.loss):  # one sync per step; an update from a NaN loss would poison the weights
-            raise DivergedError(f"step {steps} of the epoch: the training loss is {out.loss.item()}", steps)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # before clipping
@@ -126,10 +124,14 @@ def train_epoch(
         losses.append(out.loss.detach())
         if on_batch is not None:
             on_batch(steps, total)
+    step_losses = torch.stack(losses).float().cpu().tolist() if losses else []  # read once: no per-step sync
+    bad = next((i for i, loss in enumerate(step_losses, 1) if not math.isfinite(loss)), None)
+    if bad is not None:  # the weights after that step are spoiled: the caller keeps the last good checkpoint
+        raise DivergedError(f"step {bad} of the epoch: the training loss is {step_losses[bad - 1]}", bad)
     return {
         **meter.compute(),
         "grad_norms": torch.stack(norms).float().cpu().tolist() if norms else [],
-        "losses": torch.stack(losses).float().cpu().tolist() if losses else [],
+        "losses": step_losses,
         "steps": steps,
         "samples": samples,
     }
@@ -459,6 +461,8 @@ class Trainer:
         return stop
 
     def _set_lr(self, step: int) -> None:
+        if self.schedule.constant and step > 0:
+            return
         lr = self.schedule.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

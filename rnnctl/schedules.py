@@ -17,6 +17,7 @@ class LRSchedule:
         self.factor = 1.0  # plateau: the decays so far
         self.best: float | None = None
         self.bad_epochs = 0
+        self.constant = cfg.name == "none" and cfg.warmup_steps == 0  # nothing to set after the first step
 
     def lr(self, step: int) -> float:
         """The learning rate for optimizer step `step` (0-based, counted over the whole run)."""
