@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from rnnctl.config import load_config
 from rnnctl.engine import train_epoch
