@@ -196,3 +196,36 @@ def assert_one_line_error(result, *needles: str) -> str:
     for n in needles:
         assert n in lines[0], (n, lines[0])
     return lines[0]
+
+
+# -- loggers for in-process engine tests ---------------------------------------------------------
+
+
+class QuietLogger:
+    """The engine's Logger protocol, doing nothing: subclass and override what a test watches."""
+
+    def start(self, info):
+        pass
+
+    def progress(self, done, total):
+        pass
+
+    def epoch(self, row):
+        pass
+
+    def finish(self, summary):
+        pass
+
+
+class CtrlCAtEpoch(QuietLogger):
+    """Raises KeyboardInterrupt when it sees epoch `n` (after the disk logger wrote it): Ctrl-C at a boundary."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def epoch(self, row):
+        if row["epoch"] == self.n:
+            raise KeyboardInterrupt
+
+    def finish(self, summary):
+        self.summary = summary

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import TINY, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, run_dirs, tiny_config
 from rnnctl import engine
 from rnnctl.runs import load_checkpoint, read_metrics
 
@@ -64,26 +64,6 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
 
 
 # -- the same, in-process, with Ctrl-C placed at a chosen point ----------------------------------
-
-
-class CtrlCAtEpoch:
-    """A logger that raises KeyboardInterrupt when it sees epoch `n` (after the disk logger wrote it)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def start(self, info):
-        pass
-
-    def progress(self, done, total):
-        pass
-
-    def epoch(self, row):
-        if row["epoch"] == self.n:
-            raise KeyboardInterrupt
-
-    def finish(self, summary):
-        self.summary = summary
 
 
 def test_ctrl_c_between_epochs_in_process(names_files, isolated):

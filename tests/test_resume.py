@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import TINY, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
 from rnnctl import engine
 from rnnctl.engine import TIMING_KEYS
 from rnnctl.runs import read_metrics, read_steps, truncate_metrics
@@ -14,26 +14,6 @@ from rnnctl.runs import read_metrics, read_steps, truncate_metrics
 
 def numbers(run) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run)]
-
-
-class StopAfter:
-    """A logger that presses Ctrl-C once epoch `n` is recorded (an interrupt at an epoch boundary)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def start(self, info):
-        pass
-
-    def progress(self, done, total):
-        pass
-
-    def finish(self, summary):
-        pass
-
-    def epoch(self, row):
-        if row["epoch"] == self.n:
-            raise KeyboardInterrupt
 
 
 @pytest.fixture
@@ -47,7 +27,7 @@ def reference(names_files, isolated):
 def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, reference, cli):
     cfg = tiny_config(names_files, "train.epochs=4", "model.dropout=0.3", "name=cut")
     with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, command="cut", loggers=[StopAfter(2)])
+        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
     (cut,) = [d for d in run_dirs(isolated) if d.name.endswith("-cut")]
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     result = cli("train", "--resume", str(cut))

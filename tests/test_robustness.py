@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import CONFIGS, TINY, assert_one_line_error, run_dirs, tiny_config
+from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config
 from rnnctl import engine, plots
 from rnnctl.runs import all_runs, create_run_dir
 
@@ -17,16 +17,7 @@ from rnnctl.runs import all_runs, create_run_dir
 def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monkeypatch, raised, status):
     finished = []
 
-    class Watcher:
-        def start(self, info):
-            pass
-
-        def progress(self, done, total):
-            pass
-
-        def epoch(self, row):
-            pass
-
+    class Watcher(QuietLogger):
         def finish(self, summary):
             finished.append(summary["status"])
 

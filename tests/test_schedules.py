@@ -7,12 +7,12 @@ import math
 
 import pytest
 
-from conftest import run_dirs, tiny_config
+from conftest import CtrlCAtEpoch, run_dirs, tiny_config
 from rnnctl import engine
 from rnnctl.config import EarlyStopConfig, ScheduleConfig
 from rnnctl.runs import read_metrics
 from rnnctl.schedules import EarlyStopping, LRSchedule
-from test_resume import StopAfter, numbers
+from test_resume import numbers
 
 
 def test_step_cosine_warmup_and_plateau_give_the_declared_lr():
@@ -78,7 +78,7 @@ def test_resume_continues_warmup_cosine_and_plateau_exactly(names_files, isolate
         engine.train(tiny_config(names_files, *common, *extra, f"name=ref-{sched}"), command="r", loggers=[])
         with pytest.raises(KeyboardInterrupt):
             engine.train(
-                tiny_config(names_files, *common, *extra, f"name=cut-{sched}"), command="c", loggers=[StopAfter(2)]
+                tiny_config(names_files, *common, *extra, f"name=cut-{sched}"), command="c", loggers=[CtrlCAtEpoch(2)]
             )
         (ref,) = [d for d in run_dirs(isolated) if d.name.endswith(f"ref-{sched}")]
         (cut,) = [d for d in run_dirs(isolated) if d.name.endswith(f"cut-{sched}")]
