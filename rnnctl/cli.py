@@ -146,6 +146,21 @@ def sample(
 
 
 @app.command()
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run ids, paths, or 'latest'.")],
+    metric: Annotated[
+        Optional[str], typer.Option(help="A metrics column, e.g. val_acc; default: the first run's.")
+    ] = None,
+) -> None:
+    """Overlay several runs' curves (by epoch and by training time) and tabulate best and final values."""
+    from rnnctl import views
+    from rnnctl.runs import compare_runs
+
+    with user_errors():
+        views.comparison(out, *compare_runs(runs, metric))
+
+
+@app.command()
 def runs(
     task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
     status: Annotated[

@@ -25,20 +25,20 @@ import torch
 from rnnctl import __version__
 from rnnctl.config import Config, OptimConfig, dump_yaml, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
-from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.runs import (
     MetricsFiles,
     append_steps,
-    read_json,
-    read_run,
-    truncate_metrics,
     create_run_dir,
     load_checkpoint,
+    read_json,
+    read_run,
     resolve_run,
     runs_root,
     save_checkpoint,
+    truncate_metrics,
     write_json,
 )
+from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import Meter, Split, Task, get_task
 
 

@@ -9,7 +9,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
-
 import yaml  # noqa: E402
 
 from rnnctl.runs import read_json, read_metrics, read_steps  # noqa: E402
@@ -58,6 +57,26 @@ def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_title(TITLES.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def compare(curves: list[tuple[str, list[dict[str, Any]]]], metric: str, path: Path) -> Path:
+    """One metric of several runs, against epochs (left) and against training seconds (right)."""
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", sharey=True)
+    for label, rows in curves:
+        rows = [r for r in rows if metric in r]
+        ys = [r[metric] for r in rows]
+        by_epoch.plot([r.get("epoch_fraction", r["epoch"]) for r in rows], ys, label=label)
+        by_time.plot([r["elapsed"] for r in rows], ys, label=label)
+    by_epoch.set_xlabel("epoch")
+    by_time.set_xlabel("training time (s)")
+    by_epoch.set_ylabel(metric)
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(fontsize=8)
+    fig.suptitle(f"{metric} of {len(curves)} runs")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

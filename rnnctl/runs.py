@@ -226,6 +226,39 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
     return infos
 
 
+def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[dict[str, Any]], Path]:
+    """Summaries of several runs on one metric (default: the first run's best-epoch metric), their
+    curves drawn to a new folder `<runs>/compare/<time>/` (compare.png, compare.json)."""
+    from rnnctl import plots
+
+    if len(refs) < 2:
+        raise RunError("compare: give at least two runs")
+    dirs = [resolve_run(r) for r in refs]
+    infos = [read_run(d) for d in dirs]
+    metric = metric or (infos[0].get("best") or {}).get("metric") or "val_loss"
+    table, curves = [], []
+    for d, info in zip(dirs, infos):
+        rows = [r for r in read_metrics(d) if metric in r]
+        if not rows:
+            raise RunError(
+                f"{d.name}: no {metric!r} in its metrics (columns: {', '.join(read_metrics(d)[0]) if read_metrics(d) else 'none'})"
+            )
+        mode = (info.get("best") or {}).get("mode") or ("min" if metric.endswith("loss") else "max")
+        best = (min if mode == "min" else max)(rows, key=lambda r: r[metric])
+        test = info.get("test") or {}
+        table.append({
+            "id": d.name, "task": info.get("task"), "parameters": info.get("parameters"),
+            "best": best[metric], "best_epoch": best["epoch"], "final": rows[-1][metric],
+            "test": test.get(metric.removeprefix("val_")), "epochs": info.get("epochs_done"),
+            "duration": info.get("duration"), "status": info.get("status"),
+        })  # fmt: skip
+        curves.append((d.name, rows))
+    out = create_run_dir(runs_root() / "compare", f"{len(dirs)}-runs")
+    plots.compare(curves, metric, out / "compare.png")
+    atomic_write(out / "compare.json", json.dumps({"metric": metric, "runs": table}, indent=2) + "\n")
+    return metric, table, out
+
+
 def resolve_run(ref: str, root: Path | None = None) -> Path:
     """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
     root = root or runs_root()

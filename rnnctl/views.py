@@ -76,6 +76,20 @@ def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], out: Path) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "task", "parameters", f"best {metric}", "epoch", f"final {metric}", "test", "duration"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("id", "task") else "right")
+    for r in table_rows:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(
+            r["id"], str(r["task"]), f"{r['parameters']:,}" if r["parameters"] else "-", fmt(r["best"]),
+            str(r["best_epoch"]), fmt(r["final"]), fmt(r["test"]), fmt_duration(r["duration"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"plot and table: {out}/compare.png, {out}/compare.json", soft_wrap=True)
+
+
 def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     if not runs:
         console.print("no runs yet (train one with `rnnctl train CONFIG`)")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
+
 from rnnctl import engine
 from rnnctl.config import load_config
 from rnnctl.models import CharLM

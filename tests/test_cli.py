@@ -12,10 +12,10 @@ import shlex
 import pytest
 import torch
 import yaml
-
 from conftest import TINY, assert_one_line_error, gen_names, run_dirs, write_names
-from rnnctl.runs import create_run_dir, load_checkpoint
+
 from rnnctl.errors import RunError
+from rnnctl.runs import create_run_dir, load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["Gaelic", "Iberic", "Nippon", "Slavic"]

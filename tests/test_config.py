@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, TINY, assert_one_line_error
+
 from rnnctl.config import apply_overrides, load_config
 from rnnctl.errors import ConfigError
 

@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 import torch
-
 from conftest import TINY, gen_names, tiny_config, write_names
+
 from rnnctl.data import read_text, stratified_split
 from rnnctl.errors import DataError
 from rnnctl.tasks import get_task

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_dirs, tiny_config
+
 from rnnctl import engine
 from rnnctl.config import validate
 from rnnctl.engine import TIMING_KEYS, LoadedRun

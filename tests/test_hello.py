@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import CONFIGS, assert_one_line_error, run_dirs
+
 from rnnctl.models import CharLM, SequenceTagger, StepwiseRNN, make_rnn
 
 HELLO = CONFIGS / "hello_rnncell.yaml"

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import TINY, CtrlCAtEpoch, run_dirs, tiny_config
+
 from rnnctl import engine
 from rnnctl.runs import load_checkpoint, read_metrics
 

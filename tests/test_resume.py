@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+
 from rnnctl import engine
 from rnnctl.engine import TIMING_KEYS
 from rnnctl.runs import read_metrics, read_steps, truncate_metrics

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-
 from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config
+
 from rnnctl import engine, plots
 from rnnctl.runs import all_runs, create_run_dir
 
@@ -115,3 +116,20 @@ def test_runs_filters_and_sorts(cli, copy_run, isolated):
     by_created = cli("runs").stdout
     assert by_created.index(other.name) < by_created.index(copy_run.name)  # 2020 first
     assert_one_line_error(cli("runs", "--sort", "size"), "--sort")
+
+
+def test_compare_two_runs_writes_a_plot_and_a_table(cli, copy_run, isolated):
+    import shutil
+
+    other = Path(shutil.copytree(copy_run, isolated / "20200101-000000-twin"))
+    result = cli("compare", copy_run.name, other.name)
+    assert result.exit_code == 0, result.output
+    (out,) = (isolated / "compare").iterdir()
+    assert (out / "compare.png").stat().st_size > 0
+    summary = json.loads((out / "compare.json").read_text())
+    assert summary["metric"] == "val_acc" and [r["id"] for r in summary["runs"]] == [copy_run.name, other.name]
+    best = json.loads((copy_run / "run.json").read_text())["best"]
+    assert summary["runs"][0]["best"] == best["value"] and summary["runs"][0]["best_epoch"] == best["epoch"]
+    assert copy_run.name in result.stdout and "compare.png" in result.stdout
+    assert_one_line_error(cli("compare", copy_run.name), "at least two runs")
+    assert_one_line_error(cli("compare", copy_run.name, other.name, "--metric", "val_bleu"), "val_bleu")

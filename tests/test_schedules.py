@@ -6,13 +6,13 @@ import json
 import math
 
 import pytest
-
 from conftest import CtrlCAtEpoch, run_dirs, tiny_config
+from test_resume import numbers
+
 from rnnctl import engine
 from rnnctl.config import EarlyStopConfig, ScheduleConfig
 from rnnctl.runs import read_metrics
 from rnnctl.schedules import EarlyStopping, LRSchedule
-from test_resume import numbers
 
 
 def test_step_cosine_warmup_and_plateau_give_the_declared_lr():
