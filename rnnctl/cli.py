@@ -161,6 +161,38 @@ def compare(
 
 
 @app.command()
+def sweep(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
+    grid: Annotated[
+        Optional[list[str]], typer.Option("--grid", help="key=v1,v2,...: a swept config key (repeatable).")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Members trained at once (the CPU threads are split).")] = 1,
+    resume: Annotated[
+        Optional[str], typer.Option(help="Finish the members of this sweep that did not complete.")
+    ] = None,
+) -> None:
+    """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
+    from rnnctl import sweep as sweeps
+    from rnnctl import views
+    from rnnctl.errors import ConfigError
+
+    with user_errors():
+        if resume is not None:
+            if config is not None or grid:
+                raise ConfigError("--resume finishes a sweep as it was declared: give no CONFIG or --grid")
+            folder = sweeps.resolve_sweep(resume)
+        else:
+            if config is None:
+                raise ConfigError("give a CONFIG and --grid key=v1,v2 to sweep, or --resume SWEEP")
+            folder = sweeps.create(config, grid or [])
+        out.print(f"sweep {folder}", soft_wrap=True)
+        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m))
+        views.sweep_summary(out, summary)
+        if summary["failed"]:
+            raise typer.Exit(1)
+
+
+@app.command()
 def runs(
     task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
     status: Annotated[

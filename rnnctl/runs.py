@@ -34,10 +34,15 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV, "runs"))
 
 
+def safe_name(name: str) -> str:
+    """A run name as it appears in folder names: letters, digits and -_. only."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
+
+
 def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Path:
     """A new, empty run folder; never reuses one (two runs in the same second get -2, -3, ...)."""
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
+    safe = safe_name(name)
     try:
         root.mkdir(parents=True, exist_ok=True)
         for n in range(1, 1000):

@@ -90,6 +90,29 @@ def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], 
     console.print(f"plot and table: {out}/compare.png, {out}/compare.json", soft_wrap=True)
 
 
+def sweep_member(console: Console, m: dict[str, Any]) -> None:
+    what = ", ".join(f"{k}={v}" for k, v in m["set"].items())
+    if m["status"] == "completed":
+        console.print(f"  [green]done[/]   {what} -> {m['run']}", soft_wrap=True)
+    else:
+        console.print(f"  [red]failed[/] {what}: {m['error']}", soft_wrap=True, markup=True)
+
+
+def sweep_summary(console: Console, s: dict[str, Any]) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in ("group", "runs", f"{s['metric']} mean", "std"):
+        table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
+    for g in sorted(s["groups"], key=lambda g: -g["mean"] if not str(s["metric"]).endswith("loss") else g["mean"]):
+        table.add_row(g["group"], str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}")
+    console.print(table)
+    done = s["members"] - len(s["failed"])
+    console.print(
+        f"{done}/{s['members']} members completed; summary: {s['dir']}/summary.json, summary.png", soft_wrap=True
+    )
+    if s["failed"]:
+        console.print(f"{len(s['failed'])} failed: finish them with `rnnctl sweep --resume {s['dir']}`", soft_wrap=True)
+
+
 def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
     if not runs:
         console.print("no runs yet (train one with `rnnctl train CONFIG`)")

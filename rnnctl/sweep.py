@@ -1,0 +1,137 @@
+"""Sweeps: every combination of a grid of config values, each trained as its own run, in parallel processes.
+
+A sweep folder `runs/sweeps/<time>-<config>/` holds sweep.json (config, grid, members and their state),
+the members' run folders under runs/, one log per member, and the summary (summary.json, summary.png).
+Members run as `rnnctl train` subprocesses, so one that fails is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnctl.config import load_config
+from rnnctl.errors import ConfigError, RunError
+from rnnctl.runs import atomic_write, create_run_dir, read_json, read_metrics, read_run, runs_root, safe_name
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    """`--grid model.cell=rnn,lstm` -> {"model.cell": ["rnn", "lstm"]}."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid {item!r}: expected key=value1,value2,...")
+        grid[key.strip()] = [v.strip() for v in values.split(",")]
+    return grid
+
+
+def create(config: Path, grid_items: list[str]) -> Path:
+    grid = parse_grid(grid_items)
+    if not grid:
+        raise ConfigError("sweep: give at least one --grid key=v1,v2")
+    load_config(config, [f"{k}={v[0]}" for k, v in grid.items()])  # the file and the keys are valid
+    members = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    folder = create_run_dir(runs_root() / "sweeps", config.stem)
+    shutil.copy(config, folder / "config.yaml")
+    state = {
+        "config": str(config.resolve()),
+        "grid": grid,
+        "members": [{"set": m, "status": "pending"} for m in members],
+    }
+    atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+    return folder
+
+
+def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Train every member not yet completed, `jobs` at a time, each with cpu_count // jobs threads."""
+    state = read_json(folder / "sweep.json")
+    todo = [i for i, m in enumerate(state["members"]) if m["status"] != "completed"]
+    threads = max((os.cpu_count() or 1) // jobs, 1)
+    lock = threading.Lock()
+
+    def save() -> None:
+        atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+
+    def train(i: int) -> None:
+        member = state["members"][i]
+        name = f"{i:03d}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in member["set"].items())
+        cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(folder / "config.yaml"), "--quiet", "--name", name]
+        for k, v in member["set"].items():
+            cmd += ["--set", f"{k}={v}"]
+        env = {
+            **os.environ,
+            "RNNCTL_RUNS": str(folder / "runs"),
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+        }
+        log = folder / "logs" / f"{i:03d}-{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        with log.open("w", encoding="utf-8") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        # the member's folder is the newest one with its (unique) name; parallel members make others
+        new = sorted((folder / "runs").glob(f"*-{safe_name(name)}")) if (folder / "runs").exists() else []
+        error = next((ln[7:] for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("error: ")), None)
+        with lock:
+            member.update(status="completed" if rc == 0 else "failed", run=new[-1].name if new else None, exit_code=rc)
+            member["error"] = None if rc == 0 else (error or f"exit code {rc}, see {log}")
+            save()
+            on_member(member)
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+        list(pool.map(train, todo))
+    return summarize(folder)
+
+
+def summarize(folder: Path) -> dict[str, Any]:
+    """Group members by the swept keys other than the seed: mean and std of each group's test metric
+    (or best validation metric, for tasks without a test split); one overlay plot of all curves."""
+    from rnnctl import plots
+
+    state = read_json(folder / "sweep.json")
+    keys = [k for k in state["grid"] if k != "train.seed"]
+    groups: dict[str, list[float]] = {}
+    metric = None
+    curves = []
+    for m in state["members"]:
+        if m["status"] != "completed" or not m.get("run"):
+            continue
+        run_dir = folder / "runs" / m["run"]
+        info = read_run(run_dir)
+        best = info.get("best") or {}
+        name = best.get("metric", "val_loss").removeprefix("val_")
+        test = (info.get("test") or {}).get(name)
+        metric = f"test_{name}" if test is not None else best.get("metric")
+        value = test if test is not None else best.get("value")
+        label = ", ".join(f"{k}={m['set'][k]}" for k in keys) or "all"
+        groups.setdefault(label, []).append(value)
+        curves.append((m["run"], read_metrics(run_dir)))
+    rows = [
+        {"group": g, "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+        for g, v in groups.items()
+    ]
+    failed = [{"set": m["set"], "error": m.get("error")} for m in state["members"] if m["status"] == "failed"]
+    summary = {"metric": metric, "groups": rows, "failed": failed, "members": len(state["members"])}
+    if curves:
+        val_metric = (read_run(folder / "runs" / curves[0][0]).get("best") or {}).get("metric", "val_loss")
+        plots.compare(curves, val_metric, folder / "summary.png")
+    atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=lambda x: None) + "\n")
+    return {**summary, "dir": str(folder)}
+
+
+def resolve_sweep(ref: str) -> Path:
+    path = Path(ref)
+    if not (path / "sweep.json").is_file():
+        path = runs_root() / "sweeps" / ref
+    if not (path / "sweep.json").is_file():
+        raise RunError(f"unknown sweep {ref!r}: no sweep.json there or in {runs_root()}/sweeps/")
+    return path
