@@ -484,15 +484,11 @@ class Trainer:
         if best_path.exists() and "test" in self.data.splits:
             ckpt = load_checkpoint(best_path)
             self.model.load_state_dict(ckpt["model"])
-            report = evaluate(
-                self.model,
-                self.data.splits["test"],
-                self.task.meter(self.data.meta, detailed=True),
-                self.device,
-                self.cfg.train.batch_size,
-            ).report()
-            save_eval(self.dir, "test", "best", {"epoch": ckpt["epoch"], **report})
-            self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float))}
+            report, _ = evaluate_and_save(
+                self.task, self.model, self.data.meta, self.data.splits["test"], self.device, self.cfg.train.batch_size,
+                self.dir, "test", "best", ckpt["epoch"],
+            )  # fmt: skip
+            self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "epoch"}
         plots.write_all(self.dir)
         self.info.update(status=status, finished=_now(), duration=time.perf_counter() - start)
         self.save_info()
@@ -523,6 +519,23 @@ def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger]) ->
             f"pass --epochs N with N > {ckpt['epoch']} to train longer"
         )
     return Trainer(cfg, command, loggers, resume=(run_dir, ckpt)).run()
+
+
+def evaluate_and_save(
+    task: Task,
+    model,
+    meta,
+    split: Split,
+    device,
+    batch_size: int,
+    run_dir: Path,
+    split_name: str,
+    checkpoint: str,
+    epoch: int,
+) -> tuple[dict[str, Any], Path]:
+    """The detailed report of one checkpoint on one split, written to `eval/<split>-<checkpoint>.json`."""
+    report = evaluate(model, split, task.meter(meta, detailed=True), device, batch_size).report()
+    return save_eval(run_dir, split_name, checkpoint, {"epoch": epoch, **report})
 
 
 def save_eval(run_dir: Path, split: str, checkpoint: str, report: dict[str, Any]) -> tuple[dict[str, Any], Path]:
@@ -558,9 +571,10 @@ class LoadedRun:
         split = split or ("test" if "test" in data.splits else "val")  # a language model has no test split
         if split not in data.splits:
             raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
-        meter = self.task.meter(self.meta, detailed=True)
-        report = evaluate(self.model, data.splits[split], meter, self.device, self.cfg.train.batch_size).report()
-        return save_eval(self.dir, split, self.checkpoint_name, {"epoch": self.ckpt["epoch"], **report})
+        return evaluate_and_save(
+            self.task, self.model, self.meta, data.splits[split], self.device, self.cfg.train.batch_size,
+            self.dir, split, self.checkpoint_name, self.ckpt["epoch"],
+        )  # fmt: skip
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)
