@@ -70,6 +70,10 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
 
 
+class LogConfig(Section):
+    tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (extra: rnnctl[tensorboard])
+
+
 class Config(Section):
     task: str
     name: str | None = None  # run folder suffix; default: the config file's stem
@@ -77,6 +81,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -27,7 +27,6 @@ from rnnctl.config import Config, OptimConfig, dump_yaml, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.runs import (
     MetricsFiles,
-    append_steps,
     create_run_dir,
     load_checkpoint,
     read_json,
@@ -40,6 +39,7 @@ from rnnctl.runs import (
 )
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import Meter, Split, Task, get_task
+from rnnctl.tensorboard_log import TensorBoardLog, check_installed
 
 
 class Logger(Protocol):
@@ -48,6 +48,8 @@ class Logger(Protocol):
     def start(self, info: dict[str, Any]) -> None: ...
 
     def progress(self, done: int, total: int) -> None: ...  # batches done in the current epoch
+
+    def steps(self, rows: list[dict[str, Any]]) -> None: ...  # every optimizer step of an epoch: loss, grad_norm
 
     def epoch(self, row: dict[str, Any]) -> None: ...
 
@@ -229,6 +231,8 @@ class Trainer:
     ):
         self.cfg = cfg
         self.task: Task = get_task(cfg.task)
+        if cfg.log.tensorboard:
+            check_installed()  # a missing extra is a one-line error before any run folder exists
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
         meta = resume[1]["meta"] if resume else None  # a resumed run keeps its vocabulary and classes
@@ -252,7 +256,7 @@ class Trainer:
             self._restore(*resume, command, loggers)
             return
         self.dir = create_run_dir(root or runs_root(), cfg.name or cfg.task)
-        self.loggers: list[Logger] = [MetricsFiles(self.dir), *loggers]
+        self.loggers: list[Logger] = [*self.disk_loggers(), *loggers]
         self.info: dict[str, Any] = {
             "id": self.dir.name,
             "task": cfg.task,
@@ -293,9 +297,9 @@ class Trainer:
         self.schedule.load_state_dict(ckpt["schedule"])
         self.early_stop.load_state_dict(ckpt["early_stop"])
         self.dir = run_dir
-        self.loggers = [MetricsFiles(self.dir), *loggers]
         kept = truncate_metrics(self.dir, self.step)  # rows logged after the checkpoint (an unfinished epoch) go
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
+        self.loggers = [*self.disk_loggers(resume_step=self.step), *loggers]
         self.info = read_json(self.dir / "run.json")
         history = self.info.setdefault("history", [])
         history.append(
@@ -311,6 +315,13 @@ class Trainer:
             dump_yaml({**self.cfg.to_dict(), "derived": self.data.derived}), encoding="utf-8"
         )
         self.save_info()
+
+    def disk_loggers(self, resume_step: int | None = None) -> list[Logger]:
+        """The loggers that write into the run folder: metrics files always, TensorBoard when asked."""
+        loggers: list[Logger] = [MetricsFiles(self.dir)]
+        if self.cfg.log.tensorboard:
+            loggers.append(TensorBoardLog(self.dir, resume_step))
+        return loggers
 
     def save_info(self) -> None:
         write_json(self.dir / "run.json", self.info)
@@ -365,15 +376,16 @@ class Trainer:
                 speed = train.pop("samples") / (time.perf_counter() - t0)
                 norms, losses = train.pop("grad_norms"), train.pop("losses")
                 step_rows = [
-                    {"step": self.step + i + 1, "loss": l, "grad_norm": n}
-                    for i, (l, n) in enumerate(zip(losses, norms))
+                    {"step": self.step + i + 1, "loss": loss, "grad_norm": n}
+                    for i, (loss, n) in enumerate(zip(losses, norms))
                 ]
                 train["grad_norm"] = sum(norms) / max(len(norms), 1)
                 train["grad_norm_max"] = max(norms, default=0.0)
                 self.step += train.pop("steps")
                 val, text = self._validate(self.step)
                 with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
-                    append_steps(self.dir, step_rows)  # before the epoch row: a resume truncates both by step
+                    for lg in self.loggers:  # before the epoch row: a resume truncates both by step
+                        lg.steps(step_rows)
                     if self._end_epoch(train, val, text, speed, t0, start):
                         break
             return self._finish("completed", start)  # inside the try: a failure while testing is recorded too

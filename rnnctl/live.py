@@ -81,6 +81,9 @@ class PlainLines:
     def progress(self, done: int, total: int) -> None:
         pass
 
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        pass
+
     def epoch(self, row: dict[str, Any]) -> None:
         parts = [f"epoch {epoch_label(row)}/{self.clock.epochs}"]
         parts += [f"{k} {fmt_value(k, row[k])}" for k in metric_columns(row)]
@@ -124,6 +127,9 @@ class LiveTable:
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total
+
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        pass
 
     def epoch(self, row: dict[str, Any]) -> None:
         row = {**row, "eta": self.clock.eta(row)}

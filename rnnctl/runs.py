@@ -132,6 +132,9 @@ class MetricsFiles:
     def progress(self, done: int, total: int) -> None:
         pass
 
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        append_steps(self.jsonl.parent, rows)
+
     def epoch(self, row: dict[str, Any]) -> None:
         with self.jsonl.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

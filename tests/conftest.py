@@ -210,6 +210,9 @@ class QuietLogger:
     def progress(self, done, total):
         pass
 
+    def steps(self, rows):
+        pass
+
     def epoch(self, row):
         pass
 

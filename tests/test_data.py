@@ -307,10 +307,13 @@ def test_bucketing_groups_by_length_and_is_seeded():
     spans = sorted(intervals(bucketed, 0))
     for (lo1, hi1), (lo2, hi2) in zip(spans, spans[1:]):
         assert hi1 <= lo2  # batches are slices of the length-sorted order
-    padding = lambda split: sum(
-        int(split.lengths[b].max()) * len(b) - int(split.lengths[b].sum())
-        for b in split.order(16, torch.Generator().manual_seed(0))
-    )  # noqa: E731
+
+    def padding(split):
+        return sum(
+            int(split.lengths[b].max()) * len(b) - int(split.lengths[b].sum())
+            for b in split.order(16, torch.Generator().manual_seed(0))
+        )
+
     assert padding(bucketed) < padding(plain)
     # seeded: the same seed serves the same batches; another seed does not
     order = lambda split, seed: [b.tolist() for b in split.order(16, torch.Generator().manual_seed(seed))]  # noqa: E731

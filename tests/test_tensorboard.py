@@ -1,0 +1,59 @@
+"""log.tensorboard: event files that hold the same numbers as the metrics files, and a clear error without the extra."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+
+from rnnctl import engine
+from rnnctl.runs import read_metrics, read_steps
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def scalars(run) -> dict[str, list[tuple[int, float]]]:
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_events_hold_the_metrics_files_numbers(names_files, isolated):
+    engine.train(tiny_config(names_files, "train.epochs=3", "log.tensorboard=true"), command="tb", loggers=[])
+    (run,) = run_dirs(isolated)
+    got = scalars(run)
+    rows = read_metrics(run)
+    for key, tag in [("val_acc", "val/acc"), ("train_loss", "train/loss"), ("lr", "run/lr")]:
+        assert got[tag] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]  # float32 in the events
+    steps = read_steps(run)
+    assert [s for s, _ in got["step/loss"]] == [r["step"] for r in steps]
+    assert [v for _, v in got["step/grad_norm"]] == [pytest.approx(r["grad_norm"], rel=1e-6) for r in steps]
+    test = json.loads((run / "run.json").read_text())["test"]
+    assert got["test/acc"] == [(rows[-1]["step"], pytest.approx(test["acc"], rel=1e-6))]
+
+
+def test_off_by_default(names_files, isolated):
+    engine.train(tiny_config(names_files, "train.epochs=1"), command="no tb", loggers=[])
+    (run,) = run_dirs(isolated)
+    assert not (run / "tensorboard").exists()
+
+
+def test_resumed_run_continues_the_same_curves(names_files, isolated, cli):
+    cfg = tiny_config(names_files, "train.epochs=4", "log.tensorboard=true")
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
+    (run,) = run_dirs(isolated)
+    result = cli("train", "--resume", str(run))
+    assert result.exit_code == 0, result.output
+    got = scalars(run)
+    assert [s for s, _ in got["val/acc"]] == [r["step"] for r in read_metrics(run)]  # each epoch once, in order
+    assert len(got["step/loss"]) == len(read_steps(run))
+
+
+def test_missing_extra_is_one_line_and_no_run_folder(cli, names_files, isolated, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` raises ImportError
+    result = cli("train", TINY, *names_files.set_args(), "--set", "log.tensorboard=true")
+    assert_one_line_error(result, "log.tensorboard", "rnnctl[tensorboard]")
+    assert run_dirs(isolated) == []
