@@ -106,15 +106,26 @@ def eval_(
 @app.command()
 def predict(
     run: RunRef,
-    inputs: Annotated[list[str], typer.Argument(help="Inputs to classify, e.g. surnames.")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs to classify, e.g. surnames.")] = None,
     top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
+    horizon: Annotated[
+        Optional[int], typer.Option(help="Series runs: forecast this many steps past the end of the data.")
+    ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
-    """Predict with a saved run: the top classes of each input, with probabilities."""
+    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
     from rnnctl import views
     from rnnctl.engine import LoadedRun
+    from rnnctl.errors import RunError
 
     with user_errors():
+        if horizon is not None:
+            if inputs:
+                raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS with it")
+            views.forecast(out, LoadedRun(run, checkpoint).forecast(horizon))
+            return
+        if not inputs:
+            raise RunError("give INPUTS to predict, or --horizon N for a series run")
         views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
 
 

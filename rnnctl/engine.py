@@ -493,14 +493,19 @@ class Trainer:
         from rnnctl import plots
 
         best_path = self.dir / "checkpoints" / "best.pt"
-        if best_path.exists() and "test" in self.data.splits:
+        splits = [s for s in getattr(self.task, "report_splits", ("test",)) if s in self.data.splits]
+        if best_path.exists() and splits:
             ckpt = load_checkpoint(best_path)
             self.model.load_state_dict(ckpt["model"])
-            report, _ = evaluate_and_save(
-                self.task, self.model, self.data.meta, self.data.splits["test"], self.device, self.cfg.train.batch_size,
-                self.dir, "test", "best", ckpt["epoch"],
-            )  # fmt: skip
-            self.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "epoch"}
+            for split in splits:  # the test split, and whichever others the task draws at the end
+                report, _ = evaluate_and_save(
+                    self.task, self.model, self.data.meta, self.data.splits[split], self.device,
+                    self.cfg.train.batch_size, self.dir, split, "best", ckpt["epoch"],
+                )  # fmt: skip
+                if split == "test":
+                    self.info["test"] = {
+                        k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "epoch"
+                    }
         plots.write_all(self.dir)
         self.info.update(status=status, finished=_now(), duration=time.perf_counter() - start)
         self.save_info()
@@ -590,6 +595,26 @@ class LoadedRun:
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         return self.task.predict(self.model, self.meta, inputs, top)
+
+    def forecast(self, steps: int) -> dict[str, Any]:
+        """The next `steps` values after the end of a series run's data, from the checkpoint alone."""
+        forecast = getattr(self.task, "forecast", None)
+        if forecast is None:
+            raise RunError(f"{self.dir.name} is a {self.cfg.task} run, not a time series: --horizon does not apply")
+        result = forecast(self.model, self.meta, steps)
+        from rnnctl import plots
+        from rnnctl.runs import atomic_write
+
+        folder = self.dir / "forecast"
+        csv_path, png_path = folder / f"forecast-{steps}.csv", folder / f"forecast-{steps}.png"
+        labels = result["dates"] or [str(result["history"]["start"] + len(result["history"]["values"]) + i)
+                                     for i in range(steps)]  # fmt: skip
+        header = "date" if result["dates"] else "step"
+        atomic_write(csv_path, f"{header},{result['column']}\n" + "".join(
+            f"{t},{v!r}\n" for t, v in zip(labels, result["values"])
+        ))  # fmt: skip
+        plots.forecast(png_path, result, f"{self.dir.name}: {steps}-step forecast")
+        return {**result, "labels": labels, "csv": str(csv_path), "plot": str(png_path)}
 
     def samples(
         self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None

@@ -248,3 +248,45 @@ class SequenceTagger(nn.Module):
         logits = self.head(out)  # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
         return Output(logits, loss)
+
+
+class SequenceRegressor(nn.Module):
+    """Real-valued sequences (seeds 003, 004): features -> stacked RNN -> linear read-out.
+
+    Two shapes of output: one value per input step (`horizon=None`, many-to-many: sine, sin -> cos), or
+    the next `horizon` values read from the last step (a forecaster over a lookback window). With
+    `carry`, the hidden state is returned so that the next window of the same streams starts from it
+    (seed 004's `h_state = h_state.data`; the engine detaches it); a batch with `fresh=True` starts new
+    streams from zeros.
+    """
+
+    def __init__(
+        self,
+        input_size: int = 1,
+        cell: str = "rnn",
+        hidden_size: int = 32,
+        layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        horizon: int | None = None,
+        carry: bool = False,
+    ):
+        super().__init__()
+        if carry and bidirectional:
+            raise ValueError("a carried state runs forward only")  # configs reject this first, with the key's name
+        self.horizon, self.carry = horizon, carry
+        self.directions = 2 if bidirectional else 1
+        self.rnn = make_rnn(cell, input_size, hidden_size, layers, bidirectional, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon or 1)
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None, fresh: bool = False) -> Output:
+        # x: (B, T, F) features per step; targets: (B, T) per step, or (B, horizon)
+        out, state = self.rnn(x, None if fresh or not self.carry else state)  # out: (B, T, D*H)
+        if self.horizon is None:
+            pred = self.head(self.drop(out)).squeeze(-1)  # (B, T)
+        else:
+            last = final_hidden(state)[-self.directions :].transpose(0, 1).reshape(x.size(0), -1)  # (B, D*H)
+            pred = self.head(self.drop(last))  # (B, horizon): both directions have read the whole window
+        loss = None if targets is None else F.mse_loss(pred, targets)
+        return Output(pred, loss, state if self.carry else None)

@@ -15,6 +15,7 @@ from rnnctl.runs import read_json, read_metrics, read_steps  # noqa: E402
 
 FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
 TITLES = {"loss": "Loss", "acc": "Accuracy"}
+MAX_POINTS = 600  # of a prediction-vs-truth plot
 
 
 def write_all(run_dir: Path) -> list[Path]:
@@ -39,7 +40,66 @@ def write_all(run_dir: Path) -> list[Path]:
         report = read_json(test)
         if "confusion" in report:
             written.append(confusion(report, out_dir / "confusion.png"))
+    for split in ("val", "test"):
+        path = run_dir / "eval" / f"{split}-best.json"
+        if path.exists() and "series" in (report := read_json(path)):
+            written.append(prediction_vs_truth(report, out_dir / f"prediction_{split}.png"))
     return written
+
+
+def _date_ticks(ax, times: list[int], dates: list[str] | None) -> None:
+    """Label a time axis with a few of the dates, when the series has them."""
+    if not dates:
+        ax.set_xlabel("step")
+        return
+    every = max(len(times) // 6, 1)
+    ax.set_xticks(times[::every], dates[::every], rotation=30, ha="right", fontsize=8)
+
+
+def prediction_vs_truth(report: dict[str, Any], path: Path) -> Path:
+    """The picture the seeds draw with plt.show(): the model's prediction over the truth, in original units."""
+    series = report["series"]
+    shown = min(len(series["time"]), MAX_POINTS)  # a long stream is drawn in part: its start, readable
+    series = {k: v[:shown] for k, v in series.items()}
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    ax.plot(series["time"], series["truth"], color="black", linewidth=1.2, label="truth")
+    ax.plot(series["time"], series["pred"], color="tab:red", linewidth=1.0, linestyle="--", label="prediction")
+    _date_ticks(ax, series["time"], series.get("dates"))
+    ax.set_title(
+        f"{report['split']} split ({report['checkpoint']} checkpoint): RMSE {report['rmse']:.4g}, R2 {report['r2']:.3f}"
+        + (
+            f" (first {shown} of {len(report['series']['time'])} steps)"
+            if shown < len(report["series"]["time"])
+            else ""
+        )
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def forecast(path: Path, result: dict[str, Any], title: str) -> Path:
+    """The end of the series and the forecast that continues it."""
+    history = result["history"]
+    shown = min(len(history["values"]), max(4 * len(result["values"]), 48))
+    past = history["values"][-shown:]
+    t0 = history["start"] + len(history["values"]) - shown
+    past_t = list(range(t0, t0 + shown))
+    future_t = list(range(t0 + shown, t0 + shown + len(result["values"])))
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    ax.plot(past_t, past, color="black", linewidth=1.2, label=result["column"])
+    ax.plot([past_t[-1], *future_t], [past[-1], *result["values"]], color="tab:red", marker=".", label="forecast")
+    dates = (history["dates"][-shown:] + result["dates"]) if history["dates"] and result["dates"] else None
+    _date_ticks(ax, past_t + future_t, dates)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:

@@ -36,7 +36,10 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     )
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
     scalars = [(k, v) for k, v in report.items() if isinstance(v, float)]
-    console.print("  ".join(f"{names.get(k, k)} [bold]{v:.4f}[/]" for k, v in scalars), soft_wrap=True)
+    console.print("  ".join(f"{names.get(k, k)} [bold]{v:.4g}[/]" for k, v in scalars), soft_wrap=True)
+    for name, metrics in report.get("naive", {}).items():  # baselines scored by the same code (series)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
     if "per_class" in report:
         table = Table(box=None, header_style="bold")
         for col in ("class", "precision", "recall", "F1", "support"):
@@ -74,6 +77,16 @@ def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
         name = r["input"] + (f" (unknown: {''.join(r['unknown_chars'])})" if r.get("unknown_chars") else "")
         table.add_row(name, *cells)
     console.print(table)
+
+
+def forecast(console: Console, result: dict[str, Any]) -> None:
+    table = Table(box=None, header_style="bold")
+    table.add_column("date" if result["dates"] else "step")
+    table.add_column(result["column"], justify="right")
+    for label, value in zip(result["labels"], result["values"]):
+        table.add_row(label, f"{value:,.4g}")
+    console.print(table)
+    console.print(f"saved: {result['csv']}, {result['plot']}", soft_wrap=True)
 
 
 def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], out: Path) -> None:

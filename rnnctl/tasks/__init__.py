@@ -76,8 +76,12 @@ def _registry() -> dict[str, Task]:
     from rnnctl.tasks.charlm import CharLMTask
     from rnnctl.tasks.hello import HelloTask
     from rnnctl.tasks.names import NamesTask
+    from rnnctl.tasks.series import SeriesTask
+    from rnnctl.tasks.waves import WavesTask
 
-    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask())}
+    sine = WavesTask("sine", target="next", carry_default=False)
+    sincos = WavesTask("sincos", target="cos", carry_default=True)
+    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask(), sine, sincos, SeriesTask())}
 
 
 TASKS: dict[str, Task] = _registry()
