@@ -76,8 +76,9 @@ def _registry() -> dict[str, Task]:
     from rnnctl.tasks.charlm import CharLMTask
     from rnnctl.tasks.hello import HelloTask
     from rnnctl.tasks.names import NamesTask
+    from rnnctl.tasks.sentiment import SentimentTask
 
-    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask())}
+    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask(), SentimentTask())}
 
 
 TASKS: dict[str, Task] = _registry()
