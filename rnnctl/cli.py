@@ -106,15 +106,23 @@ def eval_(
 @app.command()
 def predict(
     run: RunRef,
-    inputs: Annotated[list[str], typer.Argument(help="Inputs to classify, e.g. surnames.")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs to classify, e.g. surnames or reviews.")] = None,
+    file: Annotated[
+        Optional[Path], typer.Option("--file", help="Also classify each non-blank line of this file.")
+    ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:
     """Predict with a saved run: the top classes of each input, with probabilities."""
     from rnnctl import views
+    from rnnctl.data import read_lines
     from rnnctl.engine import LoadedRun
+    from rnnctl.errors import ConfigError
 
     with user_errors():
+        inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
+        if not inputs:
+            raise ConfigError("nothing to predict: give INPUT arguments or --file with one input per line")
         views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
 
 

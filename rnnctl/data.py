@@ -119,6 +119,13 @@ def read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a text file (gzip or plain), stripped; `what` names it in errors (--file)."""
+    if not path.is_file():
+        raise DataError(f"{what} {path}: file not found")
+    return [line.strip() for line in read_text(path).split("\n") if line.strip()]
+
+
 def read_csv(path: Path) -> list[tuple[int, list[str]]]:
     """CSV rows as (line number, fields), skipping blank lines."""
     reader = csv.reader(io.StringIO(read_text(path)))

@@ -614,3 +614,27 @@ def test_predict_rejects_text_without_words(cli, sentiment_run):
     run, _, _ = sentiment_run
     assert_one_line_error(cli("predict", run, "great", "<br />"), "predict: input 2 has no words")
 
+
+def test_predict_file_one_review_per_line(cli, sentiment_run, tmp_path):
+    run, _, _ = sentiment_run
+    long_review = "A wonderful film. " * 20  # cut in the table, whole for the model
+    reviews = tmp_path / "reviews.txt"
+    reviews.write_text(f"Awful, boring plot.\n\n   \n{long_review}\nsuperb zebrafish\n", encoding="utf-8")
+    result = cli("predict", run, "--file", reviews, "--top", "1")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert len(lines) == 3  # blank lines skipped
+    assert lines[0].lstrip().startswith("Awful, boring plot.") and " neg " in lines[0]
+    assert "A wonderful film. A wonderful film. A wonderful film." in lines[1] and "…" in lines[1]
+    assert long_review.strip() not in result.stdout and " pos " in lines[1]
+    assert "superb zebrafish (1 of 2 words unknown)" in lines[2]
+    # arguments and --file together: arguments first
+    both = cli("predict", run, "great", "--file", reviews)
+    assert both.exit_code == 0 and both.stdout.splitlines()[1].split()[0] == "great"
+
+
+def test_predict_input_is_not_rich_markup(cli, sentiment_run):
+    run, _, _ = sentiment_run
+    result = cli("predict", run, "[bold]great[/bold] [spoiler] film")
+    assert result.exit_code == 0, result.output
+    assert "[bold]great[/bold] [spoiler] film" in result.stdout
