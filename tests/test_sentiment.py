@@ -383,6 +383,12 @@ def test_rnnctl_data_folder_is_searched(corpus, monkeypatch, tmp_path):
     shutil.copytree(corpus.acl, root / "imdb" / "aclImdb")
     monkeypatch.setenv("RNNCTL_DATA", str(root))
     assert prepare().derived["examples"]["test"] == 40
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(corpus.archive, other / "imdb")  # a file where the folder should be: no download into it
+    monkeypatch.setenv("RNNCTL_DATA", str(other))
+    with pytest.raises(DataError, match=r"other/imdb is not a folder"):
+        prepare()
 
 
 def test_csv_with_three_classes_and_a_carved_test_split(tmp_path):

@@ -304,6 +304,8 @@ def find_source(path: str | None) -> Path:
             raise DataError(f"data.path: {p} does not exist")
         return p
     folder = cache_dir(DATASET)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (expected the data folder of imdb, or set data.path)")
     if folder.is_dir() and _holds_data(folder):
         return folder
     hint = f"put {ARCHIVE} or the extracted aclImdb/ folder in {folder.absolute()}, or set data.path"
