@@ -106,7 +106,10 @@ def eval_(
 @app.command()
 def predict(
     run: RunRef,
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs to classify, e.g. surnames.")] = None,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs to classify, e.g. surnames or reviews.")] = None,
+    file: Annotated[
+        Optional[Path], typer.Option("--file", help="Also classify each non-blank line of this file.")
+    ] = None,
     top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
     horizon: Annotated[
         Optional[int], typer.Option(help="Series runs: forecast this many steps past the end of the data.")
@@ -115,17 +118,22 @@ def predict(
 ) -> None:
     """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
     from rnnctl import views
+    from rnnctl.data import read_lines
     from rnnctl.engine import LoadedRun
     from rnnctl.errors import RunError
 
     with user_errors():
         if horizon is not None:
-            if inputs:
-                raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS with it")
+            if inputs or file is not None:
+                raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS or --file with it")
             views.forecast(out, LoadedRun(run, checkpoint).forecast(horizon))
             return
+        inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
         if not inputs:
-            raise RunError("give INPUTS to predict, or --horizon N for a series run")
+            raise RunError(
+                "nothing to predict: give INPUT arguments, --file with one input per line, "
+                "or --horizon N for a series run"
+            )
         views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
 
 

@@ -1,24 +1,32 @@
 """Locate and read data files: explicit paths, $RNNCTL_DATA, or the copies packaged with rnnctl.
 
 Readers here know file formats, not tasks: they return rows with their line numbers so that a
-task's error can name the row. Nothing here touches the network yet (the first data set that needs
-a download brings that, with a checksum).
+task's error can name the row. `download` is the one place that touches the network: a data set too
+big to ship is fetched once into the cache folder, checked against its md5, and never half-written.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import os
+import socket
+import sys
+from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
+from urllib.error import HTTPError, URLError
 
 import torch
+import torch.hub
 
 from rnnctl.errors import DataError
 
 DATA_ENV = "RNNCTL_DATA"
+CACHE = Path("data")  # the download cache, relative to the current folder, when $RNNCTL_DATA is not set
+TIMEOUT_S = 30  # a silent network fails after this long instead of hanging
 
 
 def packaged(dataset: str) -> Path:
@@ -45,6 +53,56 @@ def locate(dataset: str, path: str | None) -> Path:
     return p
 
 
+def cache_dir(dataset: str) -> Path:
+    """Where a downloaded data set lives: $RNNCTL_DATA/<dataset> if set, else ./data/<dataset>."""
+    root = os.environ.get(DATA_ENV)
+    return (Path(root).expanduser() if root else CACHE) / dataset
+
+
+def download(url: str, dest: Path, md5: str, hint: str = "") -> Path:
+    """Fetch `url` to `dest` with a progress bar: into a temporary file, md5-checked, then renamed.
+
+    `dest` is either absent or complete: a failed, interrupted or damaged download leaves nothing
+    behind. Network failures are one-line DataErrors ending with `hint` (where to put the file by hand).
+    """
+    tmp = dest.with_name(dest.name + ".part")
+    previous = socket.getdefaulttimeout()
+    try:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if sys.stderr.isatty():  # label the progress bar; a log or a pipe gets only the error, if any
+                print(f"downloading {url} to {dest}", file=sys.stderr, flush=True)
+            socket.setdefaulttimeout(TIMEOUT_S)  # torch.hub's urlopen has no timeout of its own
+            torch.hub.download_url_to_file(url, str(tmp), progress=True)
+        except (OSError, HTTPException) as e:  # URLError, HTTPError, timeouts and refused connections are OSErrors
+            raise DataError(f"cannot download {url} ({_reason(e)}){': ' + hint if hint else ''}") from None
+        finally:
+            socket.setdefaulttimeout(previous)
+        got = file_md5(tmp)
+        if got != md5:
+            raise DataError(f"{url}: md5 mismatch: expected {md5}, got {got} (a damaged download; it was deleted)")
+        os.replace(tmp, dest)  # atomic: readers never see a partial archive
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, URLError):
+        return str(e.reason)
+    return str(e) or type(e).__name__
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_text(path: Path) -> str:
     """A whole UTF-8 text file, gzip or plain; universal newlines (CRLF and LF alike)."""
     try:
@@ -59,6 +117,13 @@ def read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """The non-blank lines of a text file (gzip or plain), stripped; `what` names it in errors (--file)."""
+    if not path.is_file():
+        raise DataError(f"{what} {path}: file not found")
+    return [line.strip() for line in read_text(path).split("\n") if line.strip()]
 
 
 def read_csv(path: Path) -> list[tuple[int, list[str]]]:

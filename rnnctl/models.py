@@ -122,12 +122,14 @@ class RecurrentClassifier(nn.Module):
         pooling: str = "last",
         label_smoothing: float = 0.0,
         padding_idx: int = 0,
+        freeze_embedding: bool = False,  # keep pretrained word vectors as they are
     ):
         super().__init__()
         self.label_smoothing = label_smoothing
         self.directions = 2 if bidirectional else 1
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
+        self.embedding.weight.requires_grad_(not freeze_embedding)  # no gradient, so no optimizer step moves it
         self.rnn = make_rnn(cell, embedding_size, hidden_size, layers, bidirectional, dropout)
         self.drop = nn.Dropout(dropout)
         features = hidden_size * self.directions * (2 if pooling == "last+max" else 1)

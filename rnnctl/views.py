@@ -7,6 +7,7 @@ from typing import Any, Iterator, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from rnnctl.live import fmt_duration
 
@@ -66,16 +67,25 @@ def stream_samples(stream: TextIO, seed: str, samples: Iterator[Iterator[str]], 
         stream.flush()
 
 
-def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
+def predictions(console: Console, rows: list[dict[str, Any]], width: int = 60) -> None:
+    """One row per input: the input (a long text cut to `width` characters) and its top classes.
+
+    The probability columns keep their width; on a narrow terminal the input is cut further.
+    """
+    cells = [[f"{label} {p:.1%}" for label, p in r["top"]] for r in rows]
+    widths = [max(len(c[i]) for c in cells if i < len(c)) for i in range(max(len(c) for c in cells))]
     table = Table(box=None, header_style="bold")
-    table.add_column("input")
-    k = max(len(r["top"]) for r in rows)
-    for i in range(k):
-        table.add_column(f"#{i + 1}")
-    for r in rows:
-        cells = [f"{label} {p:.1%}" for label, p in r["top"]]
-        name = r["input"] + (f" (unknown: {''.join(r['unknown_chars'])})" if r.get("unknown_chars") else "")
-        table.add_row(name, *cells)
+    table.add_column("input", no_wrap=True, overflow="ellipsis")
+    for i, w in enumerate(widths):
+        table.add_column(f"#{i + 1}", no_wrap=True, min_width=w)
+    width = max(min(width, console.width - sum(w + 2 for w in widths) - 2), 8)  # + 2: each column's padding
+    for r, row_cells in zip(rows, cells):
+        text = r["input"] if len(r["input"]) <= width else r["input"][: width - 1].rstrip() + "…"
+        if r.get("unknown_chars"):
+            text += f" (unknown: {''.join(r['unknown_chars'])})"
+        if r.get("unknown_words"):
+            text += f" ({r['unknown_words']} of {r['words']} words unknown)"
+        table.add_row(Text(text), *row_cells)  # Text: a review's "[...]" is not rich markup
     console.print(table)
 
 

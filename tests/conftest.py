@@ -13,9 +13,11 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
+import torch.hub
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -36,6 +38,11 @@ def _isolate(mp: pytest.MonkeyPatch, where: Path) -> None:
     # rich wraps at the console width (80 in a pipe): wide enough that long tmp paths stay on one line.
     # test_cli.py checks the 80-column behaviour on its own.
     mp.setenv("COLUMNS", "1000")
+    mp.setattr(torch.hub, "download_url_to_file", _no_network)  # rnnctl's one way to the network is closed
+
+
+def _no_network(url, dst, *args, **kwargs):
+    raise URLError("tests never use the network")
 
 
 @pytest.fixture(autouse=True)

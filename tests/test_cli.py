@@ -186,6 +186,24 @@ def test_predict_top_option_and_unknown_chars(cli, trained_run):
     assert len(re.findall(r"\d+\.\d%", line)) == 2
 
 
+def test_predict_file_for_names(cli, trained_run, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("Petrovski\n\nMcKolan\r\n  \n", encoding="utf-8")
+    result = cli("predict", str(trained_run.dir), "--file", names, "--top", "1")
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()]
+    assert rows == ["Petrovski", "McKolan"]
+
+
+def test_predict_needs_inputs_and_an_existing_file(cli, trained_run, tmp_path):
+    missing = tmp_path / "nope.txt"
+    assert_one_line_error(cli("predict", str(trained_run.dir), "--file", missing), f"--file {missing}: file not found")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    for args in ([], ["--file", blank]):
+        assert_one_line_error(cli("predict", str(trained_run.dir), *args), "nothing to predict")
+
+
 def test_runs_lists_the_id(cli, copy_run):
     result = cli("runs")
     assert result.exit_code == 0, result.output

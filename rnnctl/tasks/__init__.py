@@ -76,12 +76,14 @@ def _registry() -> dict[str, Task]:
     from rnnctl.tasks.charlm import CharLMTask
     from rnnctl.tasks.hello import HelloTask
     from rnnctl.tasks.names import NamesTask
+    from rnnctl.tasks.sentiment import SentimentTask
     from rnnctl.tasks.series import SeriesTask
     from rnnctl.tasks.waves import WavesTask
 
     sine = WavesTask("sine", target="next", carry_default=False)
     sincos = WavesTask("sincos", target="cos", carry_default=True)
-    return {t.name: t for t in (NamesTask(), CharLMTask(), HelloTask(), sine, sincos, SeriesTask())}
+    tasks = (NamesTask(), CharLMTask(), HelloTask(), sine, sincos, SeriesTask(), SentimentTask())
+    return {t.name: t for t in tasks}
 
 
 TASKS: dict[str, Task] = _registry()
