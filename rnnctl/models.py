@@ -11,7 +11,6 @@ from typing import Any, Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
 class Output(NamedTuple):
@@ -106,8 +105,74 @@ def final_hidden(h: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.T
     return h[0] if isinstance(h, tuple) else h
 
 
+class PaddedRNN(nn.Module):
+    """A stacked (bi)directional RNN over right-padded batches that computes what packed sequences compute,
+    without packing.
+
+    Packed sequences are exact but slow on the CPU: a packed bi-LSTM step over 64 reviews of ~270 words
+    takes 30x the time of the padded one here (benchmarks/RESULTS.md). Padding at the end cannot change
+    the forward direction's outputs at real positions; the backward direction runs as a forward RNN over
+    each sequence reversed within its own length (padding stays at the end), and its outputs are put
+    back in order. Positions past a sequence's length hold padding garbage: pooling must mask them.
+    Each layer and direction is its own single-layer module (the fused kernel, one direction at a time).
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float):
+        super().__init__()
+        self.directions = 2 if bidirectional else 1
+        self.layers = nn.ModuleList(
+            nn.ModuleList(
+                RNN_MODULES[cell](
+                    input_size if i == 0 else hidden_size * self.directions, hidden_size, batch_first=True
+                )
+                for _ in range(self.directions)
+            )
+            for i in range(layers)
+        )
+        self.drop = nn.Dropout(dropout if layers > 1 else 0.0)  # between layers, as the fused module does
+        self._register_load_state_dict_pre_hook(_fused_keys_to_layers, with_module=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, I) right-padded; lengths: (B,) -> outputs (B, T, D*H), valid where t < length
+        B, T, _ = x.shape
+        rev = None
+        if self.directions == 2:
+            t = torch.arange(T, device=x.device)
+            n = lengths.to(x.device).unsqueeze(1)
+            rev = torch.where(t < n, n - 1 - t, t).unsqueeze(-1)  # (B, T, 1): reverse within each length
+        for i, directions in enumerate(self.layers):
+            if i > 0:
+                x = self.drop(x)
+            outs = [directions[0](x)[0]]  # (B, T, H)
+            if rev is not None:
+                backward = directions[1](x.gather(1, rev.expand(-1, -1, x.size(-1))))[0]
+                outs.append(backward.gather(1, rev.expand(-1, -1, backward.size(-1))))  # back in time order
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        return x
+
+    def final(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The top layer's final states from its outputs: forward at length - 1, backward at 0. (B, D*H)"""
+        H = out.size(-1) // self.directions
+        last = (lengths.to(out.device) - 1).view(-1, 1, 1).expand(-1, 1, H)
+        parts = [out[:, :, :H].gather(1, last).squeeze(1)]  # (B, H)
+        if self.directions == 2:
+            parts.append(out[:, 0, H:])  # the backward direction ends at the first word
+        return torch.cat(parts, dim=1)
+
+
+def _fused_keys_to_layers(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before PaddedRNN hold one fused module (`weight_ih_l1_reverse`): map the names."""
+    for key in [k for k in state_dict if k.startswith(prefix) and "_l" in k[len(prefix) :] and "layers." not in k]:
+        name = key[len(prefix) :]  # e.g. weight_ih_l1_reverse
+        base, _, rest = name.partition("_l")
+        layer, _, reverse = rest.partition("_")
+        if base in ("weight_ih", "weight_hh", "bias_ih", "bias_hh") and layer.isdigit():
+            direction = 1 if reverse == "reverse" else 0
+            state_dict[f"{prefix}layers.{layer}.{direction}.{base}_l0"] = state_dict.pop(key)
+
+
 class RecurrentClassifier(nn.Module):
-    """Token ids -> embedding -> stacked (bi)RNN on packed sequences -> pooled features -> class logits."""
+    """Token ids -> embedding -> stacked (bi)RNN over padded batches -> pooled features -> class logits."""
 
     def __init__(
         self,
@@ -130,7 +195,7 @@ class RecurrentClassifier(nn.Module):
         self.pooling = pooling
         self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
         self.embedding.weight.requires_grad_(not freeze_embedding)  # no gradient, so no optimizer step moves it
-        self.rnn = make_rnn(cell, embedding_size, hidden_size, layers, bidirectional, dropout)
+        self.rnn = PaddedRNN(cell, embedding_size, hidden_size, layers, bidirectional, dropout)
         self.drop = nn.Dropout(dropout)
         features = hidden_size * self.directions * (2 if pooling == "last+max" else 1)
         self.head = nn.Linear(features, num_classes)
@@ -138,23 +203,19 @@ class RecurrentClassifier(nn.Module):
     def forward(
         self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None
     ) -> Output:
-        # x: (B, T) token ids, 0 = padding; lengths: (B,) on the CPU (no device sync to read them)
+        # x: (B, T) token ids, 0 = padding; lengths: (B,)
         emb = self.drop(self.embedding(x))  # (B, T, E)
-        if bool(lengths.min() == lengths.max()):  # a length-bucketed batch: no padding, so no packing needed
-            out, h = self.rnn(emb)  # out: (B, T, D*H); the unpacked kernel is ~10% faster on CPU
-        else:
-            out, h = self.rnn(pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False))
-            if self.pooling != "last":
-                fill = float("-inf") if "max" in self.pooling else 0.0  # padding never wins a max, adds 0 to a sum
-                out, _ = pad_packed_sequence(out, batch_first=True, padding_value=fill)  # (B, T, D*H)
-        # h: (L*D, B, H), in the batch's own order; the top layer's directions are its last D entries
+        out = self.rnn(emb, lengths)  # (B, T, D*H); positions past a length are padding
         parts = []
         if self.pooling in ("last", "last+max"):
-            parts.append(final_hidden(h)[-self.directions :].transpose(0, 1).reshape(x.size(0), -1))  # (B, D*H)
-        if self.pooling in ("max", "last+max"):
-            parts.append(out.max(dim=1).values)  # (B, D*H)
-        if self.pooling == "mean":
-            parts.append(out.sum(dim=1) / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
+            parts.append(self.rnn.final(out, lengths))  # (B, D*H)
+        if self.pooling != "last":
+            pad = torch.arange(x.size(1), device=x.device) >= lengths.to(x.device).unsqueeze(1)  # (B, T)
+            if "max" in self.pooling:
+                parts.append(out.masked_fill(pad.unsqueeze(-1), float("-inf")).max(dim=1).values)  # (B, D*H)
+            else:
+                summed = out.masked_fill(pad.unsqueeze(-1), 0.0).sum(dim=1)
+                parts.append(summed / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         return Output(logits, loss)

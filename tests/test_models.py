@@ -1,4 +1,5 @@
-"""RecurrentClassifier: shapes for every configuration; packing, padding and batching never change logits."""
+"""RecurrentClassifier: shapes for every configuration; padding and batching never change logits, and the
+padded encoder computes exactly what packed sequences through the fused module compute."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from rnnctl.models import RecurrentClassifier
+from rnnctl.models import RNN_MODULES, PaddedRNN, RecurrentClassifier
 from rnnctl.tasks.classification import pad
 
 VOCAB, CLASSES, EMB, HID = 12, 5, 6, 7
@@ -49,12 +50,12 @@ def test_shapes_and_loss(cell, bidirectional, layers, pooling):
     assert model.embedding.weight.grad[0].abs().sum() == 0  # padding id 0 gets no gradient
     factor = 2 if pooling == "last+max" else 1
     assert model.head.in_features == HID * (2 if bidirectional else 1) * factor
-    assert model.rnn.num_layers == layers and model.rnn.bidirectional == bidirectional
+    assert len(model.rnn.layers) == layers and model.rnn.directions == (2 if bidirectional else 1)
 
 
 @pytest.mark.parametrize("cell,bidirectional,layers,pooling", CONFIGS, ids=IDS)
-def test_packed_and_unpacked_paths_agree(cell, bidirectional, layers, pooling):
-    """An equal-length batch skips packing; the same rows inside a batch that must pack give the same logits."""
+def test_equal_and_mixed_length_batches_agree(cell, bidirectional, layers, pooling):
+    """An equal-length batch has no padding; the same rows beside longer or shorter ones give the same logits."""
     model = model_for(cell, bidirectional, layers, pooling)
     equal = seqs(5, 5, 5, seed=1)
     unpacked = logits(model, equal)  # lengths all equal: the unpacked path
@@ -101,7 +102,7 @@ def test_mean_pooling_divides_by_true_length():
     s = seqs(4, seed=9)[0]
     x, lengths = pad([s])
     with torch.no_grad():
-        out, _ = model.rnn(model.embedding(x))
+        out = model.rnn(model.embedding(x), lengths)
         expected = model.head(out.mean(dim=1))
     torch.testing.assert_close(logits(model, [s, seqs(9, seed=10)[0]])[0], expected[0], atol=1e-6, rtol=1e-5)
 
@@ -109,7 +110,7 @@ def test_mean_pooling_divides_by_true_length():
 def test_dropout_only_between_layers_and_inactive_in_eval():
     m1 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=1, dropout=0.5)
     m2 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=2, dropout=0.5)
-    assert m1.rnn.dropout == 0.0 and m2.rnn.dropout == 0.5
+    assert m1.rnn.drop.p == 0.0 and m2.rnn.drop.p == 0.5
     m2.eval()
     x, lengths = pad(seqs(3, 6, seed=11))
     with torch.no_grad():
@@ -132,3 +133,38 @@ def test_label_smoothing_trains_on_smoothed_loss_but_meter_reports_plain_nll():
     meter = ClassificationMeter(["a", "b", "c"])
     meter.update(SequenceBatch(x, lengths, targets), out)
     assert meter.compute()["loss"] == pytest.approx(plain.item())
+
+
+@pytest.mark.parametrize("cell,bidirectional,layers", [(c, b, n) for c, b, n, p in CONFIGS if p == "last"])
+def test_padded_rnn_equals_packed_fused_module(cell, bidirectional, layers):
+    """Same weights (a fused module's state dict, loaded through the old key names): the padded encoder's
+    outputs at real positions and its final states equal pack_padded_sequence through the fused module."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(3)
+    fused = RNN_MODULES[cell](EMB, HID, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    padded = PaddedRNN(cell, EMB, HID, layers, bidirectional, dropout=0.0)
+    padded.load_state_dict(fused.state_dict())  # `weight_ih_l1_reverse` -> `layers.1.1.weight_ih_l0`
+    lengths = torch.tensor([7, 3, 5, 1, 7])
+    x = torch.randn(5, 7, EMB)
+    with torch.no_grad():
+        packed, h = fused(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+        expected, _ = pad_packed_sequence(packed, batch_first=True)
+        got = padded(x, lengths)
+        final = padded.final(got, lengths)
+    real = torch.arange(7) < lengths.unsqueeze(1)
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-4)
+    h_n = h[0] if isinstance(h, tuple) else h
+    D = 2 if bidirectional else 1
+    torch.testing.assert_close(final, h_n[-D:].transpose(0, 1).reshape(5, -1), atol=1e-5, rtol=1e-4)
+
+
+def test_old_checkpoint_of_a_fused_classifier_loads():
+    """A state dict saved when the classifier held one fused nn.GRU loads into the padded encoder."""
+    model = model_for("gru", True, 2, "max")
+    old = {k: v for k, v in model.state_dict().items() if not k.startswith("rnn.")}
+    fused = torch.nn.GRU(EMB, HID, num_layers=2, bidirectional=True, batch_first=True)
+    old.update({f"rnn.{k}": v for k, v in fused.state_dict().items()})
+    fresh = model_for("gru", True, 2, "max", seed=1)
+    fresh.load_state_dict(old)  # strict: every key mapped, none missing
+    torch.testing.assert_close(fresh.rnn.layers[1][1].weight_hh_l0, fused.weight_hh_l1_reverse)
