@@ -44,9 +44,10 @@ def locate(dataset: str, path: str | None) -> Path:
     root = os.environ.get(DATA_ENV)
     if root:
         p = Path(root).expanduser() / dataset
-        if not p.exists():
-            raise DataError(f"${DATA_ENV}/{dataset}: {p} does not exist (unset {DATA_ENV} to use the packaged copy)")
-        return p
+        if p.exists() or not packaged(dataset).exists():
+            if not p.exists():
+                raise DataError(f"${DATA_ENV}/{dataset}: {p} does not exist (or set data.path)")
+            return p  # else: $RNNCTL_DATA holds other data sets (say imdb); this one ships with rnnctl
     p = packaged(dataset)
     if not p.exists():
         raise DataError(f"no packaged copy of the {dataset!r} data set: set data.path or ${DATA_ENV}")
@@ -68,8 +69,11 @@ def download(url: str, dest: Path, md5: str, hint: str = "") -> Path:
     tmp = dest.with_name(dest.name + ".part")
     previous = socket.getdefaulttimeout()
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the data folder {dest.parent}: {e.strerror or e}") from None
+    try:
         try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
             if sys.stderr.isatty():  # label the progress bar; a log or a pipe gets only the error, if any
                 print(f"downloading {url} to {dest}", file=sys.stderr, flush=True)
             socket.setdefaulttimeout(TIMEOUT_S)  # torch.hub's urlopen has no timeout of its own

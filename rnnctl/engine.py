@@ -36,6 +36,7 @@ from rnnctl.runs import (
     save_checkpoint,
     truncate_metrics,
     write_json,
+    write_table,
 )
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import Meter, Split, Task, get_task
@@ -601,20 +602,15 @@ class LoadedRun:
         forecast = getattr(self.task, "forecast", None)
         if forecast is None:
             raise RunError(f"{self.dir.name} is a {self.cfg.task} run, not a time series: --horizon does not apply")
-        result = forecast(self.model, self.meta, steps)
+        result = forecast(self.model, self.meta, steps)  # {"time": name, "column": name, "rows": [...], ...}
         from rnnctl import plots
-        from rnnctl.runs import atomic_write
 
         folder = self.dir / "forecast"
-        csv_path, png_path = folder / f"forecast-{steps}.csv", folder / f"forecast-{steps}.png"
-        labels = result["dates"] or [str(result["history"]["start"] + len(result["history"]["values"]) + i)
-                                     for i in range(steps)]  # fmt: skip
-        header = "date" if result["dates"] else "step"
-        atomic_write(csv_path, f"{header},{result['column']}\n" + "".join(
-            f"{t},{v!r}\n" for t, v in zip(labels, result["values"])
-        ))  # fmt: skip
-        plots.forecast(png_path, result, f"{self.dir.name}: {steps}-step forecast")
-        return {**result, "labels": labels, "csv": str(csv_path), "plot": str(png_path)}
+        paths = {ext: folder / f"forecast-{steps}.{ext}" for ext in ("json", "csv", "png")}
+        write_json(paths["json"], {"run": self.dir.name, "checkpoint": self.checkpoint_name, **result})
+        write_table(paths["csv"], [result["time"], result["column"]], result["rows"])
+        plots.forecast(paths["json"], paths["png"])  # drawn from the file, like every plot
+        return {**result, **{ext: str(p) for ext, p in paths.items()}}
 
     def samples(
         self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None

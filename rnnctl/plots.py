@@ -80,20 +80,22 @@ def prediction_vs_truth(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def forecast(path: Path, result: dict[str, Any], title: str) -> Path:
-    """The end of the series and the forecast that continues it."""
-    history = result["history"]
-    shown = min(len(history["values"]), max(4 * len(result["values"]), 48))
+def forecast(json_path: Path, path: Path) -> Path:
+    """The end of the series and the forecast that continues it, from RUN/forecast/forecast-N.json."""
+    result = read_json(json_path)
+    history, rows = result["history"], result["rows"]
+    values = [v for _, v in rows]
+    shown = min(len(history["values"]), max(4 * len(values), 48))
     past = history["values"][-shown:]
     t0 = history["start"] + len(history["values"]) - shown
     past_t = list(range(t0, t0 + shown))
-    future_t = list(range(t0 + shown, t0 + shown + len(result["values"])))
+    future_t = list(range(t0 + shown, t0 + shown + len(values)))
     fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
     ax.plot(past_t, past, color="black", linewidth=1.2, label=result["column"])
-    ax.plot([past_t[-1], *future_t], [past[-1], *result["values"]], color="tab:red", marker=".", label="forecast")
-    dates = (history["dates"][-shown:] + result["dates"]) if history["dates"] and result["dates"] else None
+    ax.plot([past_t[-1], *future_t], [past[-1], *values], color="tab:red", marker=".", label="forecast")
+    dates = history["dates"][-shown:] + [t for t, _ in rows] if history["dates"] and result["time"] == "date" else None
     _date_ticks(ax, past_t + future_t, dates)
-    ax.set_title(title)
+    ax.set_title(f"{result['run']}: {len(values)}-step forecast ({result['checkpoint']} checkpoint)")
     ax.grid(alpha=0.3)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)

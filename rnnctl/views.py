@@ -91,12 +91,12 @@ def predictions(console: Console, rows: list[dict[str, Any]], width: int = 60) -
 
 def forecast(console: Console, result: dict[str, Any]) -> None:
     table = Table(box=None, header_style="bold")
-    table.add_column("date" if result["dates"] else "step")
+    table.add_column(result["time"])
     table.add_column(result["column"], justify="right")
-    for label, value in zip(result["labels"], result["values"]):
+    for label, value in result["rows"]:
         table.add_row(label, f"{value:,.4g}")
     console.print(table)
-    console.print(f"saved: {result['csv']}, {result['plot']}", soft_wrap=True)
+    console.print(f"saved: {result['csv']}, {result['png']}", soft_wrap=True)
 
 
 def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], out: Path) -> None:

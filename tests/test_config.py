@@ -25,6 +25,7 @@ def test_every_shipped_config_validates(path: Path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     assert cfg.task == raw["task"]
     assert cfg.name == raw.get("name", path.stem)
+
     # every value the file sets survives validation unchanged
     def check(raw_part: dict, resolved_part: dict, prefix: str) -> None:
         for key, value in raw_part.items():

@@ -362,6 +362,13 @@ def test_acl_folder_and_archive_read_the_same_reviews(corpus):
     assert a_train[0].where.endswith("aclImdb/train/neg/0_2.txt")
 
 
+def test_half_extracted_folder_is_one_line(corpus, tmp_path):
+    partial = tmp_path / "partial" / "aclImdb"
+    shutil.copytree(corpus.acl / "train", partial / "train")  # an extraction stopped before test/
+    with pytest.raises(DataError, match=r"no test/ folder"):
+        read_folder(partial)
+
+
 def test_every_layout_prepares_the_same_splits(corpus, tmp_path):
     holder = tmp_path / "holder"  # a folder holding aclImdb/
     holder.mkdir()

@@ -15,7 +15,7 @@ from rnnctl.config import load_config
 from rnnctl.models import SequenceRegressor
 from rnnctl.tasks import get_task
 from rnnctl.tasks.regression import RegressionMeter, Scale, Streams, regression_metrics
-from rnnctl.tasks.series import read_series, time_step
+from rnnctl.tasks.series import future_dates, read_series, time_step
 
 SERIES_TINY = CONFIGS / "smoke" / "series_tiny.yaml"
 SINCOS_TINY = CONFIGS / "smoke" / "sincos_tiny.yaml"
@@ -55,6 +55,9 @@ def test_series_train_eval_predict_through_the_cli(cli, tmp_path, isolated):
     result = cli("eval", run.name)
     assert result.exit_code == 0, result.output
     assert "rmse" in result.stdout and "naive forecast (seasonal)" in result.stdout
+    test = json.loads((run / "run.json").read_text())["test"]
+    again = json.loads((run / "eval" / "test-best.json").read_text())
+    assert again["rmse"] == pytest.approx(test["rmse"], rel=1e-9) and again["r2"] == pytest.approx(test["r2"], rel=1e-9)
 
     result = cli("predict", run.name, "--horizon", "5")
     assert result.exit_code == 0, result.output
@@ -74,6 +77,10 @@ def test_sincos_train_and_eval_through_the_cli(cli, isolated):
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["test"]["mse"] < 0.5  # cos has variance 0.5: it learned something
     assert (run / "plots" / "prediction_test.png").exists()
+    result = cli("eval", run.name)  # a carried state again: windows in order from a fresh state per stream group
+    assert result.exit_code == 0, result.output
+    report = json.loads((run / "eval" / "test-best.json").read_text())
+    assert report["mse"] == pytest.approx(info["test"]["mse"], rel=1e-9)  # eval reproduces the end-of-training test
     assert_one_line_error(cli("predict", run.name, "--horizon", "3"), "not a time series")
     assert_one_line_error(cli("predict", run.name, "x"), "rnnctl eval")
 
@@ -172,6 +179,45 @@ def test_dates_give_the_step_and_the_season():
     assert time_step(["1949-01", "1949-02", "1949-03"]) == {"unit": "M", "n": 1}
     assert time_step(["1981-01-01", "1981-01-02", "1981-01-04"]) == {"unit": "D", "n": 1}  # a gap is not the step
     assert time_step(["a", "b"]) is None and time_step(None) is None
+    monthly = ["2000-11-01", "2000-12-01", "2001-01-01", "2001-02-01"]  # monthly data written with days
+    assert time_step(monthly) == {"unit": "M", "n": 1, "day": 0}
+    assert future_dates(monthly, time_step(monthly), 3) == ["2001-03-01", "2001-04-01", "2001-05-01"]
+    quarterly = ["2000-01-15", "2000-04-15", "2000-07-15"]
+    assert future_dates(quarterly, time_step(quarterly), 2) == ["2000-10-15", "2001-01-15"]
+    assert future_dates(["1960-11", "1960-12"], {"unit": "M", "n": 1}, 2) == ["1961-01", "1961-02"]
+
+
+def test_monthly_dates_with_days_keep_the_seasonal_baseline(tmp_path):
+    path = tmp_path / "days.csv"
+    values = [100 + 10 * math.sin(i) + i for i in range(60)]
+    path.write_text("date,v\n" + "".join(f"{2001 + i // 12}-{i % 12 + 1:02d}-01,{v}\n" for i, v in enumerate(values)))
+    data = get_task("series").prepare(series_cfg(path))
+    assert data.derived["season"] == 12 and "seasonal" in data.splits["test"].naive
+
+
+def test_rows_out_of_time_order_are_one_line(cli, tmp_path, isolated):
+    path = tmp_path / "newest-first.csv"
+    path.write_text("date,v\n" + "".join(f"{2010 - i}-01-01,{i}\n" for i in range(40)))
+    assert_one_line_error(cli("train", SERIES_TINY, "--set", f"data.path={path}"), "row 3", "time order")
+    assert run_dirs(isolated) == []
+
+
+def test_eval_on_a_changed_file_is_one_line(cli, tmp_path, isolated):
+    csv = monthly_csv(tmp_path / "a.csv")
+    assert cli("train", SERIES_TINY, "--set", f"data.path={csv}").exit_code == 0
+    (run,) = run_dirs(isolated)
+    monthly_csv(csv, n=120)  # the file grew since training
+    assert_one_line_error(cli("eval", run.name), "120 rows", "trained on 96")
+
+
+def test_shipped_airline_config_reads_the_packaged_series(monkeypatch):
+    """RNNCTL_DATA holds other data sets (the fixture's empty folder): the packaged airline copy is used."""
+    data = get_task("series").prepare(load_config(CONFIGS / "series_airline.yaml"))
+    assert data.derived["rows"] == {"train": 101, "val": 14, "test": 29}
+    assert data.derived["first_row"]["test"] == "1958-08" and data.derived["season"] == 12
+    monkeypatch.delenv("RNNCTL_DATA")
+    again = get_task("series").prepare(load_config(CONFIGS / "series_airline.yaml"))
+    assert again.meta["scale"] == data.meta["scale"]
 
 
 # -- bad CSVs and configs: one line, exit 1, no run folder -----------------------------------------
@@ -202,8 +248,10 @@ def test_bad_series_keys(cli, tmp_path, isolated):
     assert_one_line_error(cli(*args, "--set", "data.lookback=0"), "data.lookback")
     assert_one_line_error(cli(*args, "--set", "data.transform=sqrt"), "data.transform")
     negative = monthly_csv(tmp_path / "neg.csv", values=[5.0] * 40 + [-1.0] + [5.0] * 40)
-    assert_one_line_error(cli("train", SERIES_TINY, "--set", f"data.path={negative}"), "data row 41", "log")
-    assert_one_line_error(cli("train", SINCOS_TINY, "--set", "model.bidirectional=true"), "model.bidirectional")
+    assert_one_line_error(cli("train", SERIES_TINY, "--set", f"data.path={negative}"), "row 42", "log")  # line 42
+    assert_one_line_error(cli("train", SINCOS_TINY, "--set", "model.bidirectional=true"), "model: bidirectional")
+    sine = CONFIGS / "sine_rnn.yaml"  # its target is the next input: a backward direction would read it
+    assert_one_line_error(cli("train", sine, "--set", "model.bidirectional=true"), "model: bidirectional")
     assert_one_line_error(cli("train", SINCOS_TINY, "--set", "data.window=500"), "window")
     assert run_dirs(isolated) == []
 
@@ -211,7 +259,7 @@ def test_bad_series_keys(cli, tmp_path, isolated):
 def test_headerless_csv_uses_the_last_column(tmp_path):
     path = tmp_path / "plain.csv"
     path.write_text("\n".join(f"{i},{i * 2.5}" for i in range(30)), encoding="utf-8")
-    values, dates, column = read_series(path, None, None)
+    values, dates, column, _ = read_series(path, None, None)
     assert values[:3] == [0.0, 2.5, 5.0] and dates is None and column == "2"
 
 

@@ -52,6 +52,19 @@ def test_resumed_run_continues_the_same_curves(names_files, isolated, cli):
     assert len(got["step/loss"]) == len(read_steps(run))
 
 
+def test_resume_purges_events_logged_past_the_checkpoint(names_files, isolated, cli):
+    """Rows inside an epoch (eval_every) are logged after last.pt: Ctrl-C there, and the resumed run
+    trains that part again. Its old events are purged, so every step shows once, with the new values."""
+    cfg = tiny_config(names_files, "train.epochs=3", "train.eval_every=1", "log.tensorboard=true")
+    with pytest.raises(KeyboardInterrupt):
+        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(3)])  # on epoch 3's first partial row
+    (run,) = run_dirs(isolated)
+    assert cli("train", "--resume", str(run)).exit_code == 0
+    steps = [s for s, _ in scalars(run)["val/acc"]]
+    assert steps == [r["step"] for r in read_metrics(run)]
+    assert len(steps) == len(set(steps))
+
+
 def test_missing_extra_is_one_line_and_no_run_folder(cli, names_files, isolated, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` raises ImportError
     result = cli("train", TINY, *names_files.set_args(), "--set", "log.tensorboard=true")

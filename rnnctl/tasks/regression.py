@@ -157,9 +157,11 @@ class RegressionMeter:
         pred, target = out.logits.detach().float(), batch.targets.float()
         base = batch.base.to(pred.device).view(-1, *[1] * (target.dim() - 1))
         pred_v, truth_v = self.scale.inverse(pred + base), self.scale.inverse(target + base)
+        wide = torch.float32 if pred.device.type == "mps" else torch.float64  # MPS has no float64
+        err_v = (pred_v - truth_v).to(wide)
         self.sq = self.sq + ((pred - target) ** 2).sum()
-        self.sq_v = self.sq_v + ((pred_v - truth_v).double() ** 2).sum()
-        self.abs_v = self.abs_v + (pred_v - truth_v).double().abs().sum()
+        self.sq_v = self.sq_v + (err_v**2).sum()
+        self.abs_v = self.abs_v + err_v.abs().sum()
         self.count += target.numel()
         if not self.detailed:
             return

@@ -364,6 +364,10 @@ def read_folder(root: Path) -> tuple[list[Example], list[Example]]:
     """aclImdb/{train,test}/<label>/<id>_<rating>.txt, one review per file; `unsup` has no label."""
     out = []
     for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(
+                f"{root}: no {split}/ folder (expected aclImdb/train and aclImdb/test; a partial extraction?)"
+            )
         examples = []
         for label_dir in sorted(d for d in (root / split).iterdir() if d.is_dir() and d.name != UNLABELLED):
             for f in sorted(label_dir.glob("*.txt"), key=lambda f: _review_key(f.name)):

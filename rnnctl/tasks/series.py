@@ -60,12 +60,17 @@ class SeriesTask:
         path = locate("airline", data.path)
         if path.is_dir():
             path = _one_csv(path)
-        values, dates, column = read_series(path, data.column, data.date_column)
+        values, dates, column, lines = read_series(path, data.column, data.date_column)
         if data.transform == "log" and (bad := next((i for i, v in enumerate(values) if v <= 0), None)) is not None:
             raise DataError(
-                f"{path}: data row {bad + 1}: {values[bad]} <= 0, and data.transform: log needs positive values"
+                f"{path}: row {lines[bad]}: {values[bad]:g} <= 0, and data.transform: log needs positive values"
             )
         n = len(values)
+        if meta is not None and meta.get("rows", n) != n:  # eval on a file that changed since training
+            raise DataError(
+                f"{path}: {n} rows, but the run was trained on {meta['rows']}: its splits would move "
+                f"(point data.path at the file it was trained on)"
+            )
         n_test = max(round(n * data.test_fraction), data.horizon)
         n_val = max(round(n * data.val_fraction), data.horizon)
         n_train = n - n_val - n_test
@@ -92,8 +97,9 @@ class SeriesTask:
             for name, (lo, hi) in bounds.items()
         }
         if meta is None:
-            tail = slice(max(n - HISTORY, 0), n)
+            tail = slice(max(n - max(HISTORY, data.lookback), 0), n)  # forecasts start from the last lookback
             meta = {
+                "rows": n,
                 "scale": scale.to_dict(),
                 "lookback": data.lookback,
                 "horizon": data.horizon,
@@ -145,10 +151,13 @@ class SeriesTask:
             new = scale.inverse(pred).tolist()[: steps - len(out)]
             out += new
             values += new
+        dates = future_dates(history["dates"], meta["step"], steps)
+        end = history["start"] + len(history["values"])  # row index after the last row of the data
+        labels = dates or [str(end + i) for i in range(steps)]
         return {
+            "time": "date" if dates else "step",
             "column": meta["column"],
-            "dates": future_dates(history["dates"], meta["step"], steps),
-            "values": out,
+            "rows": [[t, v] for t, v in zip(labels, out)],
             "history": history,
         }
 
@@ -171,8 +180,11 @@ def windows(z, v, lo: int, hi: int, lookback: int, horizon: int, relative: bool,
     )  # fmt: skip
 
 
-def read_series(path: Path, column: str | None, date_column: str | None) -> tuple[list[float], list[str] | None, str]:
-    """(values, dates or None, the value column's name) from a CSV with or without a header row."""
+def read_series(
+    path: Path, column: str | None, date_column: str | None
+) -> tuple[list[float], list[str] | None, str, list[int]]:
+    """(values, dates or None, the value column's name, each value's line in the file) from a CSV with or
+    without a header row. Dates that parse must increase: the split is by time."""
     rows = read_csv(path)
     if not rows:
         raise DataError(f"{path}: no rows (expected a CSV with a numeric column)")
@@ -195,7 +207,7 @@ def read_series(path: Path, column: str | None, date_column: str | None) -> tupl
         dcol = names.index(date_column)
     else:
         dcol = 0 if col != 0 and rows and not _is_number(rows[0][1][0].strip()) else None
-    values, dates = [], []
+    values, dates, lines = [], [], []
     for line, fields in rows:
         if len(fields) != len(names):
             raise DataError(f"{path}: row {line}: expected {len(names)} fields, got {len(fields)}")
@@ -209,34 +221,60 @@ def read_series(path: Path, column: str | None, date_column: str | None) -> tupl
         if not math.isfinite(value):
             raise DataError(f"{path}: row {line}: {raw!r} in column {names[col]!r} is not a finite number")
         values.append(value)
+        lines.append(line)
         if dcol is not None:
             dates.append(fields[dcol].strip())
     if len(values) < 3:
         raise DataError(f"{path}: {len(values)} values are too few for a series")
-    return values, (dates if dcol is not None else None), names[col]
+    if dcol is not None and (t := _parse_dates(dates)) is not None:
+        bad = np.flatnonzero(np.diff(t) <= np.timedelta64(0))
+        if len(bad):
+            i = int(bad[0]) + 1
+            raise DataError(
+                f"{path}: row {lines[i]}: date {dates[i]} does not come after {dates[i - 1]} "
+                f"(the rows must be in time order, oldest first)"
+            )
+    return values, (dates if dcol is not None else None), names[col], lines
+
+
+def _parse_dates(dates: list[str]) -> np.ndarray | None:
+    try:
+        return np.array(dates, dtype="datetime64")
+    except ValueError:
+        return None
 
 
 def time_step(dates: list[str] | None) -> dict[str, Any] | None:
-    """The series' usual step from ISO dates ("1949-01", "1981-01-01"): numpy unit and count, or None."""
-    if not dates:
-        return None
-    try:
-        t = np.array(dates, dtype="datetime64")
-    except ValueError:
+    """The series' usual step from ISO dates: a numpy unit and a count, plus the day within the month for
+    monthly data written with days ("2001-01-01", "2001-02-01" is 1 month, not 31 days); None if the
+    dates do not parse."""
+    t = _parse_dates(dates) if dates else None
+    if t is None or len(t) < 2:
         return None
     unit = np.datetime_data(t.dtype)[0]
+    day = None
+    if unit == "D":
+        months = t.astype("datetime64[M]")
+        within = (t - months.astype("datetime64[D]")).astype(np.int64)  # days into each month
+        if (within == within[0]).all() and (np.diff(months) > np.timedelta64(0)).all():
+            t, unit, day = months, "M", int(within[0])  # the same day of every month: monthly (or coarser)
     diffs = np.diff(t).astype(np.int64)
-    if len(diffs) == 0 or (diffs <= 0).any():
-        return None
-    counts = np.bincount(diffs)
-    return {"unit": unit, "n": int(counts.argmax())}
+    values, counts = np.unique(diffs, return_counts=True)
+    step: dict[str, Any] = {"unit": unit, "n": int(values[counts.argmax()])}
+    if day is not None:
+        step["day"] = day
+    return step
 
 
 def future_dates(dates: list[str] | None, step: dict[str, Any] | None, n: int) -> list[str] | None:
     if not dates or not step:
         return None
-    last = np.datetime64(dates[-1], step["unit"])
-    return [str(last + np.timedelta64(step["n"] * (i + 1), step["unit"])) for i in range(n)]
+    unit = step["unit"]
+    last = np.datetime64(dates[-1]).astype(f"datetime64[{unit}]")
+    out = [last + np.timedelta64(step["n"] * (i + 1), unit) for i in range(n)]
+    if "day" in step:  # written with a day, as the data is
+        return [str(t.astype("datetime64[D]") + np.timedelta64(step["day"], "D")) for t in out]
+    return [str(t) for t in out]
 
 
 def _season(step: dict[str, Any] | None) -> int:

@@ -18,7 +18,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rnnctl.config import Config, ModelConfig, Section
-from rnnctl.errors import ConfigError, RunError
+from rnnctl.errors import RunError
 from rnnctl.models import SequenceRegressor
 from rnnctl.tasks import Prepared
 from rnnctl.tasks.regression import RegressionMeter, Scale, Streams
@@ -49,6 +49,12 @@ class WaveModel(ModelConfig):
     hidden_size: int = Field(32, ge=1)
     layers: int = Field(2, ge=1)
 
+    @model_validator(mode="after")
+    def _forward_only(self) -> WaveModel:
+        if self.bidirectional:  # sine's target is the next input: a backward direction would read it
+            raise ValueError("bidirectional: a wave is predicted step by step, left to right (set it false)")
+        return self
+
 
 class WavesTask:
     """Shared by sine and sincos; `target` picks the function to learn."""
@@ -67,8 +73,6 @@ class WavesTask:
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: WaveData = cfg.data  # type: ignore[assignment]
         carry = self.carry(cfg)
-        if carry and cfg.model.bidirectional:
-            raise ConfigError("model.bidirectional: a carried hidden state (data.carry_state) runs forward only")
         g = torch.Generator().manual_seed(data.split_seed)
         x = torch.linspace(data.start, data.end, data.points, dtype=torch.float64)
         dx = (data.end - data.start) / (data.points - 1)
