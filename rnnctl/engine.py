@@ -115,15 +115,18 @@ def train_epoch(
         state = detach(out.state)  # truncated BPTT: carry the state, not its history
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])  # before clipping
-        if grad_clip is not None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if grad_clip is not None:  # clipping by norm needs the total now; it is the norm before clipping
+            norm = torch.nn.utils.get_total_norm(grads)
             torch.nn.utils.clip_grads_with_norm_(params, grad_clip, norm)
+            norms.append(norm.detach().view(1))
+        else:  # only logged: each gradient's norm now, their total once at the end of the epoch
+            norms.append(torch.stack(gradient_norms(grads)))
         if grad_clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, grad_clip_value)
         optimizer.step()
         meter.update(batch, out)
         samples += batch.size
-        norms.append(norm.detach())
         losses.append(out.loss.detach())
         if on_batch is not None:
             on_batch(steps, total)
@@ -133,11 +136,26 @@ def train_epoch(
         raise DivergedError(f"step {bad} of the epoch: the training loss is {step_losses[bad - 1]}", bad)
     return {
         **meter.compute(),
-        "grad_norms": torch.stack(norms).float().cpu().tolist() if norms else [],
+        "grad_norms": step_totals(norms),  # per step, before clipping
         "losses": step_losses,
         "steps": steps,
         "samples": samples,
     }
+
+
+def gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The L2 norm of each gradient, in one fused call where torch has it (the total is their norm)."""
+    foreach = getattr(torch, "_foreach_norm", None)
+    return list(foreach(grads)) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
+
+
+def step_totals(norms: list[torch.Tensor]) -> list[float]:
+    """Each step's total gradient norm from its per-gradient norms, read back in one transfer."""
+    if not norms:
+        return []
+    if all(n.shape == norms[0].shape for n in norms):
+        return torch.linalg.vector_norm(torch.stack(norms).double(), dim=1).cpu().tolist()
+    return [float(torch.linalg.vector_norm(n.double())) for n in norms]  # a parameter without gradient at times
 
 
 def detach(state):

@@ -156,6 +156,7 @@ class SentimentTask:
             "examples": {k: len(v) for k, v in splits.items()},
             "words_per_example": {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max())},  # train
             "truncated": round(float((lengths > (meta["max_len"] or np.inf)).mean()), 4),  # share of train texts
+            "words_per_example_kept": {"mean": round(float(splits["train"].lengths.double().mean()), 1)},  # after it
             # share of the words (before truncation) that the vocabulary knows
             "vocab_coverage": {k: round(float(counts[k][known].sum() / max(counts[k][1:].sum(), 1)), 4) for k in parts},
             "padding": epoch_padding(splits["train"], cfg.train.batch_size, cfg.train.seed),

@@ -30,24 +30,31 @@ class TextBatch:
 
 
 class LMMeter:
-    """Mean negative log-likelihood per token, in nats; also bits per token (`bpc`) and perplexity."""
+    """Mean negative log-likelihood per token, in nats; also bits per token (`bpc`) and perplexity.
+
+    A step costs one `detach`: the models' loss is the batch's mean NLL already, so it is kept as is
+    and weighted by the batch's size once, in `compute` (no second softmax, no per-step arithmetic).
+    """
 
     def __init__(self) -> None:
-        self.nll = 0
+        self.means: list[torch.Tensor] = []  # one 0-d mean NLL per batch
+        self.sizes: list[int] = []
         self.count = 0
 
     def update(self, batch: TextBatch, out: Output) -> None:
-        if out.loss is not None:  # the models' loss is the mean NLL already: reuse it, no second softmax
-            self.nll = self.nll + out.loss.detach() * batch.size
+        if out.loss is not None:
+            self.means.append(out.loss.detach())
         else:
             logits = out.logits.detach()
-            self.nll = self.nll + F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1), reduction="sum"
-            )
+            self.means.append(F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.targets.reshape(-1)))
+        self.sizes.append(batch.size)
         self.count += batch.size
 
     def compute(self) -> dict[str, float]:
-        loss = float(self.nll) / max(self.count, 1)
+        if not self.means:
+            return {"loss": float("nan"), "bpc": float("nan"), "ppl": float("nan")}
+        means = torch.stack(self.means).double().cpu()
+        loss = float(means @ torch.tensor(self.sizes, dtype=torch.float64)) / self.count
         return {"loss": loss, "bpc": loss / math.log(2), "ppl": math.exp(min(loss, 50.0))}
 
     def report(self) -> dict[str, Any]:
