@@ -73,6 +73,15 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for k in names:
         print(f"| {k} | {med[k]:,.0f} | {med[k] / seed:.1f}x | {med[k] / bare:.3f} |")
+    # the VM drifts between speeds from one process to the next: also compare within each repeat, where
+    # the rnnctl and bare processes ran back to back
+    ratios = [
+        statistics.median(ours) / statistics.median(theirs) for ours, theirs in zip(runs[names[2]], runs[names[1]])
+    ]
+    print(
+        f"\nrnnctl / bare loop within each repeat: median {statistics.median(ratios):.3f}, "
+        f"range {min(ratios):.3f} - {max(ratios):.3f} ({', '.join(f'{r:.3f}' for r in ratios)})"
+    )
 
 
 if __name__ == "__main__":
