@@ -18,9 +18,15 @@ from pydantic import Field
 from rnnctl.config import Config, DataConfig
 from rnnctl.data import locate, read_csv, read_text, stratified_split
 from rnnctl.errors import DataError
-from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks import Prepared
-from rnnctl.tasks.classification import ClassificationMeter, ClassifierConfig, SequenceSplit, pad, top_k
+from rnnctl.tasks.classification import (
+    ClassificationMeter,
+    ClassifierConfig,
+    SequenceSplit,
+    build_classifier,
+    pad,
+    top_k,
+)
 
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
 HEADER_WORDS = {"name", "names", "surname", "label", "language", "country", "class", "category", "lang"}
@@ -76,18 +82,7 @@ class NamesTask:
 
     def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
         m: ClassifierConfig = cfg.model  # type: ignore[assignment]
-        return RecurrentClassifier(
-            vocab_size=len(meta["alphabet"]),
-            num_classes=len(meta["classes"]),
-            cell=m.cell,
-            embedding_size=m.embedding_size,
-            hidden_size=m.hidden_size,
-            layers=m.layers,
-            bidirectional=m.bidirectional,
-            dropout=m.dropout,
-            pooling=m.pooling,
-            label_smoothing=m.label_smoothing,
-        )
+        return build_classifier(m, len(meta["alphabet"]), len(meta["classes"]))
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> ClassificationMeter:
         return ClassificationMeter(meta["classes"], detailed)

@@ -31,9 +31,15 @@ from pydantic import Field
 from rnnctl.config import Config, DataConfig, Section
 from rnnctl.data import cache_dir, download, read_csv, stratified_split
 from rnnctl.errors import DataError
-from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks import Prepared
-from rnnctl.tasks.classification import ClassificationMeter, ClassifierConfig, SequenceSplit, pad, top_k
+from rnnctl.tasks.classification import (
+    ClassificationMeter,
+    ClassifierConfig,
+    SequenceSplit,
+    build_classifier,
+    pad,
+    top_k,
+)
 
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"  # Maas et al. 2011
 MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
@@ -167,17 +173,10 @@ class SentimentTask:
 
     def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
         m: SentimentModel = cfg.model  # type: ignore[assignment]
-        model = RecurrentClassifier(
-            vocab_size=len(meta["vocab"]),
-            num_classes=len(meta["classes"]),
-            cell=m.cell,
-            embedding_size=m.embedding_size,
-            hidden_size=m.hidden_size,
-            layers=m.layers,
-            bidirectional=m.bidirectional,
-            dropout=m.dropout,
-            pooling=m.pooling,
-            label_smoothing=m.label_smoothing,
+        model = build_classifier(
+            m,
+            len(meta["vocab"]),
+            len(meta["classes"]),
             freeze_embedding=m.embeddings is not None and m.embeddings.freeze,
         )
         init = meta.pop(INIT, None)  # a new run's pretrained vectors; a loaded run gets its checkpoint's weights
