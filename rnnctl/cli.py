@@ -61,7 +61,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="With --resume: train up to this many epochs in all.")] = None,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
-    from rnnctl import engine, views
+    from rnnctl import loop, views
     from rnnctl.config import load_config
     from rnnctl.errors import ConfigError
     from rnnctl.live import LiveTable, PlainLines
@@ -72,7 +72,7 @@ def train(
         if resume is not None:
             if config is not None or overrides or name:
                 raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
-            result = engine.resume(resume, epochs, command=command, loggers=loggers)
+            result = loop.resume(resume, epochs, command=command, loggers=loggers)
         else:
             if config is None:
                 raise ConfigError("give a CONFIG file to train, or --resume RUN to continue a run")
@@ -81,7 +81,7 @@ def train(
             cfg = load_config(config, overrides or [])
             if name:
                 cfg = cfg.model_copy(update={"name": name})
-            result = engine.train(cfg, command=command, loggers=loggers)
+            result = loop.train(cfg, command=command, loggers=loggers)
         views.summary(out, result)
 
 
@@ -95,7 +95,7 @@ def eval_(
 ) -> None:
     """Re-evaluate a saved run on a split and save the result in its folder."""
     from rnnctl import views
-    from rnnctl.engine import LoadedRun
+    from rnnctl.inference import LoadedRun
 
     with user_errors():
         loaded = LoadedRun(run, checkpoint)
@@ -119,7 +119,7 @@ def predict(
     """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
     from rnnctl import views
     from rnnctl.data import read_lines
-    from rnnctl.engine import LoadedRun
+    from rnnctl.inference import LoadedRun
     from rnnctl.errors import RunError
 
     with user_errors():
@@ -157,7 +157,7 @@ def sample(
 ) -> None:
     """Generate text from a character language model, streaming it to the terminal."""
     from rnnctl import views
-    from rnnctl.engine import LoadedRun, latest_language_model_run
+    from rnnctl.inference import LoadedRun, latest_language_model_run
 
     with user_errors():
         loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
@@ -173,7 +173,7 @@ def compare(
 ) -> None:
     """Overlay several runs' curves (by epoch and by training time) and tabulate best and final values."""
     from rnnctl import views
-    from rnnctl.runs import compare_runs
+    from rnnctl.inference import compare_runs
 
     with user_errors():
         views.comparison(out, *compare_runs(runs, metric))

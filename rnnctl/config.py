@@ -2,7 +2,8 @@
 
 Validated once, here, at the edge: past `load_config` code reads `cfg.train.lr`, never a dict.
 Each task contributes its own `data` and `model` sections (subclasses of the bases below), so
-`config_class(task)` builds the full model for one task and unknown keys are caught everywhere.
+`config_class(task)` builds the full model for one task and unknown keys are caught everywhere. This
+module imports no task: it asks the registry (rnnctl.tasks) for one by name.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from rnnctl import cells
 from rnnctl.errors import ConfigError
+from rnnctl.tasks import get_task, task_names
 
 
 class Section(BaseModel):
@@ -29,12 +32,22 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    cell: Literal["rnn", "lstm", "gru"] = "gru"
+    """The model section, handed to the models as one object."""
+
+    cell: str = "gru"  # a name in the cell registry (rnnctl.cells): rnn | lstm | gru | ...
     layers: int = Field(1, ge=1)
     hidden_size: int = Field(128, ge=1)
     embedding_size: int = Field(64, ge=1)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers and before the output layer
+    stepwise: bool = False  # step the cell by hand over time instead of its fused module (slow; for teaching)
+
+    @field_validator("cell")
+    @classmethod
+    def _known_cell(cls, name: str) -> str:
+        if name not in cells.CELLS:
+            raise ValueError(f"unknown cell {name!r}{_suggest(name, cells.names())} (known: {', '.join(cells.names())})")
+        return name
 
 
 class OptimConfig(Section):
@@ -87,12 +100,13 @@ class Config(Section):
         return self.model_dump(mode="json")
 
 
-@functools.cache
 def config_class(task: str) -> type[Config]:
     """The Config model for one task: its own `data` and `model` sections replace the bases."""
-    from rnnctl.tasks import get_task
+    return _config_class(get_task(task))
 
-    spec = get_task(task)
+
+@functools.cache
+def _config_class(spec: Any) -> type[Config]:
     return create_model(
         f"{spec.name.capitalize()}Config",
         __base__=Config,
@@ -151,14 +165,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
     """Validate a plain dict into the task's Config; errors name the dotted key."""
-    from rnnctl.tasks import TASKS
-
     task = raw.get("task")
+    known = task_names()
     if task is None:
-        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(sorted(TASKS))})")
-    if not isinstance(task, str) or task not in TASKS:
-        hint = _suggest(str(task), TASKS)
-        raise ConfigError(f"{source}: task: unknown task {task!r}{hint} (known: {', '.join(sorted(TASKS))})")
+        raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(known)})")
+    if not isinstance(task, str) or task not in known:
+        raise ConfigError(f"{source}: task: unknown task {task!r}{_suggest(str(task), known)} (known: {', '.join(known)})")
     cls = config_class(task)
     try:
         return cls.model_validate(raw)

@@ -1,6 +1,6 @@
 """What the user watches while a run trains: a rich live table on a terminal, plain lines elsewhere.
 
-Both implement the engine's Logger protocol (start, progress, epoch, finish) and read the same rows.
+Both implement the Logger protocol of loggers.py (start, progress, epoch, finish) and read the same rows.
 """
 
 from __future__ import annotations

@@ -6,11 +6,17 @@ H = hidden size, D = directions (1 or 2), L = layers, C = classes.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rnnctl import cells
+from rnnctl.errors import ConfigError
+
+if TYPE_CHECKING:  # the model sections of config.py and the tasks; models read their fields, nothing more
+    from rnnctl.config import ModelConfig as ModelSection
 
 
 class Output(NamedTuple):
@@ -21,34 +27,18 @@ class Output(NamedTuple):
     state: Any = None  # hidden state to carry into the next batch (truncated BPTT); None otherwise
 
 
-RNN_MODULES: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
-
-
-CELLS: dict[str, type[nn.RNNCellBase]] = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}
-
-
-def make_rnn(
-    cell: str,
-    input_size: int,
-    hidden_size: int,
-    layers: int,
-    bidirectional: bool,
-    dropout: float,
-    stepwise: bool = False,
-) -> nn.Module:
-    """The multi-layer recurrent module for a cell name, batch-first: fused, or stepped by hand."""
-    if stepwise:
-        if bidirectional:
-            raise ValueError("a stepwise RNN runs forward only")  # configs reject this first, with the key's name
-        return StepwiseRNN(cell, input_size, hidden_size, layers, dropout)
-    return RNN_MODULES[cell](
-        input_size,
-        hidden_size,
-        num_layers=layers,
-        bidirectional=bidirectional,
-        dropout=dropout if layers > 1 else 0.0,  # torch applies it between layers only
-        batch_first=True,
-    )
+def make_rnn(m: ModelSection, input_size: int) -> nn.Module:
+    """The multi-layer recurrent module a model section describes, batch-first: the cell's fused module,
+    or its stepwise cell run over time (`model.stepwise`, or a cell that has no fused module)."""
+    cell = cells.get(m.cell)
+    if m.stepwise or cell.fused is None:
+        if m.bidirectional:
+            raise ConfigError(
+                f"model.bidirectional: the stepwise recurrence{'' if m.stepwise else f' of cell {m.cell!r}'} "
+                "runs forward only here (set model.bidirectional: false)"
+            )
+        return StepwiseRNN(m.cell, input_size, m.hidden_size, m.layers, m.dropout)
+    return cell.fused(input_size, m.hidden_size, m.layers, m.bidirectional, m.dropout)
 
 
 class StepwiseRNN(nn.Module):
@@ -61,11 +51,10 @@ class StepwiseRNN(nn.Module):
 
     def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int = 1, dropout: float = 0.0):
         super().__init__()
-        self.lstm = cell == "lstm"
+        spec = cells.get(cell)
+        self.lstm = spec.states == 2  # the state is (h, c)
         self.hidden_size = hidden_size
-        self.cells = nn.ModuleList(
-            CELLS[cell](input_size if i == 0 else hidden_size, hidden_size) for i in range(layers)
-        )
+        self.cells = nn.ModuleList(spec.step(input_size if i == 0 else hidden_size, hidden_size) for i in range(layers))
         self.drop = nn.Dropout(dropout if layers > 1 else 0.0)  # between layers, as the fused module does
 
     def forward(self, x: torch.Tensor, state=None):
@@ -117,15 +106,28 @@ class PaddedRNN(nn.Module):
     Each layer and direction is its own single-layer module (the fused kernel, one direction at a time).
     """
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int, bidirectional: bool, dropout: float):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        stepwise: bool = False,
+    ):
         super().__init__()
         self.directions = 2 if bidirectional else 1
+        spec = cells.get(cell)
+
+        def one_direction(size: int) -> nn.Module:  # one layer, one direction: (B, T, size) -> (B, T, H)
+            if stepwise or spec.fused is None:
+                return StepwiseRNN(cell, size, hidden_size)
+            return spec.fused(size, hidden_size, 1, False, 0.0)
+
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                RNN_MODULES[cell](
-                    input_size if i == 0 else hidden_size * self.directions, hidden_size, batch_first=True
-                )
-                for _ in range(self.directions)
+                one_direction(input_size if i == 0 else hidden_size * self.directions) for _ in range(self.directions)
             )
             for i in range(layers)
         )
@@ -176,28 +178,23 @@ class RecurrentClassifier(nn.Module):
 
     def __init__(
         self,
+        m: ModelSection,  # cell, layers, sizes, bidirectional, dropout, pooling, label_smoothing, stepwise
         vocab_size: int,
         num_classes: int,
-        cell: str = "gru",
-        embedding_size: int = 64,
-        hidden_size: int = 128,
-        layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        pooling: str = "last",
-        label_smoothing: float = 0.0,
         padding_idx: int = 0,
         freeze_embedding: bool = False,  # keep pretrained word vectors as they are
     ):
         super().__init__()
-        self.label_smoothing = label_smoothing
-        self.directions = 2 if bidirectional else 1
-        self.pooling = pooling
-        self.embedding = nn.Embedding(vocab_size, embedding_size, padding_idx=padding_idx)
+        self.label_smoothing = m.label_smoothing
+        self.directions = 2 if m.bidirectional else 1
+        self.pooling = m.pooling
+        self.embedding = nn.Embedding(vocab_size, m.embedding_size, padding_idx=padding_idx)
         self.embedding.weight.requires_grad_(not freeze_embedding)  # no gradient, so no optimizer step moves it
-        self.rnn = PaddedRNN(cell, embedding_size, hidden_size, layers, bidirectional, dropout)
-        self.drop = nn.Dropout(dropout)
-        features = hidden_size * self.directions * (2 if pooling == "last+max" else 1)
+        self.rnn = PaddedRNN(
+            m.cell, m.embedding_size, m.hidden_size, m.layers, m.bidirectional, m.dropout, m.stepwise
+        )  # fmt: skip
+        self.drop = nn.Dropout(m.dropout)
+        features = m.hidden_size * self.directions * (2 if m.pooling == "last+max" else 1)
         self.head = nn.Linear(features, num_classes)
 
     def forward(
@@ -228,24 +225,13 @@ class CharLM(nn.Module):
     and `generate` can warm it up on a seed string and then sample one character at a time.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        cell: str = "lstm",
-        embedding_size: int = 64,
-        hidden_size: int = 256,
-        layers: int = 1,
-        dropout: float = 0.0,
-        one_hot: bool = False,
-        stepwise: bool = False,
-    ):
+    def __init__(self, m: ModelSection, vocab_size: int):  # m: cell, sizes, layers, dropout, one_hot, stepwise
         super().__init__()
         self.vocab_size = vocab_size
-        self.embedding = None if one_hot else nn.Embedding(vocab_size, embedding_size)  # one-hot: seed 002's input
-        input_size = vocab_size if one_hot else embedding_size
-        self.rnn = make_rnn(cell, input_size, hidden_size, layers, False, dropout, stepwise)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, vocab_size)
+        self.embedding = None if m.one_hot else nn.Embedding(vocab_size, m.embedding_size)  # one-hot: seed 002's
+        self.rnn = make_rnn(m, vocab_size if m.one_hot else m.embedding_size)
+        self.drop = nn.Dropout(m.dropout)
+        self.head = nn.Linear(m.hidden_size, vocab_size)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
         # x: (B, T) character ids; state: h (L, B, H), or (h, c) for an LSTM, or None for zeros
@@ -291,20 +277,11 @@ class SequenceTagger(nn.Module):
     Without the output layer the hidden state itself is read as the logits, as seed 000 does.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        cell: str = "rnn",
-        hidden_size: int = 4,
-        layers: int = 1,
-        dropout: float = 0.0,
-        stepwise: bool = True,
-        output_layer: bool = False,
-    ):
+    def __init__(self, m: ModelSection, vocab_size: int):  # m: cell, hidden_size, layers, stepwise, output_layer
         super().__init__()
         self.vocab_size = vocab_size
-        self.rnn = make_rnn(cell, vocab_size, hidden_size, layers, False, dropout, stepwise)
-        self.head = nn.Linear(hidden_size, vocab_size) if output_layer else nn.Identity()
+        self.rnn = make_rnn(m, vocab_size)
+        self.head = nn.Linear(m.hidden_size, vocab_size) if m.output_layer else nn.Identity()
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None) -> Output:
         out, _ = self.rnn(F.one_hot(x, self.vocab_size).float())  # (B, T, H), from one-hot (B, T, V)
@@ -319,29 +296,19 @@ class SequenceRegressor(nn.Module):
     Two shapes of output: one value per input step (`horizon=None`, many-to-many: sine, sin -> cos), or
     the next `horizon` values read from the last step (a forecaster over a lookback window). With
     `carry`, the hidden state is returned so that the next window of the same streams starts from it
-    (seed 004's `h_state = h_state.data`; the engine detaches it); a batch with `fresh=True` starts new
+    (seed 004's `h_state = h_state.data`; the training loop detaches it); a batch with `fresh=True` starts new
     streams from zeros.
     """
 
-    def __init__(
-        self,
-        input_size: int = 1,
-        cell: str = "rnn",
-        hidden_size: int = 32,
-        layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        horizon: int | None = None,
-        carry: bool = False,
-    ):
+    def __init__(self, m: ModelSection, input_size: int = 1, horizon: int | None = None, carry: bool = False):
         super().__init__()
-        if carry and bidirectional:
+        if carry and m.bidirectional:
             raise ValueError("a carried state runs forward only")  # configs reject this first, with the key's name
         self.horizon, self.carry = horizon, carry
-        self.directions = 2 if bidirectional else 1
-        self.rnn = make_rnn(cell, input_size, hidden_size, layers, bidirectional, dropout)
-        self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), horizon or 1)
+        self.directions = 2 if m.bidirectional else 1
+        self.rnn = make_rnn(m, input_size)
+        self.drop = nn.Dropout(m.dropout)
+        self.head = nn.Linear(m.hidden_size * self.directions, horizon or 1)
 
     def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, state=None, fresh: bool = False) -> Output:
         # x: (B, T, F) features per step; targets: (B, T) per step, or (B, horizon)

@@ -9,41 +9,32 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 
-from rnnctl.runs import read_json, read_metrics, read_steps  # noqa: E402
+from rnnctl.runs import RunFolder, read_json  # noqa: E402
 
 FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
 TITLES = {"loss": "Loss", "acc": "Accuracy"}
 MAX_POINTS = 600  # of a prediction-vs-truth plot
 
 
-def write_all(run_dir: Path) -> list[Path]:
-    """Every plot the run's files allow: one per metric, and the test confusion matrix if any."""
-    out_dir = run_dir / "plots"
-    out_dir.mkdir(exist_ok=True)
+def write_all(run: RunFolder) -> list[Path]:
+    """Every plot the run's files allow: one per metric, the step norms, the test confusion, the fits."""
     written = []
-    rows = read_metrics(run_dir)
+    rows = run.rows()
     if rows:
         for metric in dict.fromkeys(k.split("_", 1)[1] for k in rows[0] if k.startswith("val_")):
-            written.append(curve(rows, metric, out_dir / f"{FILE_NAMES.get(metric, metric)}.png"))
-    steps = read_steps(run_dir)
+            written.append(curve(rows, metric, run.plot_path(FILE_NAMES.get(metric, metric))))
+    steps = run.steps()
     if steps:
-        clip = (
-            (yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {})
-            .get("train", {})
-            .get("grad_clip")
-        )
-        written.append(grad_norms(steps, clip, out_dir / "grad_norm.png"))
-    test = run_dir / "eval" / "test-best.json"
-    if test.exists():
-        report = read_json(test)
-        if "confusion" in report:
-            written.append(confusion(report, out_dir / "confusion.png"))
+        clip = (run.config().get("train") or {}).get("grad_clip")
+        written.append(grad_norms(steps, clip, run.plot_path("grad_norm")))
+    test = run.read_eval("test", "best")
+    if test is not None and "confusion" in test:
+        written.append(confusion(test, run.plot_path("confusion")))
     for split in ("val", "test"):
-        path = run_dir / "eval" / f"{split}-best.json"
-        if path.exists() and "series" in (report := read_json(path)):
-            written.append(prediction_vs_truth(report, out_dir / f"prediction_{split}.png"))
+        report = run.read_eval(split, "best")
+        if report is not None and "series" in report:
+            written.append(prediction_vs_truth(report, run.plot_path(f"prediction_{split}")))
     return written
 
 

@@ -1,12 +1,16 @@
-"""Run folders: create, resolve an id, checkpoints (atomic), run.json, metrics files.
+"""Run folders: the only module that knows their layout. Every path and every write of a run goes through
+`RunFolder`, so rank-0-only writing, a lock or a new file is one change here.
 
 A run folder, `runs/<YYYYmmdd-HHMMSS>-<name>/`:
     config.yaml          resolved config + `derived` (what the data determined)
     run.json             id, task, status, command, versions, seed, git commit, best epoch, test metrics
-    metrics.jsonl/.csv   one row per epoch
+    metrics.jsonl/.csv   one row per epoch (and per evaluation point inside an epoch)
+    steps.csv            loss and gradient norm of every optimizer step
     checkpoints/         last.pt, best.pt
     eval/                results of evaluations (`<split>-<checkpoint>.json`)
-    plots/               loss.png, accuracy.png, confusion.png
+    forecast/            `forecast-<N>.json/.csv/.png` of a series run
+    plots/               PNG figures drawn from the files above
+    tensorboard/         TensorBoard events (`log.tensorboard: true`)
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from rnnctl.errors import RunError
 
 RUNS_ENV = "RNNCTL_RUNS"
 CHECKPOINT_FORMAT = "rnnctl-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINTS = ("best", "last")
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
@@ -35,12 +41,12 @@ def runs_root() -> Path:
 
 
 def safe_name(name: str) -> str:
-    """A run name as it appears in folder names: letters, digits and -_. only."""
+    """A name as it appears in folder names: letters, digits and -_. only."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name) or "run"
 
 
-def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Path:
-    """A new, empty run folder; never reuses one (two runs in the same second get -2, -3, ...)."""
+def new_folder(root: Path, name: str, now: dt.datetime | None = None, what: str = "run") -> Path:
+    """A new, empty, timestamped folder under `root`; never reuses one (same second: -2, -3, ...)."""
     stamp = (now or dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     safe = safe_name(name)
     try:
@@ -54,9 +60,12 @@ def create_run_dir(root: Path, name: str, now: dt.datetime | None = None) -> Pat
                 continue
     except OSError as e:
         raise RunError(
-            f"runs folder {root} (${RUNS_ENV} or ./runs): cannot create a run folder: {e.strerror or e}"
+            f"runs folder {root} (${RUNS_ENV} or ./runs): cannot create a {what} folder: {e.strerror or e}"
         ) from None
-    raise RunError(f"{root}: could not create a run folder for {stamp}-{safe}")
+    raise RunError(f"{root}: could not create a {what} folder for {stamp}-{safe}")
+
+
+# -- files ---------------------------------------------------------------------------------------
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -78,16 +87,7 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
-def write_table(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    """A CSV file (quoted where needed), written atomically."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write(path, out.getvalue())
-
-
-def read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -96,19 +96,17 @@ def read_json(path: Path) -> dict[str, Any]:
         raise RunError(f"{path}: not valid JSON ({e})") from None
 
 
-# -- checkpoints ---------------------------------------------------------------------------------
-
-
-def save_checkpoint(paths: Path | list[Path], state: dict[str, Any]) -> None:
-    """Serialize once, write atomically to each path (last.pt and, on a new best, best.pt)."""
-    buf = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
-    for path in [paths] if isinstance(paths, Path) else paths:
-        atomic_write(path, buf.getvalue())
+def table_text(header: list[str], rows: list[list[Any]]) -> str:
+    """CSV text, quoted where needed."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint holds tensors and plain data and never runs code."""
+    """Load with weights_only=True (a checkpoint holds tensors and plain data and never runs code), on the CPU."""
     if not path.is_file():
         raise RunError(f"{path}: checkpoint not found")
     try:
@@ -125,107 +123,239 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-# -- metrics -------------------------------------------------------------------------------------
+# -- one run -------------------------------------------------------------------------------------
 
 
-class MetricsFiles:
-    """The disk logger: appends each epoch's row to metrics.jsonl and rewrites metrics.csv from it."""
+class RunFolder:
+    """One run's folder: its paths, and every read and write of its files."""
 
-    def __init__(self, run_dir: Path):
-        self.jsonl = run_dir / "metrics.jsonl"
-        self.csv = run_dir / "metrics.csv"
+    def __init__(self, path: Path):
+        self.path = Path(path)
 
-    def start(self, info: dict[str, Any]) -> None:
-        pass
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
 
-    def progress(self, done: int, total: int) -> None:
-        pass
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunFolder) and self.path == other.path
 
-    def steps(self, rows: list[dict[str, Any]]) -> None:
-        append_steps(self.jsonl.parent, rows)
+    def __hash__(self) -> int:
+        return hash(self.path)
 
-    def epoch(self, row: dict[str, Any]) -> None:
-        with self.jsonl.open("a", encoding="utf-8") as f:
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def create(cls, name: str, root: Path | None = None, now: dt.datetime | None = None) -> RunFolder:
+        """A new, empty run folder under the runs root."""
+        return cls(new_folder(root or runs_root(), name, now))
+
+    @classmethod
+    def resolve(cls, ref: str, root: Path | None = None) -> RunFolder:
+        """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
+        root = root or runs_root()
+        if ref == "latest":
+            runs = all_runs(root)
+            if not runs:
+                raise RunError(f"no runs in {root}/ yet (train one with `rnnctl train CONFIG`)")
+            return runs[-1]
+        path = Path(ref).expanduser()
+        if path.is_dir():
+            if not cls(path).exists():
+                raise RunError(f"{path}: not a run folder (no run.json)")
+            return cls(path)
+        if (candidate := cls(root / ref)).exists():
+            return candidate
+        matches = [r for r in all_runs(root) if r.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise RunError(f"run id {ref!r} is ambiguous in {root}/: {', '.join(r.id for r in matches[:5])}")
+        raise RunError(f"unknown run {ref!r}: no such folder, and no run id in {root}/ (see `rnnctl runs`)")
+
+    def exists(self) -> bool:
+        return (self.path / "run.json").is_file()
+
+    # -- the record: config.yaml and run.json ----------------------------------------------------
+
+    def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
+        text = yaml.safe_dump({**config, "derived": derived}, sort_keys=False, allow_unicode=True)
+        atomic_write(self.path / "config.yaml", text)
+
+    def config_text(self) -> str:
+        return (self.path / "config.yaml").read_text(encoding="utf-8")
+
+    def config(self) -> dict[str, Any]:
+        """config.yaml as plain data ({} when it is missing or not a mapping)."""
+        try:
+            data = yaml.safe_load(self.config_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        write_json(self.path / "run.json", info)
+
+    def read_info(self) -> dict[str, Any]:
+        """run.json as written; RunError when it is missing or broken."""
+        info = read_json(self.path / "run.json")
+        if not isinstance(info, dict):
+            raise RunError(f"{self.path / 'run.json'}: expected a JSON object, got {type(info).__name__}")
+        return info
+
+    def info(self) -> dict[str, Any]:
+        """run.json for listing: status `died` for a run whose process is gone, `unreadable` for a broken file."""
+        try:
+            info = self.read_info()
+        except RunError:
+            return {"id": self.id, "status": "unreadable"}
+        info.setdefault("id", self.id)
+        if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
+            info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
+        return info
+
+    # -- metrics.jsonl, metrics.csv, steps.csv ---------------------------------------------------
+
+    def append_row(self, row: dict[str, Any]) -> None:
+        """One epoch's (or evaluation point's) row: appended to metrics.jsonl; metrics.csv rewritten from it."""
+        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        self.write_csv(read_metrics(self.jsonl.parent))
+        self._write_metrics_csv(self.rows())
 
-    def write_csv(self, rows: list[dict[str, Any]]) -> None:
+    def rows(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def _write_metrics_csv(self, rows: list[dict[str, Any]]) -> None:
         # the CSV is the numeric table; text (a sample, a predicted string) stays in the JSONL
         columns = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, str)))
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write(self.csv, out.getvalue())
+        atomic_write(self.path / "metrics.csv", out.getvalue())
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        pass
+    def append_steps(self, rows: list[dict[str, Any]]) -> None:
+        """steps.csv: the training loss and the gradient norm before clipping of every optimizer step."""
+        path = self.path / "steps.csv"
+        new = not path.exists()
+        with path.open("a", encoding="utf-8") as f:
+            if new:
+                f.write("step,loss,grad_norm\n")
+            f.writelines(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in rows)
+
+    def steps(self) -> list[dict[str, float]]:
+        path = self.path / "steps.csv"
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+        return [
+            {"step": int(s), "loss": float(lo), "grad_norm": float(g)}
+            for s, lo, g in (ln.split(",") for ln in lines if ln)
+        ]
+
+    def truncate(self, step: int) -> list[dict[str, Any]]:
+        """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again); returns the rest."""
+        rows = [r for r in self.rows() if r["step"] <= step]
+        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self._write_metrics_csv(rows)
+        steps = [r for r in self.steps() if r["step"] <= step]
+        if (self.path / "steps.csv").exists():
+            (self.path / "steps.csv").unlink()
+            self.append_steps(steps)
+        return rows
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def checkpoint_path(self, name: str) -> Path:
+        if name not in CHECKPOINTS:
+            raise RunError(f"--checkpoint {name!r}: expected best or last")
+        return self.path / "checkpoints" / f"{name}.pt"
+
+    def has_checkpoint(self, name: str) -> bool:
+        return self.checkpoint_path(name).is_file()
+
+    def save_checkpoint(self, names: list[str], state: dict[str, Any]) -> None:
+        """Serialize once, write atomically under each name (last and, on a new best, best)."""
+        buf = io.BytesIO()
+        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
+        for name in names:
+            atomic_write(self.checkpoint_path(name), buf.getvalue())
+
+    def load_checkpoint(self, name: str) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_path(name))
+
+    # -- eval/, forecast/, plots/, tensorboard/ --------------------------------------------------
+
+    def eval_path(self, split: str, checkpoint: str) -> Path:
+        return self.path / "eval" / f"{split}-{checkpoint}.json"
+
+    def write_eval(self, split: str, checkpoint: str, report: dict[str, Any]) -> Path:
+        path = self.eval_path(split, checkpoint)
+        write_json(path, report)
+        return path
+
+    def read_eval(self, split: str, checkpoint: str) -> dict[str, Any] | None:
+        """An evaluation report, or None when that evaluation was never written."""
+        path = self.eval_path(split, checkpoint)
+        return read_json(path) if path.exists() else None
+
+    def write_forecast(self, steps: int, result: dict[str, Any], header: list[str], rows: list[list[Any]]) -> dict:
+        """forecast-<steps>.json and .csv; returns the paths of those and of the .png to draw."""
+        folder = self.path / "forecast"
+        paths = {ext: folder / f"forecast-{steps}.{ext}" for ext in ("json", "csv", "png")}
+        write_json(paths["json"], result)
+        atomic_write(paths["csv"], table_text(header, rows))
+        return paths
+
+    def plot_path(self, stem: str) -> Path:
+        folder = self.path / "plots"
+        folder.mkdir(exist_ok=True)
+        return folder / f"{stem}.png"
+
+    def plots(self) -> list[Path]:
+        return sorted((self.path / "plots").glob("*.png"))
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
 
 
-def append_steps(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """steps.csv: the training loss and the gradient norm before clipping of every optimizer step."""
-    path = run_dir / "steps.csv"
-    new = not path.exists()
-    with path.open("a", encoding="utf-8") as f:
-        if new:
-            f.write("step,loss,grad_norm\n")
-        f.writelines(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in rows)
+def _alive(pid: int | None, host: str | None) -> bool:
+    if not pid or host != os.uname().nodename:
+        return True  # cannot tell from here: trust the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
-def read_steps(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "steps.csv"
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [
-        {"step": int(s), "loss": float(lo), "grad_norm": float(g)} for s, lo, g in (ln.split(",") for ln in lines if ln)
-    ]
+# -- many runs -----------------------------------------------------------------------------------
 
 
-def truncate_metrics(run_dir: Path, step: int) -> list[dict[str, Any]]:
-    """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again); returns the rest."""
-    rows = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    MetricsFiles(run_dir).write_csv(rows)
-    steps = [r for r in read_steps(run_dir) if r["step"] <= step]
-    if (run_dir / "steps.csv").exists():
-        (run_dir / "steps.csv").unlink()
-        append_steps(run_dir, steps)
-    return rows
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# -- finding runs --------------------------------------------------------------------------------
-
-
-def is_run(path: Path) -> bool:
-    return (path / "run.json").is_file()
-
-
-def all_runs(root: Path | None = None) -> list[Path]:
+def all_runs(root: Path | None = None) -> list[RunFolder]:
     """Run folders under the root, oldest first: by the second in the folder name, then by the exact start."""
     root = root or runs_root()
     if not root.is_dir():
         return []
+    runs = [RunFolder(p) for p in root.iterdir() if p.is_dir()]
 
-    def started(p: Path) -> tuple[str, int, str]:
-        info = read_run(p)
-        return p.name[:15], int(info.get("created_ns") or 0), p.name
+    def started(r: RunFolder) -> tuple[str, int, str]:
+        return r.id[:15], int(r.info().get("created_ns") or 0), r.id
 
-    return sorted((p for p in root.iterdir() if p.is_dir() and is_run(p)), key=started)
+    return sorted((r for r in runs if r.exists()), key=started)
 
 
 def list_runs(task: str | None = None, status: str | None = None, sort: str = "created") -> list[dict[str, Any]]:
     """run.json of every run, filtered; sorted by start, by best validation metric (best first), or duration."""
     if sort not in ("created", "best", "duration"):
         raise RunError(f"--sort {sort!r}: expected created, best or duration")
-    infos = [read_run(p) for p in all_runs()]
+    infos = [r.info() for r in all_runs()]
     infos = [
         i for i in infos if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
     ]
@@ -243,84 +373,10 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
     return infos
 
 
-def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[dict[str, Any]], Path]:
-    """Summaries of several runs on one metric (default: the first run's best-epoch metric), their
-    curves drawn to a new folder `<runs>/compare/<time>/` (compare.png, compare.json)."""
-    from rnnctl import plots
-
-    if len(refs) < 2:
-        raise RunError("compare: give at least two runs")
-    dirs = [resolve_run(r) for r in refs]
-    infos = [read_run(d) for d in dirs]
-    metric = metric or (infos[0].get("best") or {}).get("metric") or "val_loss"
-    table, curves = [], []
-    for d, info in zip(dirs, infos):
-        rows = [r for r in read_metrics(d) if metric in r]
-        if not rows:
-            raise RunError(
-                f"{d.name}: no {metric!r} in its metrics (columns: {', '.join(read_metrics(d)[0]) if read_metrics(d) else 'none'})"
-            )
-        mode = (info.get("best") or {}).get("mode") or ("min" if metric.endswith("loss") else "max")
-        best = (min if mode == "min" else max)(rows, key=lambda r: r[metric])
-        test = info.get("test") or {}
-        table.append({
-            "id": d.name, "task": info.get("task"), "parameters": info.get("parameters"),
-            "best": best[metric], "best_epoch": best["epoch"], "final": rows[-1][metric],
-            "test": test.get(metric.removeprefix("val_")), "epochs": info.get("epochs_done"),
-            "duration": info.get("duration"), "status": info.get("status"),
-        })  # fmt: skip
-        curves.append((d.name, rows))
-    out = create_run_dir(runs_root() / "compare", f"{len(dirs)}-runs")
-    plots.compare(curves, metric, out / "compare.png")
-    atomic_write(out / "compare.json", json.dumps({"metric": metric, "runs": table}, indent=2) + "\n")
-    return metric, table, out
+def compare_folder(count: int) -> Path:
+    """A new folder for one `rnnctl compare`: `<runs>/compare/<time>-<count>-runs/`."""
+    return new_folder(runs_root() / "compare", f"{count}-runs", what="compare")
 
 
-def resolve_run(ref: str, root: Path | None = None) -> Path:
-    """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
-    root = root or runs_root()
-    if ref == "latest":
-        runs = all_runs(root)
-        if not runs:
-            raise RunError(f"no runs in {root}/ yet (train one with `rnnctl train CONFIG`)")
-        return runs[-1]
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        if not is_run(path):
-            raise RunError(f"{path}: not a run folder (no run.json)")
-        return path
-    candidate = root / ref
-    if candidate.is_dir() and is_run(candidate):
-        return candidate
-    matches = [p for p in all_runs(root) if p.name.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise RunError(f"run id {ref!r} is ambiguous in {root}/: {', '.join(p.name for p in matches[:5])}")
-    raise RunError(f"unknown run {ref!r}: no such folder, and no run id in {root}/ (see `rnnctl runs`)")
-
-
-def read_run(run_dir: Path) -> dict[str, Any]:
-    """run.json, with a status of `died` for a run whose process is gone and `unreadable` for a broken file."""
-    try:
-        info = read_json(run_dir / "run.json")
-    except RunError:
-        info = None
-    if not isinstance(info, dict):
-        return {"id": run_dir.name, "status": "unreadable"}
-    info.setdefault("id", run_dir.name)
-    if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
-        info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
-    return info
-
-
-def _alive(pid: int | None, host: str | None) -> bool:
-    if not pid or host != os.uname().nodename:
-        return True  # cannot tell from here: trust the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def sweeps_root() -> Path:
+    return runs_root() / "sweeps"

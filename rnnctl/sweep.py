@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from rnnctl.config import load_config
 from rnnctl.errors import ConfigError, RunError
-from rnnctl.runs import atomic_write, create_run_dir, read_json, read_metrics, read_run, runs_root, safe_name
+from rnnctl.runs import RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -41,7 +41,7 @@ def create(config: Path, grid_items: list[str]) -> Path:
         raise ConfigError("sweep: give at least one --grid key=v1,v2")
     load_config(config, [f"{k}={v[0]}" for k, v in grid.items()])  # the file and the keys are valid
     members = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    folder = create_run_dir(runs_root() / "sweeps", config.stem)
+    folder = new_folder(sweeps_root(), config.stem, what="sweep")
     shutil.copy(config, folder / "config.yaml")
     state = {
         "config": str(config.resolve()),
@@ -105,8 +105,8 @@ def summarize(folder: Path) -> dict[str, Any]:
     for m in state["members"]:
         if m["status"] != "completed" or not m.get("run"):
             continue
-        run_dir = folder / "runs" / m["run"]
-        info = read_run(run_dir)
+        member = RunFolder(folder / "runs" / m["run"])
+        info = member.info()
         best = info.get("best") or {}
         name = best.get("metric", "val_loss").removeprefix("val_")
         test = (info.get("test") or {}).get(name)
@@ -114,7 +114,7 @@ def summarize(folder: Path) -> dict[str, Any]:
         value = test if test is not None else best.get("value")
         label = ", ".join(f"{k}={m['set'][k]}" for k in keys) or "all"
         groups.setdefault(label, []).append(value)
-        curves.append((m["run"], read_metrics(run_dir)))
+        curves.append((m["run"], member.rows()))
     rows = [
         {"group": g, "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
         for g, v in groups.items()
@@ -122,7 +122,7 @@ def summarize(folder: Path) -> dict[str, Any]:
     failed = [{"set": m["set"], "error": m.get("error")} for m in state["members"] if m["status"] == "failed"]
     summary = {"metric": metric, "groups": rows, "failed": failed, "members": len(state["members"])}
     if curves:
-        val_metric = (read_run(folder / "runs" / curves[0][0]).get("best") or {}).get("metric", "val_loss")
+        val_metric = (RunFolder(folder / "runs" / curves[0][0]).info().get("best") or {}).get("metric", "val_loss")
         plots.compare(curves, val_metric, folder / "summary.png")
     atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=lambda x: None) + "\n")
     return {**summary, "dir": str(folder)}
@@ -131,7 +131,7 @@ def summarize(folder: Path) -> dict[str, Any]:
 def resolve_sweep(ref: str) -> Path:
     path = Path(ref)
     if not (path / "sweep.json").is_file():
-        path = runs_root() / "sweeps" / ref
+        path = sweeps_root() / ref
     if not (path / "sweep.json").is_file():
         raise RunError(f"unknown sweep {ref!r}: no sweep.json there or in {runs_root()}/sweeps/")
     return path

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rnnctl.live import fmt_duration
+from rnnctl.runs import RunFolder
 
 
 def _metrics(d: dict[str, Any]) -> str:
@@ -26,7 +27,7 @@ def summary(console: Console, s: dict[str, Any]) -> None:
     console.print(line, soft_wrap=True)
     if s.get("test"):
         console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]", soft_wrap=True)
-    plots = sorted(p.name for p in (Path(s["dir"]) / "plots").glob("*.png"))
+    plots = [p.name for p in RunFolder(Path(s["dir"])).plots()]
     console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
 
 

@@ -205,11 +205,11 @@ def assert_one_line_error(result, *needles: str) -> str:
     return lines[0]
 
 
-# -- loggers for in-process engine tests ---------------------------------------------------------
+# -- loggers for in-process training tests ---------------------------------------------------------
 
 
 class QuietLogger:
-    """The engine's Logger protocol, doing nothing: subclass and override what a test watches."""
+    """The loop's Logger protocol, doing nothing: subclass and override what a test watches."""
 
     def start(self, info):
         pass

@@ -19,11 +19,11 @@ import torch
 import yaml
 from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
 
-from rnnctl import engine
+from rnnctl import inference, loop, training
 from rnnctl.config import load_config
 from rnnctl.models import CharLM
 from rnnctl.tasks import get_task
-from rnnctl.tasks.charlm import StreamSplit
+from rnnctl.tasks.charlm import CharLMModel, StreamSplit
 from rnnctl.tasks.tokens import LMMeter
 
 CHARLM_TINY = CONFIGS / "smoke" / "charlm_tiny.yaml"
@@ -202,7 +202,7 @@ def test_sample_default_is_newest_completed_language_model(cli, char_run, names_
     newest = run_dirs(isolated)[-1]
     assert "names" in newest.name and json.loads((newest / "run.json").read_text())["status"] == "completed"
 
-    assert engine.latest_language_model_run() == str(good)
+    assert inference.latest_language_model_run() == str(good)
     default = cli("sample", "--seed", "ab", "--length", "40", "--rng-seed", "3")
     explicit = cli("sample", good.name, "--seed", "ab", "--length", "40", "--rng-seed", "3")
     assert default.exit_code == 0, default.output
@@ -374,7 +374,7 @@ def as_tuple(state) -> tuple[torch.Tensor, ...]:
 
 def run_epoch(model: CharLM, ids: torch.Tensor, bptt: int, batch_size: int, progress=None) -> dict:
     torch.manual_seed(0)
-    return engine.train_epoch(
+    return training.train_epoch(
         model, StreamSplit(ids, bptt), LMMeter(), torch.optim.Adam(model.parameters(), lr=0.01),
         torch.device("cpu"), batch_size, torch.Generator().manual_seed(0), grad_clip=1.0, on_batch=progress,
     )  # fmt: skip
@@ -383,7 +383,7 @@ def run_epoch(model: CharLM, ids: torch.Tensor, bptt: int, batch_size: int, prog
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
 def test_train_epoch_carries_a_detached_state(cell):
     torch.manual_seed(0)
-    model = CharLM(vocab_size=11, cell=cell, embedding_size=8, hidden_size=12, layers=2)
+    model = CharLM(CharLMModel(cell=cell, embedding_size=8, hidden_size=12, layers=2), 11)
     calls: list[dict] = []
     record_forward(model, calls)
     ids = torch.randint(11, (600,), generator=torch.Generator().manual_seed(1))
@@ -403,14 +403,14 @@ def test_train_epoch_carries_a_detached_state(cell):
 def test_detach_tuple_tensor_and_none():
     w = torch.ones(3, requires_grad=True)
     h, c = w * 2, w * 3
-    out = engine.detach((h, c))
+    out = training.detach((h, c))
     assert type(out) is tuple and len(out) == 2
     for a, b in zip(out, (h, c)):
         assert isinstance(a, torch.Tensor) and a.grad_fn is None and not a.requires_grad
         assert torch.equal(a, b)
-    single = engine.detach(h)
+    single = training.detach(h)
     assert single.grad_fn is None and torch.equal(single, h)
-    assert engine.detach(None) is None
+    assert training.detach(None) is None
     assert h.grad_fn is not None  # the originals keep their history
 
 
@@ -419,7 +419,7 @@ def test_detach_tuple_tensor_and_none():
 
 def test_state_history_does_not_grow_over_many_chunks():
     torch.manual_seed(0)
-    model = CharLM(vocab_size=9, cell="lstm", embedding_size=4, hidden_size=8)
+    model = CharLM(CharLMModel(cell="lstm", embedding_size=4, hidden_size=8), 9)
     calls: list[dict] = []
     record_forward(model, calls)
     bptt, B = 4, 2
@@ -434,7 +434,7 @@ def test_state_history_does_not_grow_over_many_chunks():
 
 
 def test_train_epoch_progress_total_is_the_number_of_batches():
-    model = CharLM(vocab_size=9, cell="gru", embedding_size=4, hidden_size=8)
+    model = CharLM(CharLMModel(cell="gru", embedding_size=4, hidden_size=8), 9)
     seen: list[tuple[int, int]] = []
     ids = torch.randint(9, (400,), generator=torch.Generator().manual_seed(2))
     run_epoch(model, ids, bptt=10, batch_size=4, progress=lambda done, total: seen.append((done, total)))
@@ -470,7 +470,7 @@ def stepwise_logits(model: CharLM, ids: list[int], state=None):
 
 def tiny_lm(cell: str) -> CharLM:
     torch.manual_seed(0)
-    return CharLM(vocab_size=7, cell=cell, embedding_size=6, hidden_size=10, layers=2).eval()
+    return CharLM(CharLMModel(cell=cell, embedding_size=6, hidden_size=10, layers=2), 7).eval()
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -542,7 +542,7 @@ def test_eval_without_split_uses_val_for_a_language_model(cli, char_run, isolate
 
 def test_eval_every_adds_rows_inside_epochs_without_changing_training(cli, char_run, isolated):
     """train.eval_every: partial rows between epoch rows; the epoch rows' numbers are those of a run without it."""
-    from rnnctl.engine import TIMING_KEYS
+    from rnnctl.loop import TIMING_KEYS
     from rnnctl.runs import load_checkpoint
 
     result = cli("train", CHARLM_TINY, "--set", f"data.path={char_run.text_path}", "--set", "train.eval_every=10")

@@ -15,7 +15,7 @@ import yaml
 from conftest import TINY, assert_one_line_error, gen_names, run_dirs, write_names
 
 from rnnctl.errors import RunError
-from rnnctl.runs import create_run_dir, load_checkpoint
+from rnnctl.runs import RunFolder, load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["Gaelic", "Iberic", "Nippon", "Slavic"]
@@ -126,11 +126,11 @@ def test_default_name_is_config_stem(cli, names_files, isolated):
 
 def test_create_run_dir_never_reuses_a_folder(tmp_path):
     now = dt.datetime(2024, 5, 6, 7, 8, 9)
-    dirs = [create_run_dir(tmp_path / "runs", "exp", now=now) for _ in range(3)]
+    dirs = [RunFolder.create("exp", tmp_path / "runs", now=now).path for _ in range(3)]
     assert [d.name for d in dirs] == ["20240506-070809-exp", "20240506-070809-exp-2", "20240506-070809-exp-3"]
     assert all(d.is_dir() and not any(d.iterdir()) for d in dirs)
-    assert create_run_dir(tmp_path / "runs", "a b/c", now=now).name == "20240506-070809-a-b-c"
-    assert create_run_dir(tmp_path / "runs", "", now=now).name == "20240506-070809-run"
+    assert RunFolder.create("a b/c", tmp_path / "runs", now=now).path.name == "20240506-070809-a-b-c"
+    assert RunFolder.create("", tmp_path / "runs", now=now).path.name == "20240506-070809-run"
 
 
 # -- eval, predict, runs -------------------------------------------------------------------------

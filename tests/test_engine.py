@@ -10,10 +10,11 @@ import pytest
 import torch
 from conftest import run_dirs, tiny_config
 
-from rnnctl import engine
+from rnnctl import loop
 from rnnctl.config import validate
-from rnnctl.engine import TIMING_KEYS, LoadedRun
-from rnnctl.runs import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_write, load_checkpoint, read_metrics
+from rnnctl.inference import LoadedRun
+from rnnctl.loop import TIMING_KEYS
+from rnnctl.runs import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, atomic_write, load_checkpoint
 from rnnctl.tasks import get_task
 from rnnctl.tasks.classification import pad
 
@@ -26,7 +27,7 @@ EPOCH1_TRAIN_LOSS = 1.3859351829246238
 
 
 def train(files, root: Path, *overrides: str) -> Path:
-    summary = engine.train(tiny_config(files, *overrides), command="test", loggers=[], root=root)
+    summary = loop.train(tiny_config(files, *overrides), command="test", loggers=[], root=root)
     return Path(summary["dir"])
 
 
@@ -36,14 +37,14 @@ def without_timing(rows):
 
 def test_seeded_regression_first_epoch_loss(names_files, tmp_path):
     run = train(names_files, tmp_path / "runs", "train.epochs=1")
-    (row,) = read_metrics(run)
+    (row,) = RunFolder(run).rows()
     assert row["train_loss"] == pytest.approx(EPOCH1_TRAIN_LOSS, abs=1e-4)
 
 
 def test_same_seed_same_metrics_other_seed_differs(names_files, tmp_path):
-    a = read_metrics(train(names_files, tmp_path / "a", "train.epochs=2"))
-    b = read_metrics(train(names_files, tmp_path / "b", "train.epochs=2"))
-    c = read_metrics(train(names_files, tmp_path / "c", "train.epochs=2", "train.seed=1"))
+    a = RunFolder(train(names_files, tmp_path / "a", "train.epochs=2")).rows()
+    b = RunFolder(train(names_files, tmp_path / "b", "train.epochs=2")).rows()
+    c = RunFolder(train(names_files, tmp_path / "c", "train.epochs=2", "train.seed=1")).rows()
     assert len(a) == len(b) == 2
     assert set(TIMING_KEYS) <= set(a[0])
     assert without_timing(a) == without_timing(b)  # bit-identical, not merely close
@@ -121,7 +122,7 @@ def test_rebuilt_model_reproduces_the_run(copy_run):
 
 def test_last_checkpoint_reproduces_logged_val_metrics(copy_run):
     report, saved = LoadedRun(str(copy_run), "last").evaluate("val")
-    last = read_metrics(copy_run)[-1]
+    last = RunFolder(copy_run).rows()[-1]
     assert report["epoch"] == last["epoch"] == 3
     assert report["n"] == 24
     assert report["acc"] == pytest.approx(last["val_acc"], abs=1e-9)
@@ -163,10 +164,9 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
 
 
 def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    from rnnctl.runs import save_checkpoint
-
-    path = tmp_path / "ckpt" / "last.pt"
-    save_checkpoint(path, {"epoch": 1, "w": torch.ones(2)})
+    run = RunFolder(tmp_path)
+    path = run.checkpoint_path("last")
+    run.save_checkpoint(["last"], {"epoch": 1, "w": torch.ones(2)})
 
     def interrupted(*args):
         raise KeyboardInterrupt
@@ -174,7 +174,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
         mp.setattr(os, "fsync", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            save_checkpoint(path, {"epoch": 2, "w": torch.zeros(2)})
+            run.save_checkpoint(["last"], {"epoch": 2, "w": torch.zeros(2)})
     assert load_checkpoint(path)["epoch"] == 1
     assert os.listdir(path.parent) == ["last.pt"]
 
@@ -182,12 +182,11 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_every_step_logs_its_loss_and_gradient_norm(names_files, isolated):
     from statistics import mean
 
-    from rnnctl import engine
-    from rnnctl.runs import read_metrics, read_steps
+    from rnnctl import loop
 
-    engine.train(tiny_config(names_files, "train.epochs=2", "train.grad_clip=0.5"), command="t", loggers=[])
+    loop.train(tiny_config(names_files, "train.epochs=2", "train.grad_clip=0.5"), command="t", loggers=[])
     (run,) = run_dirs(isolated)
-    rows, steps = read_metrics(run), read_steps(run)
+    rows, steps = RunFolder(run).rows(), RunFolder(run).steps()
     assert [s["step"] for s in steps] == list(range(1, rows[-1]["step"] + 1))
     first = [s["grad_norm"] for s in steps if s["step"] <= rows[0]["step"]]
     assert mean(first) == pytest.approx(rows[0]["grad_norm"]) and max(first) == pytest.approx(rows[0]["grad_norm_max"])

@@ -8,7 +8,10 @@ import pytest
 import torch
 from conftest import CONFIGS, assert_one_line_error, run_dirs
 
+from rnnctl.config import ModelConfig
 from rnnctl.models import CharLM, SequenceTagger, StepwiseRNN, make_rnn
+from rnnctl.tasks.charlm import CharLMModel
+from rnnctl.tasks.hello import HelloModel
 
 HELLO = CONFIGS / "hello_rnncell.yaml"
 
@@ -45,8 +48,9 @@ def test_hello_bad_pairs_are_one_line_errors(cli, isolated):
 @pytest.mark.parametrize("layers", [1, 2])
 def test_stepwise_equals_fused_with_the_same_weights(cell, layers):
     torch.manual_seed(0)
-    fused = make_rnn(cell, 5, 7, layers, False, 0.0)
-    stepwise = make_rnn(cell, 5, 7, layers, False, 0.0, stepwise=True)
+    section = ModelConfig(cell=cell, hidden_size=7, layers=layers)
+    fused = make_rnn(section, 5)
+    stepwise = make_rnn(section.model_copy(update={"stepwise": True}), 5)
     assert isinstance(stepwise, StepwiseRNN)
     stepwise.load_fused(fused)
     x = torch.randn(3, 6, 5)
@@ -67,8 +71,9 @@ def test_stepwise_equals_fused_with_the_same_weights(cell, layers):
 
 def test_stepwise_charlm_matches_fused_charlm():
     torch.manual_seed(0)
-    fused = CharLM(11, cell="lstm", embedding_size=6, hidden_size=8, layers=2)
-    stepwise = CharLM(11, cell="lstm", embedding_size=6, hidden_size=8, layers=2, stepwise=True)
+    section = CharLMModel(cell="lstm", embedding_size=6, hidden_size=8, layers=2)
+    fused = CharLM(section, 11)
+    stepwise = CharLM(section.model_copy(update={"stepwise": True}), 11)
     stepwise.load_state_dict({k: v for k, v in fused.state_dict().items() if not k.startswith("rnn.")}, strict=False)
     stepwise.rnn.load_fused(fused.rnn)
     x = torch.randint(0, 11, (2, 9))
@@ -78,7 +83,7 @@ def test_stepwise_charlm_matches_fused_charlm():
 
 
 def test_tagger_without_output_layer_reads_the_hidden_state_as_logits():
-    model = SequenceTagger(4, hidden_size=4, output_layer=False)
+    model = SequenceTagger(HelloModel(hidden_size=4, output_layer=False), 4)
     out = model(torch.tensor([[1, 0, 2, 2, 3]]))
     assert out.logits.shape == (1, 5, 4)
     assert out.logits.abs().max() <= 1.0  # tanh hidden state, no linear layer after it

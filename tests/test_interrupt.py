@@ -12,8 +12,8 @@ import time
 import pytest
 from conftest import TINY, CtrlCAtEpoch, run_dirs, tiny_config
 
-from rnnctl import engine
-from rnnctl.runs import load_checkpoint, read_metrics
+from rnnctl import loop
+from rnnctl.runs import RunFolder, load_checkpoint
 
 
 def wait_for(predicate, timeout: float, proc: subprocess.Popen):
@@ -36,7 +36,7 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # RNNCTL_RUNS from the autouse fixture
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        run = wait_for(lambda: next((d for d in run_dirs(isolated) if read_metrics(d)), None), 60, proc)
+        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -51,7 +51,7 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     assert info["status"] == "interrupted"
     assert 1 <= info["epochs_done"] < 500
     assert info["finished"] and info["duration"] > 0
-    rows = read_metrics(run)
+    rows = RunFolder(run).rows()
     assert rows and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))  # no torn rows
     # (where exactly Ctrl-C lands is a race; test_ctrl_c_during_bookkeeping pins the window down)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= len(rows)
@@ -69,12 +69,12 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
 def test_ctrl_c_between_epochs_in_process(names_files, isolated):
     watcher = CtrlCAtEpoch(2)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[watcher])
+        loop.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[watcher])
     (run,) = run_dirs(isolated)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and info["epochs_done"] == 2
     assert watcher.summary["status"] == "interrupted"  # the loggers were told
-    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert [r["epoch"] for r in RunFolder(run).rows()] == [1, 2]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
     assert {p.name for p in (run / "plots").iterdir()} == {"loss.png", "accuracy.png", "confusion.png", "grad_norm.png"}
@@ -82,18 +82,18 @@ def test_ctrl_c_between_epochs_in_process(names_files, isolated):
 
 def test_ctrl_c_while_saving_last_checkpoint_keeps_best_consistent(names_files, isolated, monkeypatch):
     """Ctrl-C while last.pt is written, in an epoch that improved: self.best already names that epoch
-    (engine.py:246 _update_best runs before the checkpoints are saved), so the interrupted run.json
+    (the loop's _update_best runs before the checkpoints are saved), so the interrupted run.json
     records best epoch 2 with its val_acc while best.pt (tested as "the best checkpoint") is epoch 1."""
-    original = engine.save_checkpoint
+    original = RunFolder.save_checkpoint
 
-    def save_checkpoint(paths, state):
-        if any(p.name == "last.pt" for p in paths) and state["epoch"] == 2:
+    def save_checkpoint(self, names, state):
+        if "last" in names and state["epoch"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered while last.pt is written
-        original(paths, state)
+        original(self, names, state)
 
-    monkeypatch.setattr(engine, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(RunFolder, "save_checkpoint", save_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
+        loop.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
     (run,) = run_dirs(isolated)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
@@ -103,20 +103,20 @@ def test_ctrl_c_while_saving_last_checkpoint_keeps_best_consistent(names_files, 
 def test_ctrl_c_during_bookkeeping_keeps_run_json_and_metrics_consistent(names_files, isolated, monkeypatch):
     """Ctrl-C while run.json is written (fsync is the slow part): epochs_done already counts the epoch, whose
     metrics row is never written."""
-    original = engine.Trainer.save_info
+    original = RunFolder.write_info
     fired = []
 
-    def save_info(self):
-        if self.info["status"] == "running" and self.info["epochs_done"] == 2 and not fired:
+    def write_info(self, info):
+        if info["status"] == "running" and info["epochs_done"] == 2 and not fired:
             fired.append(True)
             os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered while run.json is written
-        original(self)
+        original(self, info)
 
-    monkeypatch.setattr(engine.Trainer, "save_info", save_info)
+    monkeypatch.setattr(RunFolder, "write_info", write_info)
     with pytest.raises(KeyboardInterrupt):
-        engine.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
+        loop.train(tiny_config(names_files, "train.epochs=50"), command="test", loggers=[])
     assert fired
     (run,) = run_dirs(isolated)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
-    assert info["epochs_done"] == len(read_metrics(run)), (info["epochs_done"], read_metrics(run))
+    assert info["epochs_done"] == len(RunFolder(run).rows()), (info["epochs_done"], RunFolder(run).rows())

@@ -8,8 +8,9 @@ import itertools
 import pytest
 import torch
 
-from rnnctl.models import RNN_MODULES, PaddedRNN, RecurrentClassifier
-from rnnctl.tasks.classification import pad
+from rnnctl import cells
+from rnnctl.models import PaddedRNN, RecurrentClassifier
+from rnnctl.tasks.classification import ClassifierConfig, pad
 
 VOCAB, CLASSES, EMB, HID = 12, 5, 6, 7
 CONFIGS = list(itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max"]))
@@ -18,7 +19,10 @@ IDS = [f"{c}-{'bi' if b else 'uni'}-L{n}-{p}" for c, b, n, p in CONFIGS]
 
 def model_for(cell, bidirectional, layers, pooling, seed=0) -> RecurrentClassifier:
     torch.manual_seed(seed)
-    m = RecurrentClassifier(VOCAB, CLASSES, cell, EMB, HID, layers, bidirectional, dropout=0.0, pooling=pooling)
+    section = ClassifierConfig(
+        cell=cell, embedding_size=EMB, hidden_size=HID, layers=layers, bidirectional=bidirectional, pooling=pooling
+    )
+    m = RecurrentClassifier(section, VOCAB, CLASSES)
     return m.eval()
 
 
@@ -108,8 +112,9 @@ def test_mean_pooling_divides_by_true_length():
 
 
 def test_dropout_only_between_layers_and_inactive_in_eval():
-    m1 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=1, dropout=0.5)
-    m2 = RecurrentClassifier(VOCAB, CLASSES, "gru", EMB, HID, layers=2, dropout=0.5)
+    section = ClassifierConfig(cell="gru", embedding_size=EMB, hidden_size=HID, dropout=0.5)
+    m1 = RecurrentClassifier(section.model_copy(update={"layers": 1}), VOCAB, CLASSES)
+    m2 = RecurrentClassifier(section.model_copy(update={"layers": 2}), VOCAB, CLASSES)
     assert m1.rnn.drop.p == 0.0 and m2.rnn.drop.p == 0.5
     m2.eval()
     x, lengths = pad(seqs(3, 6, seed=11))
@@ -121,7 +126,7 @@ def test_label_smoothing_trains_on_smoothed_loss_but_meter_reports_plain_nll():
     from rnnctl.tasks.classification import ClassificationMeter, SequenceBatch
 
     torch.manual_seed(0)
-    model = RecurrentClassifier(vocab_size=12, num_classes=3, hidden_size=8, embedding_size=4, label_smoothing=0.2)
+    model = RecurrentClassifier(ClassifierConfig(hidden_size=8, embedding_size=4, label_smoothing=0.2), 12, 3)
     x = torch.randint(1, 12, (5, 6))
     lengths = torch.tensor([6, 5, 4, 6, 2])
     targets = torch.tensor([0, 1, 2, 1, 0])
@@ -142,7 +147,7 @@ def test_padded_rnn_equals_packed_fused_module(cell, bidirectional, layers):
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
     torch.manual_seed(3)
-    fused = RNN_MODULES[cell](EMB, HID, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    fused = cells.get(cell).fused(EMB, HID, layers, bidirectional, 0.0)
     padded = PaddedRNN(cell, EMB, HID, layers, bidirectional, dropout=0.0)
     padded.load_state_dict(fused.state_dict())  # `weight_ih_l1_reverse` -> `layers.1.1.weight_ih_l0`
     lengths = torch.tensor([7, 3, 5, 1, 7])

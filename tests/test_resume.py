@@ -7,19 +7,19 @@ import json
 import pytest
 from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
 
-from rnnctl import engine
-from rnnctl.engine import TIMING_KEYS
-from rnnctl.runs import read_metrics, read_steps, truncate_metrics
+from rnnctl import loop
+from rnnctl.loop import TIMING_KEYS
+from rnnctl.runs import RunFolder
 
 
 def numbers(run) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(run)]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run).rows()]
 
 
 @pytest.fixture
 def reference(names_files, isolated):
     """An uninterrupted 4-epoch run (dropout on, so the torch RNG state matters too)."""
-    engine.train(tiny_config(names_files, "train.epochs=4", "model.dropout=0.3"), command="ref", loggers=[])
+    loop.train(tiny_config(names_files, "train.epochs=4", "model.dropout=0.3"), command="ref", loggers=[])
     (run,) = run_dirs(isolated)
     return run
 
@@ -27,13 +27,13 @@ def reference(names_files, isolated):
 def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, reference, cli):
     cfg = tiny_config(names_files, "train.epochs=4", "model.dropout=0.3", "name=cut")
     with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
+        loop.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
     (cut,) = [d for d in run_dirs(isolated) if d.name.endswith("-cut")]
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     result = cli("train", "--resume", str(cut))
     assert result.exit_code == 0, result.output
     assert numbers(cut) == numbers(reference)
-    assert read_steps(cut) == read_steps(reference)  # per-step losses and gradient norms too
+    assert RunFolder(cut).steps() == RunFolder(reference).steps()  # per-step losses and gradient norms too
     info = json.loads((cut / "run.json").read_text())
     ref = json.loads((reference / "run.json").read_text())
     assert info["status"] == "completed" and info["epochs_done"] == 4
@@ -42,7 +42,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, re
 
 
 def test_completed_run_extends_with_epochs(names_files, isolated, reference, cli):
-    engine.train(tiny_config(names_files, "train.epochs=2", "model.dropout=0.3", "name=short"), command="s", loggers=[])
+    loop.train(tiny_config(names_files, "train.epochs=2", "model.dropout=0.3", "name=short"), command="s", loggers=[])
     (short,) = [d for d in run_dirs(isolated) if d.name.endswith("-short")]
     assert_one_line_error(cli("train", "--resume", str(short)), "trained 2 of 2 epochs", "--epochs")
     result = cli("train", "--resume", str(short), "--epochs", "4")
@@ -67,6 +67,6 @@ def test_resume_argument_errors(cli, copy_run, names_files):
 def test_truncate_drops_rows_after_the_checkpoint(tmp_path):
     rows = [{"epoch": 1, "step": 10}, {"epoch": 2, "step": 15, "partial": True}, {"epoch": 2, "step": 20}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    kept = truncate_metrics(tmp_path, 10)
-    assert kept == rows[:1] and read_metrics(tmp_path) == rows[:1]
+    kept = RunFolder(tmp_path).truncate(10)
+    assert kept == rows[:1] and RunFolder(tmp_path).rows() == rows[:1]
     assert (tmp_path / "metrics.csv").read_text().splitlines() == ["epoch,step", "1,10"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config
 
-from rnnctl import engine, plots
-from rnnctl.runs import all_runs, create_run_dir
+from rnnctl import loop, plots
+from rnnctl.runs import RunFolder, all_runs
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monke
 
     monkeypatch.setattr(plots, "write_all", boom)
     with pytest.raises(type(raised)):
-        engine.train(tiny_config(names_files), command="test", loggers=[Watcher()])
+        loop.train(tiny_config(names_files), command="test", loggers=[Watcher()])
     (run,) = run_dirs(isolated)
     assert json.loads((run / "run.json").read_text())["status"] == status
     assert finished and finished[-1] == status  # the display was told, so a live table stops
@@ -68,11 +68,11 @@ def test_latest_orders_runs_started_in_the_same_second_by_their_start(isolated):
     import datetime as dt
 
     now = dt.datetime(2024, 1, 2, 3, 4, 5)
-    first = create_run_dir(isolated, "zebra", now=now)  # sorts last by name, but started first
-    second = create_run_dir(isolated, "aardvark", now=now)
+    first = RunFolder.create("zebra", isolated, now=now).path  # sorts last by name, but started first
+    second = RunFolder.create("aardvark", isolated, now=now).path
     for i, d in enumerate((first, second)):
         (d / "run.json").write_text(json.dumps({"id": d.name, "status": "completed", "created_ns": 1000 + i}))
-    assert all_runs(isolated) == [first, second]
+    assert [r.path for r in all_runs(isolated)] == [first, second]
 
 
 def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(

@@ -9,9 +9,9 @@ import pytest
 from conftest import CtrlCAtEpoch, run_dirs, tiny_config
 from test_resume import numbers
 
-from rnnctl import engine
+from rnnctl import loop
 from rnnctl.config import EarlyStopConfig, ScheduleConfig
-from rnnctl.runs import read_metrics
+from rnnctl.runs import RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 
 
@@ -51,18 +51,18 @@ def test_early_stopping_counts_epochs_without_enough_improvement():
 def test_metrics_lr_follows_the_schedule(names_files, isolated):
     cfg = tiny_config(names_files, "train.epochs=3", "optim.lr=0.01", "train.schedule.name=step",
                       "train.schedule.step_size=1", "train.schedule.gamma=0.5")  # fmt: skip
-    engine.train(cfg, command="t", loggers=[])
+    loop.train(cfg, command="t", loggers=[])
     (run,) = run_dirs(isolated)
-    assert [r["lr"] for r in read_metrics(run)] == pytest.approx([0.01, 0.005, 0.0025])
+    assert [r["lr"] for r in RunFolder(run).rows()] == pytest.approx([0.01, 0.005, 0.0025])
 
 
 def test_early_stop_ends_the_run_completed(names_files, isolated):
     cfg = tiny_config(names_files, "train.epochs=10", "train.early_stop.patience=1", "train.early_stop.min_delta=1.0")
-    summary = engine.train(cfg, command="t", loggers=[])
+    summary = loop.train(cfg, command="t", loggers=[])
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
     assert summary["stopped_early"] == {"epoch": 2, "patience": 1}
     (run,) = run_dirs(isolated)
-    assert len(read_metrics(run)) == 2 and (run / "eval" / "test-best.json").exists()
+    assert len(RunFolder(run).rows()) == 2 and (run / "eval" / "test-best.json").exists()
 
 
 def test_resume_continues_warmup_cosine_and_plateau_exactly(names_files, isolated, cli):
@@ -75,15 +75,15 @@ def test_resume_continues_warmup_cosine_and_plateau_exactly(names_files, isolate
             "train.schedule.gamma=0.5",
             f"optim.lr={lr}",
         ]
-        engine.train(tiny_config(names_files, *common, *extra, f"name=ref-{sched}"), command="r", loggers=[])
+        loop.train(tiny_config(names_files, *common, *extra, f"name=ref-{sched}"), command="r", loggers=[])
         with pytest.raises(KeyboardInterrupt):
-            engine.train(
+            loop.train(
                 tiny_config(names_files, *common, *extra, f"name=cut-{sched}"), command="c", loggers=[CtrlCAtEpoch(2)]
             )
         (ref,) = [d for d in run_dirs(isolated) if d.name.endswith(f"ref-{sched}")]
         (cut,) = [d for d in run_dirs(isolated) if d.name.endswith(f"cut-{sched}")]
         assert cli("train", "--resume", str(cut)).exit_code == 0
         assert numbers(cut) == numbers(ref)
-        lrs = [r["lr"] for r in read_metrics(ref)]
+        lrs = [r["lr"] for r in RunFolder(ref).rows()]
         assert len(set(lrs)) > 1 and all(math.isfinite(x) for x in lrs)  # the schedule did change the lr
         assert json.loads((cut / "run.json").read_text())["status"] == "completed"

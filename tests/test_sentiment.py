@@ -530,8 +530,8 @@ def test_pretrained_vectors_fill_their_rows(corpus, tmp_path, name, header):
     vocab = p.meta["vocab"]
     emb = p.derived["embeddings"]
     assert emb["found"] == 5 and emb["words"] == round(5 / (len(vocab) - 2), 4) and 0 < emb["tokens"] < 1
-    model = TASK.build_model(cfg, p.meta)
-    assert "init_embedding" not in p.meta  # the vectors never reach a checkpoint
+    model = TASK.build_model(cfg, p.meta, p.init)
+    assert not any(isinstance(v, torch.Tensor) for v in p.meta.values())  # the vectors never reach a checkpoint
     for w in GLOVE_WORDS[:4] + ["boring"]:
         assert torch.equal(model.embedding.weight[vocab.index(w)].detach(), vectors[w])
     assert model.embedding.weight.requires_grad  # freeze: false

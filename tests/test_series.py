@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import CONFIGS, assert_one_line_error, run_dirs
 
-from rnnctl import engine
+from rnnctl import loop, training
+from rnnctl.config import ModelConfig
 from rnnctl.config import load_config
 from rnnctl.models import SequenceRegressor
 from rnnctl.tasks import get_task
@@ -96,8 +97,8 @@ def test_predict_needs_inputs_or_horizon(cli, tmp_path, isolated):
 
 def test_same_config_same_numbers(tmp_path):
     csv = monthly_csv(tmp_path / "a.csv")
-    a = engine.train(series_cfg(csv), command="a", loggers=[], root=tmp_path / "r1")
-    b = engine.train(series_cfg(csv), command="b", loggers=[], root=tmp_path / "r2")
+    a = loop.train(series_cfg(csv), command="a", loggers=[], root=tmp_path / "r1")
+    b = loop.train(series_cfg(csv), command="b", loggers=[], root=tmp_path / "r2")
     assert a["test"] == b["test"]
 
 
@@ -146,7 +147,7 @@ def test_naive_baselines_on_a_straight_line(tmp_path):
     data = task.prepare(cfg)
     meter = task.meter(data.meta, detailed=True)
     model = task.build_model(cfg, data.meta)
-    engine.evaluate(model, data.splits["test"], meter, torch.device("cpu"), 8)
+    training.evaluate(model, data.splits["test"], meter, torch.device("cpu"), 8)
     naive = meter.report()["naive"]
     assert naive["last"]["mae"] == pytest.approx(1.5)  # errors 1 and 2
     assert naive["seasonal"]["mae"] == pytest.approx(12.0)
@@ -288,7 +289,7 @@ def test_streams_serve_every_window_once_and_in_order_per_group():
 
 def test_carried_state_is_detached_between_windows():
     torch.manual_seed(0)
-    model = SequenceRegressor(input_size=1, cell="rnn", hidden_size=6, layers=2, carry=True)
+    model = SequenceRegressor(ModelConfig(cell="rnn", hidden_size=6, layers=2), input_size=1, carry=True)
     calls = []
     forward = model.forward
 
@@ -301,7 +302,7 @@ def test_carried_state_is_detached_between_windows():
     x = torch.randn(4, 50, 1)
     split = Streams(x, x.squeeze(-1).roll(1, dims=1), window=10, carry=True)
     meter = RegressionMeter(Scale(), per_step=True)
-    engine.train_epoch(
+    training.train_epoch(
         model, split, meter, torch.optim.Adam(model.parameters(), lr=0.01), torch.device("cpu"), 4,
         torch.Generator().manual_seed(0), grad_clip=1.0,
     )  # fmt: skip
@@ -314,13 +315,13 @@ def test_carried_state_is_detached_between_windows():
 
 def test_fresh_window_ignores_a_carried_state():
     torch.manual_seed(0)
-    model = SequenceRegressor(input_size=1, cell="gru", hidden_size=5, carry=True)
+    model = SequenceRegressor(ModelConfig(cell="gru", hidden_size=5), input_size=1, carry=True)
     x = torch.randn(2, 7, 1)
     stale = torch.randn(1, 2, 5)
     assert torch.equal(model(x, state=stale, fresh=True).logits, model(x).logits)
     assert not torch.equal(model(x, state=stale).logits, model(x).logits)
-    plain = SequenceRegressor(input_size=1, cell="gru", hidden_size=5, carry=False)
-    assert plain(x).state is None  # nothing to carry: the engine passes None back
+    plain = SequenceRegressor(ModelConfig(cell="gru", hidden_size=5), input_size=1, carry=False)
+    assert plain(x).state is None  # nothing to carry: the loop passes None back
 
 
 def test_sine_targets_are_the_next_clean_value():

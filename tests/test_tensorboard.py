@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
 
-from rnnctl import engine
-from rnnctl.runs import read_metrics, read_steps
+from rnnctl import loop
+from rnnctl.runs import RunFolder
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -21,13 +21,13 @@ def scalars(run) -> dict[str, list[tuple[int, float]]]:
 
 
 def test_events_hold_the_metrics_files_numbers(names_files, isolated):
-    engine.train(tiny_config(names_files, "train.epochs=3", "log.tensorboard=true"), command="tb", loggers=[])
+    loop.train(tiny_config(names_files, "train.epochs=3", "log.tensorboard=true"), command="tb", loggers=[])
     (run,) = run_dirs(isolated)
     got = scalars(run)
-    rows = read_metrics(run)
+    rows = RunFolder(run).rows()
     for key, tag in [("val_acc", "val/acc"), ("train_loss", "train/loss"), ("lr", "run/lr")]:
         assert got[tag] == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in rows]  # float32 in the events
-    steps = read_steps(run)
+    steps = RunFolder(run).steps()
     assert [s for s, _ in got["step/loss"]] == [r["step"] for r in steps]
     assert [v for _, v in got["step/grad_norm"]] == [pytest.approx(r["grad_norm"], rel=1e-6) for r in steps]
     test = json.loads((run / "run.json").read_text())["test"]
@@ -35,7 +35,7 @@ def test_events_hold_the_metrics_files_numbers(names_files, isolated):
 
 
 def test_off_by_default(names_files, isolated):
-    engine.train(tiny_config(names_files, "train.epochs=1"), command="no tb", loggers=[])
+    loop.train(tiny_config(names_files, "train.epochs=1"), command="no tb", loggers=[])
     (run,) = run_dirs(isolated)
     assert not (run / "tensorboard").exists()
 
@@ -43,13 +43,13 @@ def test_off_by_default(names_files, isolated):
 def test_resumed_run_continues_the_same_curves(names_files, isolated, cli):
     cfg = tiny_config(names_files, "train.epochs=4", "log.tensorboard=true")
     with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
+        loop.train(cfg, command="cut", loggers=[CtrlCAtEpoch(2)])
     (run,) = run_dirs(isolated)
     result = cli("train", "--resume", str(run))
     assert result.exit_code == 0, result.output
     got = scalars(run)
-    assert [s for s, _ in got["val/acc"]] == [r["step"] for r in read_metrics(run)]  # each epoch once, in order
-    assert len(got["step/loss"]) == len(read_steps(run))
+    assert [s for s, _ in got["val/acc"]] == [r["step"] for r in RunFolder(run).rows()]  # each epoch once, in order
+    assert len(got["step/loss"]) == len(RunFolder(run).steps())
 
 
 def test_resume_purges_events_logged_past_the_checkpoint(names_files, isolated, cli):
@@ -57,11 +57,11 @@ def test_resume_purges_events_logged_past_the_checkpoint(names_files, isolated, 
     trains that part again. Its old events are purged, so every step shows once, with the new values."""
     cfg = tiny_config(names_files, "train.epochs=3", "train.eval_every=1", "log.tensorboard=true")
     with pytest.raises(KeyboardInterrupt):
-        engine.train(cfg, command="cut", loggers=[CtrlCAtEpoch(3)])  # on epoch 3's first partial row
+        loop.train(cfg, command="cut", loggers=[CtrlCAtEpoch(3)])  # on epoch 3's first partial row
     (run,) = run_dirs(isolated)
     assert cli("train", "--resume", str(run)).exit_code == 0
     steps = [s for s, _ in scalars(run)["val/acc"]]
-    assert steps == [r["step"] for r in read_metrics(run)]
+    assert steps == [r["step"] for r in RunFolder(run).rows()]
     assert len(steps) == len(set(steps))
 
 

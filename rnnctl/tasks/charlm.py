@@ -3,7 +3,7 @@
 Data: any UTF-8 text file (`data.path`); tiny Shakespeare ships with the package. The vocabulary is
 every character of the file; the last `val_fraction` of the text is validation, never trained on.
 Training cuts the text into `train.batch_size` contiguous streams read side by side in chunks of
-`data.bptt` characters; the engine carries the hidden state from chunk to chunk and detaches it.
+`data.bptt` characters; the training loop carries the hidden state from chunk to chunk and detaches it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_text
 from rnnctl.errors import DataError, RunError
 from rnnctl.models import CharLM
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
@@ -27,7 +27,6 @@ class CharLMData(DataConfig):
 
 class CharLMModel(ModelConfig):
     one_hot: bool = False  # one-hot characters as input (seed 002) instead of a learned embedding
-    stepwise: bool = False  # step an nn.*Cell by hand instead of the fused module (slow; for teaching)
 
     @model_validator(mode="after")
     def _forward_only(self) -> "CharLMModel":
@@ -75,6 +74,7 @@ class CharLMTask:
     data_config = CharLMData
     model_config = CharLMModel
     monitor, monitor_mode = "loss", "min"
+    report_splits = ()  # a language model has no test split: validation picks and reports
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: CharLMData = cfg.data  # type: ignore[assignment]
@@ -99,18 +99,8 @@ class CharLMTask:
         derived = {"vocab_size": len(vocab), "characters": {"train": len(ids) - n_val, "val": n_val}}
         return Prepared(meta={"vocab": vocab}, splits=splits, derived=derived)
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-        m: CharLMModel = cfg.model  # type: ignore[assignment]
-        return CharLM(
-            vocab_size=len(meta["vocab"]),
-            cell=m.cell,
-            embedding_size=m.embedding_size,
-            hidden_size=m.hidden_size,
-            layers=m.layers,
-            dropout=m.dropout,
-            one_hot=m.one_hot,
-            stepwise=m.stepwise,
-        )
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
+        return CharLM(cfg.model, len(meta["vocab"]))
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> LMMeter:
         return LMMeter()
@@ -120,11 +110,6 @@ class CharLMTask:
         generator = torch.Generator().manual_seed((cfg.train.seed * 1_000_003 + step) % 2**63)
         seed = "\n" if "\n" in meta["vocab"] else meta["vocab"][0]
         return "".join(self.sample(model, meta, seed, 120, 0.8, 0, generator))
-
-    def predict(
-        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int
-    ) -> list[dict[str, Any]]:
-        raise RunError("a charlm run generates text: use `rnnctl sample RUN --seed TEXT`")
 
     def sample(
         self,

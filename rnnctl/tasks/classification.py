@@ -22,11 +22,7 @@ class ClassifierConfig(ModelConfig):
 
 def build_classifier(m: ClassifierConfig, vocab_size: int, num_classes: int, **extra) -> RecurrentClassifier:
     """The classifier a `model` section describes, for a vocabulary and a set of classes from the data."""
-    return RecurrentClassifier(
-        vocab_size=vocab_size, num_classes=num_classes, cell=m.cell, embedding_size=m.embedding_size,
-        hidden_size=m.hidden_size, layers=m.layers, bidirectional=m.bidirectional, dropout=m.dropout,
-        pooling=m.pooling, label_smoothing=m.label_smoothing, **extra,
-    )  # fmt: skip
+    return RecurrentClassifier(m, vocab_size, num_classes, **extra)
 
 
 @dataclass

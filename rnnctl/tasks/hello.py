@@ -7,15 +7,15 @@ epoch is one optimizer step on the pair, and the predicted string is shown every
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import torch
 from pydantic import Field, model_validator
 
 from rnnctl.config import Config, ModelConfig, Section
-from rnnctl.errors import ConfigError, RunError
+from rnnctl.errors import ConfigError
 from rnnctl.models import SequenceTagger
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
@@ -34,7 +34,7 @@ class HelloData(Section):
 
 
 class HelloModel(ModelConfig):
-    cell: Literal["rnn", "lstm", "gru"] = "rnn"
+    cell: str = "rnn"
     hidden_size: int = Field(4, ge=1)
     stepwise: bool = True  # step an nn.*Cell by hand over the sequence (seed 000) instead of the fused module
     output_layer: bool = False  # false: the hidden state is the logits (seed 000); needs hidden_size = vocabulary
@@ -82,6 +82,7 @@ class HelloTask:
     data_config = HelloData
     model_config = HelloModel
     monitor, monitor_mode = "loss", "min"
+    report_splits = ()  # the pair is all there is: the preview shows the predicted string
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: HelloData = cfg.data  # type: ignore[assignment]
@@ -92,22 +93,14 @@ class HelloTask:
         split = PairSplit(x, y)
         return Prepared(meta={"vocab": vocab}, splits={"train": split, "val": split}, derived={"vocab": vocab})
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
         m: HelloModel = cfg.model  # type: ignore[assignment]
         if not m.output_layer and m.hidden_size != len(meta["vocab"]):
             raise ConfigError(
                 f"model.hidden_size: {m.hidden_size}, but with model.output_layer false the hidden state is the "
                 f"logits, so it must equal the vocabulary size {len(meta['vocab'])} ({''.join(meta['vocab'])!r})"
             )
-        return SequenceTagger(
-            vocab_size=len(meta["vocab"]),
-            cell=m.cell,
-            hidden_size=m.hidden_size,
-            layers=m.layers,
-            dropout=m.dropout,
-            stepwise=m.stepwise,
-            output_layer=m.output_layer,
-        )
+        return SequenceTagger(m, len(meta["vocab"]))
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> HelloMeter:
         return HelloMeter()
@@ -121,8 +114,3 @@ class HelloTask:
         x = torch.tensor([[stoi[ch] for ch in cfg.data.source]], device=device)
         model.eval()
         return "".join(vocab[i] for i in model(x).logits.argmax(-1)[0].tolist())
-
-    def predict(
-        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int
-    ) -> list[dict[str, Any]]:
-        raise RunError("a hello run has nothing to predict beyond its pair: see its metrics.jsonl (preview)")

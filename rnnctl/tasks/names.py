@@ -18,7 +18,7 @@ from pydantic import Field
 from rnnctl.config import Config, DataConfig
 from rnnctl.data import locate, read_csv, read_text, stratified_split
 from rnnctl.errors import DataError
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.classification import (
     ClassificationMeter,
     ClassifierConfig,
@@ -53,6 +53,7 @@ class NamesTask:
     data_config = NamesData
     model_config = ClassifierConfig
     monitor, monitor_mode = "acc", "max"
+    report_splits = ("test",)
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: NamesData = cfg.data  # type: ignore[assignment]
@@ -80,7 +81,7 @@ class NamesTask:
         }
         return Prepared(meta=meta, splits=splits, derived=derived)
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
         m: ClassifierConfig = cfg.model  # type: ignore[assignment]
         return build_classifier(m, len(meta["alphabet"]), len(meta["classes"]))
 

@@ -31,7 +31,7 @@ from pydantic import Field
 from rnnctl.config import Config, DataConfig, Section
 from rnnctl.data import cache_dir, download, read_csv, stratified_split
 from rnnctl.errors import DataError
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.classification import (
     ClassificationMeter,
     ClassifierConfig,
@@ -50,7 +50,6 @@ PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
 HEADER_WORDS = {"text", "review", "sentence", "document", "label", "sentiment", "class", "category", "polarity"}
 BREAKS = r"<br\s*/?>"  # IMDb's HTML line breaks
 WORDS = r"\w+(?:['’]\w+)*|[^\w\s]"  # words (don't, it's) and every punctuation mark on its own
-INIT = "init_embedding"  # pretrained rows, in meta from prepare to build_model only (popped: never checkpointed)
 PREDICT_BATCH = 256
 
 
@@ -105,6 +104,7 @@ class SentimentTask:
     data_config = SentimentData
     model_config = SentimentModel
     monitor, monitor_mode = "acc", "max"
+    report_splits = ("test",)
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
         data: SentimentData = cfg.data  # type: ignore[assignment]
@@ -135,6 +135,7 @@ class SentimentTask:
             }
         stoi = {w: i for i, w in enumerate(meta["vocab"])}
         remap = torch.tensor([0] + [stoi.get(w, 1) for w in words], dtype=torch.int32)  # provisional -> vocabulary
+        init = None  # a new run's pretrained rows, handed to build_model (never checkpointed)
         if new_run and cfg.model.embeddings is not None:  # read once; the checkpoints hold the trained rows
             emb = cfg.model.embeddings
             rows, vectors = read_vectors(Path(emb.path).expanduser(), meta["vocab"], cfg.model.embedding_size)
@@ -145,7 +146,7 @@ class SentimentTask:
                 "words": round(len(rows) / max(len(meta["vocab"]) - 2, 1), 4),  # share of vocabulary words
                 "tokens": round(float(vocab_counts[rows.numpy()].sum() / max(counts["train"][1:].sum(), 1)), 4),
             }
-            meta[INIT] = (rows, vectors)
+            init = (rows, vectors)
 
         splits = {}
         for k, seqs in encoded.items():
@@ -169,9 +170,9 @@ class SentimentTask:
         }
         if "embeddings" in meta:
             derived["embeddings"] = meta["embeddings"]
-        return Prepared(meta=meta, splits=splits, derived=derived)
+        return Prepared(meta=meta, splits=splits, derived=derived, init=init)
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
         m: SentimentModel = cfg.model  # type: ignore[assignment]
         model = build_classifier(
             m,
@@ -179,8 +180,7 @@ class SentimentTask:
             len(meta["classes"]),
             freeze_embedding=m.embeddings is not None and m.embeddings.freeze,
         )
-        init = meta.pop(INIT, None)  # a new run's pretrained vectors; a loaded run gets its checkpoint's weights
-        if init is not None:
+        if init is not None:  # a new run's pretrained vectors; a loaded run gets its checkpoint's weights
             rows, vectors = init
             with torch.no_grad():
                 model.embedding.weight[rows] = vectors

@@ -26,7 +26,7 @@ from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_csv
 from rnnctl.errors import DataError, RunError
 from rnnctl.models import SequenceRegressor
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.regression import RegressionMeter, Scale, Windows
 
 HISTORY = 2000  # values of the series' end kept in checkpoints for the forecast plot
@@ -44,7 +44,7 @@ class SeriesData(DataConfig):
 
 
 class SeriesModel(ModelConfig):
-    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    cell: str = "lstm"
     hidden_size: int = Field(32, ge=1)
 
 
@@ -119,18 +119,11 @@ class SeriesTask:
         }
         return Prepared(meta=meta, splits=splits, derived=derived)
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-        m = cfg.model
-        return SequenceRegressor(
-            input_size=1, cell=m.cell, hidden_size=m.hidden_size, layers=m.layers,
-            bidirectional=m.bidirectional, dropout=m.dropout, horizon=meta["horizon"],
-        )  # fmt: skip
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
+        return SequenceRegressor(cfg.model, input_size=1, horizon=meta["horizon"])
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> RegressionMeter:
         return RegressionMeter(Scale(**meta["scale"]), per_step=False, detailed=detailed, dates=meta["dates"])
-
-    def predict(self, model, meta, inputs, top):
-        raise RunError("a series run forecasts: use `rnnctl predict RUN --horizon N`")
 
     @torch.no_grad()
     def forecast(self, model: torch.nn.Module, meta: dict[str, Any], steps: int) -> dict[str, Any]:

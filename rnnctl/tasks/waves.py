@@ -12,15 +12,14 @@ streams have phases of their own, so validation and test are waves the model nev
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
 from rnnctl.config import Config, ModelConfig, Section
-from rnnctl.errors import RunError
 from rnnctl.models import SequenceRegressor
-from rnnctl.tasks import Prepared
+from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.regression import RegressionMeter, Scale, Streams
 
 
@@ -45,7 +44,7 @@ class WaveData(Section):
 
 
 class WaveModel(ModelConfig):
-    cell: Literal["rnn", "lstm", "gru"] = "rnn"  # seed 004: nn.RNN, 2 layers of 32
+    cell: str = "rnn"  # seed 004: nn.RNN, 2 layers of 32
     hidden_size: int = Field(32, ge=1)
     layers: int = Field(2, ge=1)
 
@@ -90,15 +89,16 @@ class WavesTask:
         }
         return Prepared(meta={"scale": Scale().to_dict(), "carry": carry}, splits=splits, derived=derived)
 
-    def build_model(self, cfg: Config, meta: dict[str, Any]) -> torch.nn.Module:
-        m = cfg.model
-        return SequenceRegressor(
-            input_size=1, cell=m.cell, hidden_size=m.hidden_size, layers=m.layers,
-            bidirectional=m.bidirectional, dropout=m.dropout, horizon=None, carry=meta["carry"],
-        )  # fmt: skip
+    def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
+        return SequenceRegressor(cfg.model, input_size=1, horizon=None, carry=meta["carry"])
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> RegressionMeter:
         return RegressionMeter(Scale(**meta["scale"]), per_step=True, detailed=detailed)
 
-    def predict(self, model, meta, inputs, top):
-        raise RunError(f"a {self.name} run has no inputs to predict from: `rnnctl eval RUN` shows its fit")
+
+def sine() -> WavesTask:  # seed 003: fit the clean next value of a noisy sine
+    return WavesTask("sine", target="next", carry_default=False)
+
+
+def sincos() -> WavesTask:  # seed 004: feed sin, learn cos, the state carried across windows
+    return WavesTask("sincos", target="cos", carry_default=True)

@@ -1,16 +1,54 @@
-"""TensorBoard event files (`log.tensorboard: true`): one more implementation of the engine's logger protocol.
+"""The logger protocol and its writers: what the training loop tells whoever watches.
 
-It sees the same rows as metrics.jsonl and the live table, so the two can never disagree. Tags are
-grouped the way TensorBoard lays out cards: `train/loss` and `val/loss`, `step/grad_norm`, `test/acc`.
-Events go to RUN/tensorboard; `tensorboard --logdir runs/` shows every run side by side.
+Every logger sees the same rows (the metrics files, TensorBoard, the live table and plain lines of
+live.py), so no two of them can disagree.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rnnctl.errors import ConfigError
+from rnnctl.runs import RunFolder
+
+
+class Logger(Protocol):
+    def start(self, info: dict[str, Any]) -> None: ...
+
+    def progress(self, done: int, total: int) -> None: ...  # batches done in the current epoch
+
+    def steps(self, rows: list[dict[str, Any]]) -> None: ...  # every optimizer step of an epoch: loss, grad_norm
+
+    def epoch(self, row: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class MetricsFiles:
+    """The disk logger: metrics.jsonl (and .csv) gets each row, steps.csv each epoch's steps."""
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+
+    def start(self, info: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, done: int, total: int) -> None:
+        pass
+
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        self.run.append_steps(rows)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        self.run.append_row(row)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        pass
+
+
+# -- TensorBoard ---------------------------------------------------------------------------------
+# Tags are grouped the way TensorBoard lays out cards: `train/loss` and `val/loss`, `step/grad_norm`,
+# `test/acc`. Events go to RUN/tensorboard; `tensorboard --logdir runs/` shows every run side by side.
 
 NOT_SCALARS = {"epoch", "step", "best_epoch", "partial"}  # the x axis and bookkeeping, not curves
 
@@ -34,18 +72,20 @@ def tag(key: str) -> str:
 
 
 class TensorBoardLog:
-    def __init__(self, run_dir: Path, resume_step: int | None = None):
+    """TensorBoard event files (`log.tensorboard: true`, extra `rnnctl[tensorboard]`)."""
+
+    def __init__(self, run: RunFolder, resume_step: int | None = None):
         check_installed()
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_dir
+        self.run = run
         # on resume, events logged past the checkpoint (an unfinished epoch trained again) are purged
         purge = resume_step + 1 if resume_step is not None else None
-        self.writer: Any = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+        self.writer: Any = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge)
         self.last_step = resume_step or 0
 
     def start(self, info: dict[str, Any]) -> None:
-        config = (self.run_dir / "config.yaml").read_text(encoding="utf-8")
+        config = self.run.config_text()
         command = info.get("command", "")
         text = f"`{command}`\n\n" + "\n".join("    " + line for line in config.splitlines())  # markdown code block
         self.writer.add_text("config", text, self.last_step)

@@ -1,0 +1,147 @@
+"""A saved run: evaluate, predict, sample and forecast from its checkpoints, and compare runs."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from rnnctl.callbacks import now
+from rnnctl.config import validate
+from rnnctl.errors import ConfigError, RunError
+from rnnctl.runs import RunFolder, all_runs, compare_folder, runs_root, write_json
+from rnnctl.tasks import get_task
+from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
+from rnnctl.training import evaluate, pick_device
+
+
+def evaluate_and_save(
+    task: Task,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    split: Split,
+    device: torch.device,
+    batch_size: int,
+    run: RunFolder,
+    split_name: str,
+    checkpoint: str,
+    epoch: int,
+) -> tuple[dict[str, Any], Any]:
+    """The detailed report of one checkpoint on one split, written to the run's eval/; returns it and its path."""
+    report = evaluate(model, split, task.meter(meta, detailed=True), device, batch_size).report()
+    report = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch, **report}
+    return report, run.write_eval(split_name, checkpoint, report)
+
+
+class LoadedRun:
+    """A run folder's config, task and model, restored from one of its checkpoints."""
+
+    def __init__(self, ref: str, checkpoint: str = "best", device: str = "cpu"):
+        self.run = RunFolder.resolve(ref)
+        self.checkpoint_name = checkpoint
+        self.ckpt = self.run.load_checkpoint(checkpoint)
+        try:
+            self.cfg = validate(self.ckpt["config"], source=str(self.run.checkpoint_path(checkpoint)))
+        except ConfigError as e:
+            raise RunError(str(e)) from None
+        self.task = get_task(self.cfg.task)
+        self.meta = self.ckpt["meta"]
+        self.device = pick_device(device)
+        self.model = self.task.build_model(self.cfg, self.meta).to(self.device)
+        self.model.load_state_dict(self.ckpt["model"])
+        self.model.eval()
+
+    @property
+    def dir(self):
+        return self.run.path
+
+    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Any]:
+        data = self.task.prepare(self.cfg, meta=self.meta)
+        split = split or ("test" if "test" in data.splits else "val")  # a language model has no test split
+        if split not in data.splits:
+            raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
+        return evaluate_and_save(
+            self.task, self.model, self.meta, data.splits[split], self.device, self.cfg.train.batch_size,
+            self.run, split, self.checkpoint_name, self.ckpt["epoch"],
+        )  # fmt: skip
+
+    def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
+        if not isinstance(self.task, Predicts):
+            raise RunError(f"{self.run.id} is a {self.cfg.task} run: it does not classify inputs; {self._instead()}")
+        return self.task.predict(self.model, self.meta, inputs, top)
+
+    def forecast(self, steps: int) -> dict[str, Any]:
+        """The next `steps` values after the end of a series run's data, from the checkpoint alone."""
+        if not isinstance(self.task, Forecasts):
+            raise RunError(f"{self.run.id} is a {self.cfg.task} run, not a time series: --horizon does not apply")
+        result = self.task.forecast(self.model, self.meta, steps)  # {"time", "column", "rows", "history"}
+        from rnnctl import plots
+
+        paths = self.run.write_forecast(
+            steps, {"run": self.run.id, "checkpoint": self.checkpoint_name, **result},
+            [result["time"], result["column"]], result["rows"],
+        )  # fmt: skip
+        plots.forecast(paths["json"], paths["png"])  # drawn from the file, like every plot
+        return {**result, **{ext: str(p) for ext, p in paths.items()}}
+
+    def samples(
+        self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None
+    ) -> Iterator[Iterator[str]]:
+        """`num` character streams; one generator serves them all, so `rng_seed` fixes the whole output."""
+        if not isinstance(self.task, Samples):
+            raise RunError(f"{self.run.id} is a {self.cfg.task} run, not a language model: nothing to sample")
+        generator = torch.Generator().manual_seed(rng_seed) if rng_seed is not None else None
+        for _ in range(num):
+            yield self.task.sample(self.model, self.meta, seed, length, temperature, top_k, generator)
+
+    def _instead(self) -> str:
+        if isinstance(self.task, Samples):
+            return "it generates text: use `rnnctl sample RUN --seed TEXT`"
+        if isinstance(self.task, Forecasts):
+            return "it forecasts: use `rnnctl predict RUN --horizon N`"
+        return "`rnnctl eval RUN` shows how well it fits"
+
+
+def latest_language_model_run() -> str:
+    """The id of the newest completed run whose task can sample text."""
+    from rnnctl.tasks import task_names
+
+    known = set(task_names())
+    for run in reversed(all_runs()):
+        info = run.info()
+        if info.get("status") == "completed" and info.get("task") in known and isinstance(get_task(info["task"]), Samples):
+            return str(run.path)
+    raise RunError(f"no completed language-model run in {runs_root()}/ (train one first)")
+
+
+def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[dict[str, Any]], Any]:
+    """Summaries of several runs on one metric (default: the first run's best-epoch metric), their
+    curves drawn to a new folder `<runs>/compare/<time>/` (compare.png, compare.json)."""
+    from rnnctl import plots
+
+    if len(refs) < 2:
+        raise RunError("compare: give at least two runs")
+    runs = [RunFolder.resolve(r) for r in refs]
+    infos = [r.info() for r in runs]
+    metric = metric or (infos[0].get("best") or {}).get("metric") or "val_loss"
+    table, curves = [], []
+    for run, info in zip(runs, infos):
+        all_rows = run.rows()
+        rows = [r for r in all_rows if metric in r]
+        if not rows:
+            columns = ", ".join(all_rows[0]) if all_rows else "none"
+            raise RunError(f"{run.id}: no {metric!r} in its metrics (columns: {columns})")
+        mode = (info.get("best") or {}).get("mode") or ("min" if metric.endswith("loss") else "max")
+        best = (min if mode == "min" else max)(rows, key=lambda r: r[metric])
+        test = info.get("test") or {}
+        table.append({
+            "id": run.id, "task": info.get("task"), "parameters": info.get("parameters"),
+            "best": best[metric], "best_epoch": best["epoch"], "final": rows[-1][metric],
+            "test": test.get(metric.removeprefix("val_")), "epochs": info.get("epochs_done"),
+            "duration": info.get("duration"), "status": info.get("status"),
+        })  # fmt: skip
+        curves.append((run.id, rows))
+    out = compare_folder(len(runs))
+    plots.compare(curves, metric, out / "compare.png")
+    write_json(out / "compare.json", {"metric": metric, "runs": table})
+    return metric, table, out

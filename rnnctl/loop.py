@@ -1,0 +1,289 @@
+"""The one training loop, for every task; it never names a task.
+
+A run starts fresh (`Trainer.start`) or from its last checkpoint (`Trainer.resume`); `fit` trains epoch
+by epoch, validates, and hands each validation and the end of the run to the callbacks (checkpoints,
+early stopping, the run record, the final test, plots) and its rows to the loggers (metrics files,
+TensorBoard, the live display).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+import torch
+
+from rnnctl.callbacks import Callback, Point, default_callbacks, now
+from rnnctl.config import Config, validate
+from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
+from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
+from rnnctl.runs import RunFolder
+from rnnctl.schedules import EarlyStopping, LRSchedule
+from rnnctl.tasks import get_task
+from rnnctl.tasks.base import Meter, Previews
+from rnnctl.training import (
+    deferred_interrupt,
+    evaluate,
+    git_commit,
+    make_optimizer,
+    pick_device,
+    restore_rng,
+    rng_states,
+    set_seed,
+    train_epoch,
+    versions,
+)
+
+TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
+
+
+class Trainer:
+    """A training run: the task's data and model, the optimizer and schedule, progress, callbacks, loggers."""
+
+    def __init__(self, cfg: Config, loggers: list[Logger], meta: dict[str, Any] | None = None):
+        """Everything but the run folder; `meta` (a checkpoint's vocabulary and classes) for a resumed run."""
+        self.cfg = cfg
+        self.task = get_task(cfg.task)
+        if cfg.log.tensorboard:
+            check_installed()  # a missing extra is a one-line error before any run folder exists
+        set_seed(cfg.train.seed)
+        self.device = pick_device(cfg.train.device)
+        self.data = self.task.prepare(cfg, meta)  # user data errors surface here, before any run folder exists
+        for name, split in self.data.splits.items():
+            if len(split) == 0:
+                raise DataError(f"the {name} split is empty: more data, or another data.val_fraction")
+        self.model = self.task.build_model(cfg, self.data.meta, self.data.init).to(self.device)
+        self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
+        steps_per_epoch = self.data.splits["train"].num_batches(cfg.train.batch_size)
+        mode = self.task.monitor_mode
+        self.schedule = LRSchedule(cfg.train.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch, mode)
+        self.callbacks: list[Callback] = default_callbacks(EarlyStopping(cfg.train.early_stop, mode))
+        self.user_loggers = loggers
+        self.epoch = self.step = 0
+        self.best: dict[str, Any] = {
+            "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": mode,
+        }  # fmt: skip
+        self.stopped_early: dict[str, Any] | None = None
+        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
+        self.clock = time.perf_counter()
+
+    @classmethod
+    def start(cls, cfg: Config, command: str, loggers: list[Logger], root=None) -> Trainer:
+        """A new run in a new run folder."""
+        self = cls(cfg, loggers)
+        self.run = RunFolder.create(cfg.name or cfg.task, root)
+        self.loggers = [*self._disk_loggers(None), *loggers]
+        self.info = {
+            "id": self.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
+            "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
+            "seed": cfg.train.seed, "device": str(self.device), "threads": torch.get_num_threads(),
+            "versions": versions(), "git_commit": git_commit(),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "epochs": cfg.train.epochs, "epochs_done": 0, "best": dict(self.best),
+            "pid": os.getpid(), "host": os.uname().nodename,
+        }  # fmt: skip
+        return self
+
+    @classmethod
+    def resume(cls, run: RunFolder, ckpt: dict[str, Any], cfg: Config, command: str, loggers: list[Logger]) -> Trainer:
+        """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG."""
+        self = cls(cfg, loggers, meta=ckpt["meta"])
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        for cb in self.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(ckpt[cb.state_key])
+        restore_rng(ckpt["rng"], self.generator)
+        self.run = run
+        kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
+        self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
+        self.loggers = [*self._disk_loggers(self.step), *loggers]
+        self.info = run.read_info()
+        self.info.setdefault("history", []).append(
+            {"resumed": now(), "from_epoch": self.epoch, "command": command, "status_before": self.info.get("status")}
+        )
+        self.info.update(
+            status="running", epochs=cfg.train.epochs, epochs_done=self.epoch, best=dict(self.best),
+            pid=os.getpid(), host=os.uname().nodename,
+        )  # fmt: skip
+        for key in ("finished", "duration", "stopped_early"):
+            self.info.pop(key, None)
+        return self
+
+    def _disk_loggers(self, resume_step: int | None) -> list[Logger]:
+        """The loggers that write into the run folder: metrics files always, TensorBoard when asked."""
+        loggers: list[Logger] = [MetricsFiles(self.run)]
+        if self.cfg.log.tensorboard:
+            loggers.append(TensorBoardLog(self.run, resume_step))
+        return loggers
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "task": self.cfg.task, "config": self.cfg.to_dict(), "meta": self.data.meta,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step": self.step, "best": dict(self.best), "schedule": self.schedule.state_dict(),
+            **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
+            "rng": rng_states(self.generator),
+        }  # fmt: skip
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        self.clock = time.perf_counter() - self.elapsed_before
+        self._emit("on_start")
+        for lg in self.loggers:
+            lg.start({**self.info, "dir": str(self.run.path), "monitor": self.best["metric"]})
+        try:
+            while self.epoch < self.cfg.train.epochs and not self.stopped_early:
+                self._train_epoch()
+            self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
+        except KeyboardInterrupt:
+            self._emit("on_abort", "interrupted")
+            self._emit("on_finish", "interrupted")  # the best checkpoint is still tested, the plots drawn
+            raise
+        except BaseException:
+            self._emit("on_abort", "failed")
+            raise
+        finally:
+            for lg in self.loggers:  # idempotent: stops a live display however the run ended
+                lg.finish({**self.info, "dir": str(self.run.path)})
+        return {**self.info, "dir": str(self.run.path)}
+
+    def _train_epoch(self) -> None:
+        cfg = self.cfg.train
+        self.epoch += 1
+        t0 = time.perf_counter()
+        meter = self.task.meter(self.data.meta)
+
+        def on_batch(done: int, total: int) -> None:
+            self._set_lr(self.step + done)  # for the next step
+            for lg in self.loggers:
+                lg.progress(done, total)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
+                self._validation(self.step + done, meter, fraction=done / total)  # a row inside a long epoch
+                self.model.train()
+
+        self._set_lr(self.step)
+        try:
+            out = train_epoch(
+                self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
+                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
+            )  # fmt: skip
+        except DivergedError as e:
+            kept = f"epoch {self.epoch - 1} in checkpoints/last.pt" if self.epoch > 1 else "none"
+            raise DivergedError(
+                f"epoch {self.epoch}, step {self.step + e.step}: the training loss is not finite "
+                f"(lower optim.lr or set train.grad_clip); last good checkpoint: {kept}",
+                e.step,
+            ) from None
+        seconds = time.perf_counter() - t0
+        norms = out["grad_norms"]
+        step_rows = [
+            {"step": self.step + i + 1, "loss": loss, "grad_norm": n} for i, (loss, n) in enumerate(zip(out["losses"], norms))
+        ]
+        self.step += out["steps"]
+        epoch_stats = {
+            "grad_norm": sum(norms) / max(len(norms), 1), "grad_norm_max": max(norms, default=0.0),
+            "samples_per_s": out["samples"] / seconds,  # training examples (names, characters) per second
+            "t0": t0,
+        }  # fmt: skip
+        self._validation(self.step, out["metrics"], epoch_stats=epoch_stats, step_rows=step_rows)
+
+    def _validation(
+        self,
+        step: int,
+        train: Meter | dict[str, float],
+        fraction: float | None = None,
+        epoch_stats: dict[str, float] | None = None,
+        step_rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Validate, then record it everywhere: at an epoch's end, or inside it (`fraction` of it done)."""
+        val = evaluate(
+            self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size
+        ).compute()
+        preview = self.task.preview(self.model, self.data.meta, self.cfg, step) if isinstance(self.task, Previews) else None
+        with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
+            value = val[self.task.monitor]
+            improved = self._update_best(value, step)
+            end_of_epoch = fraction is None
+            if end_of_epoch:
+                lr = self.schedule.lr(step - 1)  # what the epoch's last step used
+                self.schedule.epoch_end(value)  # plateau decays act from the next step on
+            else:
+                lr = self.optimizer.param_groups[0]["lr"]
+            row = self._row(step, train if isinstance(train, dict) else train.compute(), val, lr, fraction, epoch_stats)
+            if preview is not None:
+                row["preview"] = preview
+            if step_rows is not None:
+                for lg in self.loggers:  # before the callbacks: a resume truncates steps and rows by step alike
+                    lg.steps(step_rows)
+            self._emit("on_evaluation", Point(row, step, value, improved, end_of_epoch))
+            for lg in self.loggers:
+                lg.epoch(row)
+
+    def _row(self, step, train, val, lr, fraction, epoch_stats) -> dict[str, Any]:
+        """One metrics row, in the column order of metrics.csv."""
+        row: dict[str, Any] = {"epoch": self.epoch, "step": step}
+        if fraction is not None:
+            row.update(epoch_fraction=self.epoch - 1 + fraction, partial=True)
+        row.update({f"train_{k}": v for k, v in train.items()})
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["lr"] = lr
+        if epoch_stats:
+            row.update(grad_norm=epoch_stats["grad_norm"], grad_norm_max=epoch_stats["grad_norm_max"])
+        row["best_epoch"] = self.best["epoch"]
+        if epoch_stats:
+            row.update(samples_per_s=epoch_stats["samples_per_s"], epoch_time=time.perf_counter() - epoch_stats["t0"])
+        row["elapsed"] = time.perf_counter() - self.clock
+        return row
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
+
+    def _set_lr(self, step: int) -> None:
+        if self.schedule.constant and step > 0:
+            return
+        lr = self.schedule.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _update_best(self, value: float, step: int) -> bool:
+        if not math.isfinite(value):  # a diverged epoch is never the best one
+            return False
+        old = self.best["value"]
+        better = old is None or (value > old if self.task.monitor_mode == "max" else value < old)
+        if better:
+            self.best.update(epoch=self.epoch, step=step, value=value)
+        return better
+
+
+def train(cfg: Config, command: str, loggers: list[Logger], root=None) -> dict[str, Any]:
+    return Trainer.start(cfg, command, loggers, root).fit()
+
+
+def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger]) -> dict[str, Any]:
+    """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it."""
+    run = RunFolder.resolve(ref)
+    info = run.info()
+    if info.get("status") == "running":
+        raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
+    ckpt = run.load_checkpoint("last")
+    raw = dict(ckpt["config"])
+    if epochs is not None:
+        raw["train"] = {**raw["train"], "epochs": epochs}
+    try:
+        cfg = validate(raw, source="--epochs" if epochs is not None else f"{run.checkpoint_path('last')}")
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    if ckpt["epoch"] >= cfg.train.epochs:
+        raise RunError(
+            f"{run.id} has trained {ckpt['epoch']} of {cfg.train.epochs} epochs: "
+            f"pass --epochs N with N > {ckpt['epoch']} to train longer"
+        )
+    return Trainer.resume(run, ckpt, cfg, command, loggers).fit()

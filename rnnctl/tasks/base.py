@@ -1,0 +1,112 @@
+"""What the training loop and the commands see of a task: data splits, batches, a meter, a model, and the
+optional capabilities a task declares by having their methods (`isinstance(task, Samples)`).
+
+A task never imports rich or matplotlib: it returns numbers and plain data; the CLI and plots decide how
+they look. The loop never names a task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
+
+import torch
+
+if TYPE_CHECKING:
+    from rnnctl.config import Config, DataConfig, ModelConfig
+    from rnnctl.models import Output
+
+
+class Batch(Protocol):
+    inputs: dict[str, Any]  # keyword arguments of the model's forward
+    targets: torch.Tensor
+    size: int  # examples in the batch, for samples/s
+
+    def to(self, device: torch.device) -> "Batch": ...
+
+
+class Split(Protocol):
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """Batches in random order when a generator is given, in stored order otherwise."""
+
+    def num_batches(self, batch_size: int) -> int:
+        """How many batches one pass serves (for progress display)."""
+
+
+class Meter(Protocol):
+    """Accumulates one pass over a split; `compute` gives scalars, `report` the details."""
+
+    def update(self, batch: Batch, out: "Output") -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+    def report(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Prepared:
+    meta: dict[str, Any]  # derived from data and needed to rebuild the model (alphabet, classes); in checkpoints
+    splits: dict[str, Split]  # "train", "val", "test"
+    derived: dict[str, Any] = field(default_factory=dict)  # informative facts for the resolved config
+    init: Any = None  # what build_model starts a new run's weights from (pretrained vectors); never checkpointed
+
+
+class Task(Protocol):
+    name: str
+    data_config: type["DataConfig"]
+    model_config: type["ModelConfig"]
+    monitor: str  # validation metric that picks the best checkpoint, e.g. "acc"
+    monitor_mode: str  # "max" or "min"
+    report_splits: tuple[str, ...]  # the splits tested with the best checkpoint when training ends
+
+    def prepare(self, cfg: "Config", meta: dict[str, Any] | None = None) -> Prepared:
+        """Load and tensorize the data. With `meta` (from a checkpoint), reuse its vocabulary."""
+
+    def build_model(self, cfg: "Config", meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
+        """The model for the data's meta; `init` is a new run's Prepared.init (None for a loaded run)."""
+
+    def meter(self, meta: dict[str, Any], detailed: bool = False) -> Meter: ...
+
+
+# -- capabilities: a task has them or not; commands ask with isinstance -----------------------------
+
+
+@runtime_checkable
+class Predicts(Protocol):
+    """Classifies inputs given as text (`rnnctl predict RUN INPUT ...`)."""
+
+    def predict(
+        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int
+    ) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class Samples(Protocol):
+    """Generates text from a seed string (`rnnctl sample`)."""
+
+    def sample(
+        self,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        seed: str,
+        length: int,
+        temperature: float,
+        top_k: int,
+        generator: torch.Generator | None,
+    ) -> Iterator[str]: ...
+
+
+@runtime_checkable
+class Forecasts(Protocol):
+    """Continues a series past the end of its data (`rnnctl predict RUN --horizon N`)."""
+
+    def forecast(self, model: torch.nn.Module, meta: dict[str, Any], steps: int) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Previews(Protocol):
+    """Shows a short text after each evaluation (a sample, a predicted string)."""
+
+    def preview(self, model: torch.nn.Module, meta: dict[str, Any], cfg: "Config", step: int) -> str: ...
