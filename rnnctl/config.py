@@ -46,7 +46,9 @@ class ModelConfig(Section):
     @classmethod
     def _known_cell(cls, name: str) -> str:
         if name not in cells.CELLS:
-            raise ValueError(f"unknown cell {name!r}{_suggest(name, cells.names())} (known: {', '.join(cells.names())})")
+            raise ValueError(
+                f"unknown cell {name!r}{_suggest(name, cells.names())} (known: {', '.join(cells.names())})"
+            )
         return name
 
 
@@ -170,7 +172,9 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
     if task is None:
         raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(known)})")
     if not isinstance(task, str) or task not in known:
-        raise ConfigError(f"{source}: task: unknown task {task!r}{_suggest(str(task), known)} (known: {', '.join(known)})")
+        raise ConfigError(
+            f"{source}: task: unknown task {task!r}{_suggest(str(task), known)} (known: {', '.join(known)})"
+        )
     cls = config_class(task)
     try:
         return cls.model_validate(raw)

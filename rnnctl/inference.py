@@ -109,7 +109,11 @@ def latest_language_model_run() -> str:
     known = set(task_names())
     for run in reversed(all_runs()):
         info = run.info()
-        if info.get("status") == "completed" and info.get("task") in known and isinstance(get_task(info["task"]), Samples):
+        if (
+            info.get("status") == "completed"
+            and info.get("task") in known
+            and isinstance(get_task(info["task"]), Samples)
+        ):
             return str(run.path)
     raise RunError(f"no completed language-model run in {runs_root()}/ (train one first)")
 

@@ -184,7 +184,8 @@ class Trainer:
         seconds = time.perf_counter() - t0
         norms = out["grad_norms"]
         step_rows = [
-            {"step": self.step + i + 1, "loss": loss, "grad_norm": n} for i, (loss, n) in enumerate(zip(out["losses"], norms))
+            {"step": self.step + i + 1, "loss": loss, "grad_norm": n}
+            for i, (loss, n) in enumerate(zip(out["losses"], norms))
         ]
         self.step += out["steps"]
         epoch_stats = {
@@ -206,7 +207,9 @@ class Trainer:
         val = evaluate(
             self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size
         ).compute()
-        preview = self.task.preview(self.model, self.data.meta, self.cfg, step) if isinstance(self.task, Previews) else None
+        preview = (
+            self.task.preview(self.model, self.data.meta, self.cfg, step) if isinstance(self.task, Previews) else None
+        )
         with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
             value = val[self.task.monitor]
             improved = self._update_best(value, step)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
 
-from rnnctl import inference, loop, training
+from rnnctl import inference, training
 from rnnctl.config import load_config
 from rnnctl.models import CharLM
 from rnnctl.tasks import get_task
