@@ -10,19 +10,15 @@ A callback with a `state_key` keeps state in every checkpoint under that key.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rnnctl.runs import now
 from rnnctl.schedules import EarlyStopping
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer
-
-
-def now() -> str:
-    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rnnctl.callbacks import now
+from rnnctl.runs import now
 from rnnctl.config import validate
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.runs import RunFolder, all_runs, compare_folder, runs_root, write_json

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from rnnctl.callbacks import Callback, Point, default_callbacks, now
+from rnnctl.callbacks import Callback, Point, default_callbacks
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
-from rnnctl.runs import RunFolder
+from rnnctl.runs import RunFolder, now
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews

@@ -36,6 +36,11 @@ CHECKPOINTS = ("best", "last")
 STATUSES = ("running", "completed", "failed", "interrupted")
 
 
+def now() -> str:
+    """The local time with its offset, as run records write it."""
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV, "runs"))
 
