@@ -27,7 +27,7 @@ def load_examples(data: NamesData):
 
 
 def pairs(examples):
-    return [(e.name, e.label) for e in examples]
+    return [(e.text, e.label) for e in examples]
 
 
 # -- file formats --------------------------------------------------------------------------------
@@ -47,7 +47,7 @@ def test_csv_formats_read_the_same_rows(tmp_path, header, gz, newline):
     got_train, got_test = load_examples(NamesData(path=str(train), test_path=str(test)))
     assert pairs(got_train) == ROWS
     assert pairs(got_test) == TEST_ROWS
-    assert not any("\r" in e.name or "\r" in e.label for e in got_train)
+    assert not any("\r" in e.text or "\r" in e.label for e in got_train)
 
 
 def test_explicit_header_setting(tmp_path):
@@ -84,9 +84,9 @@ def test_folder_of_label_txt_files_carves_a_test_split(tmp_path):
     # test carved with test_fraction 0.2, stratified: every class is in it
     assert sizes["test"] == sum(round(0.2 * len(v)) for v in by_label.values())
     assert set(prepared.splits["test"].labels.tolist()) == set(range(len(by_label)))
-    # the carve is a partition of the files' rows
+    # the layout has no test split: every row is read as training data, and the pipeline carves from it
     train, test = load_examples(cfg.data)
-    assert sorted(pairs(train) + pairs(test)) == sorted(ROWS)
+    assert test is None and sorted(pairs(train)) == sorted(ROWS)
 
 
 def tiny_config_for(path, *more):

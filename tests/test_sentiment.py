@@ -35,7 +35,9 @@ from rnnctl.errors import DataError
 from rnnctl.models import Output
 from rnnctl.runs import load_checkpoint
 from rnnctl.tasks import get_task, sentiment
-from rnnctl.tasks.sentiment import ARCHIVE, Tokenizer, build_vocab, read_archive, read_folder, truncate
+from rnnctl.tasks.sentiment import ARCHIVE, read_archive, read_folder
+from rnnctl.tasks.text import WordTokenizer as Tokenizer
+from rnnctl.tasks.text import build_vocab, truncate
 
 SMOKE = CONFIGS / "smoke" / "sentiment_tiny.yaml"
 TASK = get_task("sentiment")
@@ -651,3 +653,14 @@ def test_predict_input_is_not_rich_markup(cli, sentiment_run):
     result = cli("predict", run, "[bold]great[/bold] [spoiler] film")
     assert result.exit_code == 0, result.output
     assert "[bold]great[/bold] [spoiler] film" in result.stdout
+
+
+def test_tokenizer_settings_of_checkpoints_from_before_the_text_pipeline_still_load():
+    """Sentiment checkpoints saved before names and sentiment shared one pipeline name no tokenizer kind."""
+    from rnnctl.tasks.text import CharTokenizer, WordTokenizer, tokenizer_from
+
+    old = {"lowercase": False, "breaks": r"<br\s*/?>", "words": r"\w+"}
+    tok = tokenizer_from(old)
+    assert isinstance(tok, WordTokenizer) and tok("Good<br />film!") == ["Good", "film"]
+    assert tokenizer_from(WordTokenizer(True).settings())("A B") == ["a", "b"]
+    assert isinstance(tokenizer_from({"kind": "chars"}), CharTokenizer)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from rnnctl.config import ModelConfig
-from rnnctl.models import Output, RecurrentClassifier
+from rnnctl.models import Output
 
 
 class ClassifierConfig(ModelConfig):
@@ -18,11 +18,6 @@ class ClassifierConfig(ModelConfig):
 
     pooling: Literal["last", "max", "mean", "last+max"] = "last"  # what the classifier sees: final states, or over time
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy against (1 - s) one-hot + s uniform
-
-
-def build_classifier(m: ClassifierConfig, vocab_size: int, num_classes: int, **extra) -> RecurrentClassifier:
-    """The classifier a `model` section describes, for a vocabulary and a set of classes from the data."""
-    return RecurrentClassifier(m, vocab_size, num_classes, **extra)
 
 
 @dataclass

@@ -16,11 +16,8 @@ marks by one regex. The vocabulary comes from the training split only (`min_freq
 from __future__ import annotations
 
 import gzip
-import re
 import tarfile
 import zlib
-from array import array
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -28,17 +25,20 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from rnnctl.config import Config, DataConfig, Section
-from rnnctl.data import cache_dir, download, read_csv, stratified_split
+from rnnctl.config import Config, Section
+from rnnctl.data import cache_dir, download
 from rnnctl.errors import DataError
+from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks.base import Prepared
-from rnnctl.tasks.classification import (
-    ClassificationMeter,
-    ClassifierConfig,
-    SequenceSplit,
-    build_classifier,
-    pad,
-    top_k,
+from rnnctl.tasks.classification import ClassifierConfig
+from rnnctl.tasks.text import (
+    Encoded,
+    Example,
+    TextClassificationTask,
+    TextData,
+    WordTokenizer,
+    epoch_padding,
+    read_examples,
 )
 
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"  # Maas et al. 2011
@@ -46,24 +46,15 @@ MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 ARCHIVE = "aclImdb_v1.tar.gz"
 DATASET = "imdb"  # the folder under $RNNCTL_DATA or ./data
 UNLABELLED = "unsup"  # aclImdb/train/unsup: 50,000 reviews without a label
-PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
 HEADER_WORDS = {"text", "review", "sentence", "document", "label", "sentiment", "class", "category", "polarity"}
-BREAKS = r"<br\s*/?>"  # IMDb's HTML line breaks
-WORDS = r"\w+(?:['’]\w+)*|[^\w\s]"  # words (don't, it's) and every punctuation mark on its own
-PREDICT_BATCH = 256
 
 
-class SentimentData(DataConfig):
-    test_path: str | None = None  # explicit test CSV; otherwise the layout's test split, or carved
-    test_fraction: float = Field(0.2, gt=0, lt=1)  # carved (stratified) when the data has no test split
-    split_seed: int = 0  # the val/test carve, fixed apart from train.seed so runs compare on equal splits
-    header: Literal["auto", "yes", "no"] = "auto"  # auto: the first CSV row is a header if it reads like one
+class SentimentData(TextData):
     lowercase: bool = True
     min_freq: int = Field(1, ge=1)  # a word enters the vocabulary if it occurs this often in train
     max_size: int | None = Field(None, ge=1)  # keep the most frequent words (<pad> and <unk> not counted)
     max_len: int | None = Field(None, ge=1)  # cut longer texts to this many words; null: keep every word
     truncate: Literal["head", "tail", "head+tail"] = "head"  # which words a cut text keeps
-    bucket: bool = True  # batch texts of similar length together: little padding, faster epochs
 
 
 class EmbeddingsConfig(Section):
@@ -75,205 +66,76 @@ class SentimentModel(ClassifierConfig):
     embeddings: EmbeddingsConfig | None = None  # pretrained word vectors; d must equal embedding_size
 
 
-@dataclass
-class Example:
-    text: str
-    label: str
-    where: str  # "file: row N" or the review's file, for error messages
-
-
-class Tokenizer:
-    """Text -> words: line breaks dropped, optionally lowercased, then one regex pass."""
-
-    def __init__(self, lowercase: bool = True, breaks: str = BREAKS, words: str = WORDS):
-        self.lowercase = lowercase
-        self.breaks = re.compile(breaks, re.IGNORECASE)
-        self.words = re.compile(words)
-
-    def __call__(self, text: str) -> list[str]:
-        text = self.breaks.sub(" ", text)
-        return self.words.findall(text.lower() if self.lowercase else text)
-
-    def settings(self) -> dict[str, Any]:
-        """What a checkpoint keeps, so `predict` splits text exactly as training did."""
-        return {"lowercase": self.lowercase, "breaks": self.breaks.pattern, "words": self.words.pattern}
-
-
-class SentimentTask:
+class SentimentTask(TextClassificationTask):
     name = "sentiment"
     data_config = SentimentData
     model_config = SentimentModel
-    monitor, monitor_mode = "acc", "max"
-    report_splits = ("test",)
+
+    def load(self, data: SentimentData) -> tuple[list[Example], None, list[Example] | None]:
+        train, test = load_examples(data)
+        return train, None, test
+
+    def new_tokenizer(self, data: SentimentData) -> WordTokenizer:
+        return WordTokenizer(data.lowercase)
+
+    def vocab_limits(self, data: SentimentData) -> tuple[int, int | None]:
+        return data.min_freq, data.max_size
+
+    def cut(self, data: SentimentData) -> tuple[int | None, str]:
+        return data.max_len, data.truncate
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
-        data: SentimentData = cfg.data  # type: ignore[assignment]
-        new_run = meta is None  # a loaded or resumed run brings its vocabulary, classes and tokenizer
-        train_ex, test_ex = load_examples(data)
-        classes = meta["classes"] if meta else sorted({e.label for e in train_ex})
-        class_id = {c: i for i, c in enumerate(classes)}
-        for e in [*(train_ex if meta else []), *(test_ex or [])]:
-            if e.label not in class_id:
-                raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data ({_few(classes)})")
-        if test_ex is None:
-            train_ex, test_ex = _carve(train_ex, class_id, data.test_fraction, data.split_seed)
-        train_ex, val_ex = _carve(train_ex, class_id, data.val_fraction, data.split_seed)
-        parts = {"train": train_ex, "val": val_ex, "test": test_ex}
+        enc = self.encode(cfg, meta)
+        init = None
+        if meta is None and cfg.model.embeddings is not None:  # read once; the checkpoints hold the trained rows
+            init = self.pretrained(cfg, enc)
+        return Prepared(meta=enc.meta, splits=enc.splits, derived=self.derived(cfg, enc), init=init)
 
-        tokenize = Tokenizer(**meta["tokenizer"]) if meta else Tokenizer(data.lowercase)
-        index = WordIndex()  # every split's words; the vocabulary then picks among the training split's
-        encoded = {k: encode(ex, tokenize, index) for k, ex in parts.items()}
-        words = list(index)  # provisional id i + 1 is words[i]
-        counts = {k: np.bincount(_flat(seqs), minlength=len(words) + 1) for k, seqs in encoded.items()}
-        if meta is None:
-            meta = {
-                "vocab": build_vocab(words, counts["train"], data.min_freq, data.max_size),
-                "classes": classes,
-                "tokenizer": tokenize.settings(),
-                "max_len": data.max_len,
-                "truncate": data.truncate,
-            }
-        stoi = {w: i for i, w in enumerate(meta["vocab"])}
-        remap = torch.tensor([0] + [stoi.get(w, 1) for w in words], dtype=torch.int32)  # provisional -> vocabulary
-        init = None  # a new run's pretrained rows, handed to build_model (never checkpointed)
-        if new_run and cfg.model.embeddings is not None:  # read once; the checkpoints hold the trained rows
-            emb = cfg.model.embeddings
-            rows, vectors = read_vectors(Path(emb.path).expanduser(), meta["vocab"], cfg.model.embedding_size)
-            vocab_counts = np.bincount(remap.numpy(), weights=counts["train"], minlength=len(meta["vocab"]))
-            meta["embeddings"] = {
-                "path": emb.path,
-                "found": len(rows),
-                "words": round(len(rows) / max(len(meta["vocab"]) - 2, 1), 4),  # share of vocabulary words
-                "tokens": round(float(vocab_counts[rows.numpy()].sum() / max(counts["train"][1:].sum(), 1)), 4),
-            }
-            init = (rows, vectors)
+    def pretrained(self, cfg: Config, enc: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vocabulary rows a vector file has and their vectors; how much it covers goes into meta."""
+        emb = cfg.model.embeddings
+        vocab = enc.meta["vocab"]
+        rows, vectors = read_vectors(Path(emb.path).expanduser(), vocab, cfg.model.embedding_size)
+        vocab_counts = np.bincount(enc.remap.numpy(), weights=enc.counts["train"], minlength=len(vocab))
+        enc.meta["embeddings"] = {
+            "path": emb.path,
+            "found": len(rows),
+            "words": round(len(rows) / max(len(vocab) - 2, 1), 4),  # share of vocabulary words
+            "tokens": round(float(vocab_counts[rows.numpy()].sum() / max(enc.counts["train"][1:].sum(), 1)), 4),
+        }
+        return rows, vectors
 
-        splits = {}
-        for k, seqs in encoded.items():
-            x, lengths = pad([truncate(s, meta["max_len"], meta["truncate"]) for s in seqs], dtype=torch.int32)
-            labels = torch.tensor([class_id[e.label] for e in parts[k]], dtype=torch.int64)
-            splits[k] = SequenceSplit(remap[x], lengths, labels, data.bucket)
-
-        known = (remap != 1).numpy()
-        lengths = np.array([len(s) for s in encoded["train"]])
+    def derived(self, cfg: Config, enc: Encoded) -> dict[str, Any]:
+        known = (enc.remap != 1).numpy()
+        counts, lengths, meta = enc.counts, enc.lengths, enc.meta
         derived = {
             "vocab_size": len(meta["vocab"]),
-            "num_classes": len(classes),
-            "classes": classes,
-            "examples": {k: len(v) for k, v in splits.items()},
+            "num_classes": len(meta["classes"]),
+            "classes": meta["classes"],
+            "examples": {k: len(v) for k, v in enc.splits.items()},
             "words_per_example": {"mean": round(float(lengths.mean()), 1), "max": int(lengths.max())},  # train
             "truncated": round(float((lengths > (meta["max_len"] or np.inf)).mean()), 4),  # share of train texts
-            "words_per_example_kept": {"mean": round(float(splits["train"].lengths.double().mean()), 1)},  # after it
+            "words_per_example_kept": {"mean": round(float(enc.splits["train"].lengths.double().mean()), 1)},
             # share of the words (before truncation) that the vocabulary knows
-            "vocab_coverage": {k: round(float(counts[k][known].sum() / max(counts[k][1:].sum(), 1)), 4) for k in parts},
-            "padding": epoch_padding(splits["train"], cfg.train.batch_size, cfg.train.seed),
+            "vocab_coverage": {k: round(float(c[known].sum() / max(c[1:].sum(), 1)), 4) for k, c in counts.items()},
+            "padding": epoch_padding(enc.splits["train"], cfg.train.batch_size, cfg.train.seed),
         }
         if "embeddings" in meta:
             derived["embeddings"] = meta["embeddings"]
-        return Prepared(meta=meta, splits=splits, derived=derived, init=init)
+        return derived
 
     def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
         m: SentimentModel = cfg.model  # type: ignore[assignment]
-        model = build_classifier(
-            m,
-            len(meta["vocab"]),
-            len(meta["classes"]),
-            freeze_embedding=m.embeddings is not None and m.embeddings.freeze,
-        )
+        frozen = m.embeddings is not None and m.embeddings.freeze
+        model = RecurrentClassifier(m, len(meta["vocab"]), len(meta["classes"]), freeze_embedding=frozen)
         if init is not None:  # a new run's pretrained vectors; a loaded run gets its checkpoint's weights
             rows, vectors = init
             with torch.no_grad():
                 model.embedding.weight[rows] = vectors
         return model
 
-    def meter(self, meta: dict[str, Any], detailed: bool = False) -> ClassificationMeter:
-        return ClassificationMeter(meta["classes"], detailed)
-
-    @torch.no_grad()
-    def predict(
-        self, model: torch.nn.Module, meta: dict[str, Any], inputs: list[str], top: int = 3
-    ) -> list[dict[str, Any]]:
-        tokenize = Tokenizer(**meta["tokenizer"])
-        stoi = {w: i for i, w in enumerate(meta["vocab"])}
-        seqs, info = [], []
-        for n, text in enumerate(inputs, 1):
-            words = tokenize(text)
-            if not words:
-                raise DataError(f"predict: input {n} has no words ({text[:40]!r})")
-            ids = [stoi.get(w, 1) for w in words]
-            seqs.append(truncate(ids, meta["max_len"], meta["truncate"]))
-            info.append({"input": " ".join(text.split()), "words": len(ids), "unknown_words": ids.count(1)})
-        device = next(model.parameters()).device
-        model.eval()
-        ranked = []
-        for start in range(0, len(seqs), PREDICT_BATCH):
-            x, lengths = pad(seqs[start : start + PREDICT_BATCH])
-            ranked += top_k(model(x.to(device), lengths).logits, meta["classes"], top)
-        return [{**i, "top": r} for i, r in zip(info, ranked)]
-
-
-# -- text -> ids -------------------------------------------------------------------------------
-
-
-class WordIndex(dict):
-    """word -> provisional id from 1, in order of first appearance; a lookup adds a new word."""
-
-    def __missing__(self, word: str) -> int:
-        self[word] = len(self) + 1
-        return self[word]
-
-
-def encode(examples: list[Example], tokenize: Tokenizer, index: WordIndex) -> list[array]:
-    """Each text's words as provisional ids (4 bytes a word); the lookups run in C but for new words."""
-    out = []
-    lookup = index.__getitem__
-    for e in examples:
-        words = tokenize(e.text)
-        if not words:
-            raise DataError(f"{e.where}: no words in the text")
-        out.append(array("i", map(lookup, words)))
-    return out
-
-
-def build_vocab(words: list[str], counts: np.ndarray, min_freq: int, max_size: int | None) -> list[str]:
-    """[<pad>, <unk>, the words with count >= min_freq, most frequent first (ties alphabetical)][: max_size + 2].
-
-    `counts[i + 1]` is how often words[i] occurs in the training split (0 for words seen only elsewhere).
-    """
-    kept = [(-int(c), w) for w, c in zip(words, counts[1:].tolist()) if c >= min_freq]
-    kept.sort()
-    return [PAD, UNK, *(w for _, w in kept[:max_size])]
-
-
-def truncate(ids, max_len: int | None, mode: str):
-    """The first (head), last (tail) or first and last halves (head+tail) of max_len ids."""
-    if max_len is None or len(ids) <= max_len:
-        return ids
-    if mode == "head":
-        return ids[:max_len]
-    if mode == "tail":
-        return ids[len(ids) - max_len :]
-    head = (max_len + 1) // 2
-    return ids[:head] + ids[len(ids) - (max_len - head) :]
-
-
-def epoch_padding(split: SequenceSplit, batch_size: int, seed: int) -> dict[str, float]:
-    """The share of padded positions in one training epoch's batches, with and without length bucketing."""
-    out = {}
-    for name, bucket in (("bucketed", True), ("unbucketed", False)):
-        same = SequenceSplit(split.x, split.lengths, split.labels, bucket)
-        out[name] = round(same.padding(batch_size, torch.Generator().manual_seed(seed)), 4)
-    return out
-
-
-def _flat(seqs: list[array]) -> np.ndarray:
-    return np.frombuffer(b"".join(seqs), dtype=np.intc)
-
-
-def _carve(examples: list[Example], class_id: dict[str, int], fraction: float, seed: int):
-    labels = torch.tensor([class_id[e.label] for e in examples])
-    keep, held = stratified_split(labels, fraction, seed)
-    return [examples[i] for i in keep.tolist()], [examples[i] for i in held.tolist()]
+    def describe(self, shown: str, tokens: list[str], ids: list[int], stoi: dict[str, int]) -> dict[str, Any]:
+        return {"input": shown, "words": len(ids), "unknown_words": ids.count(1)}
 
 
 # -- finding and reading the data ----------------------------------------------------------------
@@ -346,18 +208,7 @@ def read_source(p: Path, header: str) -> tuple[list[Example], list[Example] | No
 
 
 def _read_csv(path: Path, header: str) -> list[Example]:
-    rows = read_csv(path)
-    if rows and (header == "yes" or (header == "auto" and {f.strip().lower() for f in rows[0][1]} <= HEADER_WORDS)):
-        rows = rows[1:]
-    out = []
-    for line, fields in rows:
-        if len(fields) != 2:
-            raise DataError(f"{path}: row {line}: expected 2 fields (text,label), got {len(fields)}")
-        text, label = fields[0], fields[1].strip()
-        if not text.strip() or not label:
-            raise DataError(f"{path}: row {line}: empty {'text' if not text.strip() else 'label'}")
-        out.append(Example(text, label, f"{path}: row {line}"))
-    return out
+    return read_examples(path, header, HEADER_WORDS, "text,label", strip=False)
 
 
 def read_folder(root: Path) -> tuple[list[Example], list[Example]]:
@@ -478,8 +329,3 @@ def _open_text(path: Path):
         gz = f.read(2) == b"\x1f\x8b"
     opener = gzip.open if gz else open
     return opener(path, "rt", encoding="utf-8")
-
-
-def _few(items: list[str], n: int = 6) -> str:
-    shown = ", ".join(items[:n])
-    return f"known: {shown}{', ...' if len(items) > n else ''}"
