@@ -10,12 +10,16 @@ A callback with a `state_key` keeps state in every checkpoint under that key.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from rnnctl.runs import now
 from rnnctl.schedules import EarlyStopping
+from rnnctl.training import git_commit, versions
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer
@@ -113,6 +117,34 @@ class Plots(Callback):
 
 class RunRecord(Callback):
     """config.yaml and run.json: written at the start, kept current at every validation and at the end."""
+
+    @staticmethod
+    def new(trainer: Trainer, command: str) -> dict[str, Any]:
+        """run.json of a new run."""
+        cfg = trainer.cfg
+        return {
+            "id": trainer.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
+            "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
+            "seed": cfg.train.seed, "device": str(trainer.device), "threads": torch.get_num_threads(),
+            "versions": versions(), "git_commit": git_commit(),
+            "parameters": sum(p.numel() for p in trainer.model.parameters()),
+            "epochs": cfg.train.epochs, "epochs_done": 0, "best": dict(trainer.best),
+            "pid": os.getpid(), "host": os.uname().nodename,
+        }  # fmt: skip
+
+    @staticmethod
+    def resumed(trainer: Trainer, info: dict[str, Any], command: str) -> dict[str, Any]:
+        """run.json of a run picked up again: the resume goes into its history."""
+        info.setdefault("history", []).append(
+            {"resumed": now(), "from_epoch": trainer.epoch, "command": command, "status_before": info.get("status")}
+        )
+        info.update(
+            status="running", epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
+            pid=os.getpid(), host=os.uname().nodename,
+        )  # fmt: skip
+        for key in ("finished", "duration", "stopped_early"):
+            info.pop(key, None)
+        return info
 
     def on_start(self, trainer: Trainer) -> None:
         trainer.run.write_config(trainer.cfg.to_dict(), trainer.data.derived)

@@ -9,31 +9,28 @@ TensorBoard, the live display).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any
 
 import torch
 
-from rnnctl.callbacks import Callback, Point, default_callbacks
+from rnnctl.callbacks import Callback, Point, RunRecord, default_callbacks
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
-from rnnctl.runs import RunFolder, now
+from rnnctl.runs import RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
 from rnnctl.training import (
     deferred_interrupt,
     evaluate,
-    git_commit,
     make_optimizer,
     pick_device,
     restore_rng,
     rng_states,
     set_seed,
     train_epoch,
-    versions,
 )
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
@@ -76,15 +73,7 @@ class Trainer:
         self = cls(cfg, loggers)
         self.run = RunFolder.create(cfg.name or cfg.task, root)
         self.loggers = [*self._disk_loggers(None), *loggers]
-        self.info = {
-            "id": self.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
-            "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
-            "seed": cfg.train.seed, "device": str(self.device), "threads": torch.get_num_threads(),
-            "versions": versions(), "git_commit": git_commit(),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "epochs": cfg.train.epochs, "epochs_done": 0, "best": dict(self.best),
-            "pid": os.getpid(), "host": os.uname().nodename,
-        }  # fmt: skip
+        self.info = RunRecord.new(self, command)
         return self
 
     @classmethod
@@ -103,16 +92,7 @@ class Trainer:
         kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
         self.loggers = [*self._disk_loggers(self.step), *loggers]
-        self.info = run.read_info()
-        self.info.setdefault("history", []).append(
-            {"resumed": now(), "from_epoch": self.epoch, "command": command, "status_before": self.info.get("status")}
-        )
-        self.info.update(
-            status="running", epochs=cfg.train.epochs, epochs_done=self.epoch, best=dict(self.best),
-            pid=os.getpid(), host=os.uname().nodename,
-        )  # fmt: skip
-        for key in ("finished", "duration", "stopped_early"):
-            self.info.pop(key, None)
+        self.info = RunRecord.resumed(self, run.read_info(), command)
         return self
 
     def _disk_loggers(self, resume_step: int | None) -> list[Logger]:

@@ -9,6 +9,7 @@ where its examples come from, how it tokenizes, and which facts it reports; the 
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,8 +201,9 @@ class Encoded:
 # -- the task ------------------------------------------------------------------------------------
 
 
-class TextClassificationTask:
-    """The shared pipeline; a subclass gives `name`, its config sections and the hooks below."""
+class TextClassificationTask(ABC):
+    """The shared pipeline; a subclass gives `name`, its config sections, `load` and `new_tokenizer`, and may
+    override the other hooks."""
 
     model_config: type[ClassifierConfig] = ClassifierConfig
     monitor, monitor_mode = "acc", "max"
@@ -211,12 +213,13 @@ class TextClassificationTask:
 
     # hooks ---------------------------------------------------------------------------------------
 
+    @abstractmethod
     def load(self, data: Any) -> tuple[list[Example], list[Example] | None, list[Example] | None]:
         """(train, val, test) examples from the task's layouts; None where the split is to be carved."""
-        raise NotImplementedError
 
+    @abstractmethod
     def new_tokenizer(self, data: Any) -> Tokenizer:
-        raise NotImplementedError
+        """The tokenizer of a new run (a loaded run's comes from its checkpoint)."""
 
     def vocab_limits(self, data: Any) -> tuple[int, int | None]:
         """(min_freq, max_size) of a new vocabulary."""
