@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnctl.runs import now
+from rnnctl.runs import HOST, now
 from rnnctl.schedules import EarlyStopping
 from rnnctl.training import git_commit, versions
 
@@ -129,7 +129,7 @@ class RunRecord(Callback):
             "versions": versions(), "git_commit": git_commit(),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "epochs": cfg.train.epochs, "epochs_done": 0, "best": dict(trainer.best),
-            "pid": os.getpid(), "host": os.uname().nodename,
+            "pid": os.getpid(), "host": HOST,
         }  # fmt: skip
 
     @staticmethod
@@ -140,7 +140,7 @@ class RunRecord(Callback):
         )
         info.update(
             status="running", epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
-            pid=os.getpid(), host=os.uname().nodename,
+            pid=os.getpid(), host=HOST,
         )  # fmt: skip
         for key in ("finished", "duration", "stopped_early"):
             info.pop(key, None)

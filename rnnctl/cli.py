@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -11,7 +12,7 @@ from typing import Annotated, Iterator, Optional
 import typer
 from rich.console import Console
 
-from rnnctl.errors import RnnctlError
+from rnnctl.errors import RnnctlError, RunFileWarning
 
 app = typer.Typer(
     help="Train, evaluate and sample recurrent neural networks from YAML experiment configs.",
@@ -35,16 +36,36 @@ RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """A user's mistake is one line on stderr and exit code 1; Ctrl-C is exit code 130."""
-    try:
-        yield
-    except RnnctlError as e:
-        for line in str(e).splitlines():
-            err.print(f"error: {line}", markup=False, soft_wrap=True)  # one line, however narrow the terminal
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        err.print("interrupted", markup=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+    """A user's mistake or a fault of the machine is one line on stderr and exit code 1; Ctrl-C is exit code
+    130, SIGTERM 143. Warnings about damaged run files that rnnctl worked around are one line each."""
+    from rnnctl.errors import Terminated
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunFileWarning)
+        warnings.showwarning = _one_line_warning
+        try:
+            yield
+        except RnnctlError as e:
+            for line in str(e).splitlines():
+                err.print(f"error: {line}", markup=False, soft_wrap=True)  # one line, however narrow the terminal
+            raise typer.Exit(1) from None
+        except OSError as e:  # a disk or permission fault outside rnnctl's own writers
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(f"error: {where}{e.strerror or e}", markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except Terminated:
+            err.print("terminated (SIGTERM)", markup=False, soft_wrap=True)
+            raise typer.Exit(143) from None
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, RunFileWarning):
+        err.print(f"warning: {message}", markup=False, soft_wrap=True)
+    else:
+        warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
 
 @app.command()
@@ -59,6 +80,9 @@ def train(
         Optional[str], typer.Option(help="Continue this run (id, path or 'latest') from its last checkpoint.")
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(help="With --resume: train up to this many epochs in all.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="With --resume: take over a run whose lock holder stopped its heartbeat.")
+    ] = False,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import loop, views
@@ -72,10 +96,12 @@ def train(
         if resume is not None:
             if config is not None or overrides or name:
                 raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
-            result = loop.resume(resume, epochs, command=command, loggers=loggers)
+            result = loop.resume(resume, epochs, command=command, loggers=loggers, force=force)
         else:
             if config is None:
                 raise ConfigError("give a CONFIG file to train, or --resume RUN to continue a run")
+            if force:
+                raise ConfigError("--force takes over the lock of a run to resume: use it with --resume RUN")
             if epochs is not None:
                 overrides = [*(overrides or []), f"train.epochs={epochs}"]
             cfg = load_config(config, overrides or [])

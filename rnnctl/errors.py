@@ -23,3 +23,16 @@ class DivergedError(RnnctlError):
     def __init__(self, message: str, step: int = 0):
         super().__init__(message)
         self.step = step  # the step within the epoch where it happened
+
+
+class StorageError(RnnctlError):
+    """A file could not be written or read for a reason of the machine (full disk, read-only, permissions)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (SLURM, Kubernetes, `timeout`): handled like Ctrl-C, exit code 143."""
+
+
+class RunFileWarning(UserWarning):
+    """A run file was damaged in a way rnnctl works around (a torn last line), or a stale lock was taken over:
+    said in one line, then the work goes on."""

@@ -18,7 +18,7 @@ from rnnctl.callbacks import Callback, Point, RunRecord, default_callbacks
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
-from rnnctl.runs import RunFolder
+from rnnctl.runs import FolderLock, RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
@@ -30,6 +30,7 @@ from rnnctl.training import (
     restore_rng,
     rng_states,
     set_seed,
+    stop_signals,
     train_epoch,
 )
 
@@ -72,23 +73,27 @@ class Trainer:
         """A new run in a new run folder."""
         self = cls(cfg, loggers)
         self.run = RunFolder.create(cfg.name or cfg.task, root)
+        self.lock = self.run.lock()  # before anything is written into it
         self.loggers = [*self._disk_loggers(None), *loggers]
         self.info = RunRecord.new(self, command)
         return self
 
     @classmethod
-    def resume(cls, run: RunFolder, ckpt: dict[str, Any], cfg: Config, command: str, loggers: list[Logger]) -> Trainer:
-        """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG."""
-        self = cls(cfg, loggers, meta=ckpt["meta"])
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        for cb in self.callbacks:
-            if cb.state_key:
-                cb.load_state_dict(ckpt[cb.state_key])
-        restore_rng(ckpt["rng"], self.generator)
-        self.run = run
+    def resume(
+        cls,
+        run: RunFolder,
+        lock: FolderLock,
+        ckpt: dict[str, Any] | None,
+        cfg: Config,
+        command: str,
+        loggers: list[Logger],
+    ) -> Trainer:
+        """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG. Without a
+        checkpoint (killed before its first epoch ended) the run starts over in its own folder."""
+        self = cls(cfg, loggers, meta=ckpt["meta"] if ckpt else None)
+        if ckpt is not None:
+            restore(self, ckpt, run.checkpoint_path("last"))
+        self.run, self.lock = run, lock
         kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
         self.loggers = [*self._disk_loggers(self.step), *loggers]
@@ -114,24 +119,29 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> dict[str, Any]:
-        self.clock = time.perf_counter() - self.elapsed_before
-        self._emit("on_start")
-        for lg in self.loggers:
-            lg.start({**self.info, "dir": str(self.run.path), "monitor": self.best["metric"]})
+        """Train the epochs still to do (none when only the wrap-up of a killed run is left), then wrap up."""
         try:
-            while self.epoch < self.cfg.train.epochs and not self.stopped_early:
-                self._train_epoch()
-            self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
-        except KeyboardInterrupt:
-            self._emit("on_abort", "interrupted")
-            self._emit("on_finish", "interrupted")  # the best checkpoint is still tested, the plots drawn
-            raise
-        except BaseException:
-            self._emit("on_abort", "failed")
-            raise
+            with stop_signals():
+                self.clock = time.perf_counter() - self.elapsed_before
+                self._emit("on_start")
+                for lg in self.loggers:
+                    lg.start({**self.info, "dir": str(self.run.path), "monitor": self.best["metric"]})
+                try:
+                    while self.epoch < self.cfg.train.epochs and not self.stopped_early:
+                        self._train_epoch()
+                    self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+                    self._emit("on_abort", "interrupted")
+                    self._emit("on_finish", "interrupted")  # the best checkpoint is still tested, the plots drawn
+                    raise
+                except BaseException:
+                    self._emit("on_abort", "failed")
+                    raise
+                finally:
+                    for lg in self.loggers:  # idempotent: stops a live display however the run ended
+                        lg.finish({**self.info, "dir": str(self.run.path)})
         finally:
-            for lg in self.loggers:  # idempotent: stops a live display however the run ended
-                lg.finish({**self.info, "dir": str(self.run.path)})
+            self.lock.release()
         return {**self.info, "dir": str(self.run.path)}
 
     def _train_epoch(self) -> None:
@@ -246,27 +256,54 @@ class Trainer:
         return better
 
 
+def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
+    """A checkpoint's training state into a trainer built from its config; RunError when it does not fit."""
+    try:
+        trainer.model.load_state_dict(ckpt["model"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
+        trainer.schedule.load_state_dict(ckpt["schedule"])
+        for cb in trainer.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(ckpt[cb.state_key])
+        restore_rng(ckpt["rng"], trainer.generator)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
+
+
 def train(cfg: Config, command: str, loggers: list[Logger], root=None) -> dict[str, Any]:
     return Trainer.start(cfg, command, loggers, root).fit()
 
 
-def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger]) -> dict[str, Any]:
-    """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it."""
+def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False) -> dict[str, Any]:
+    """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
+    epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
+    before its first checkpoint starts over in its own folder."""
     run = RunFolder.resolve(ref)
-    info = run.info()
-    if info.get("status") == "running":
-        raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
-    ckpt = run.load_checkpoint("last")
-    raw = dict(ckpt["config"])
-    if epochs is not None:
-        raw["train"] = {**raw["train"], "epochs": epochs}
+    lock = run.lock(force)  # before anything is written: a second writer gets one line
     try:
-        cfg = validate(raw, source="--epochs" if epochs is not None else f"{run.checkpoint_path('last')}")
-    except ConfigError as e:
-        raise RunError(str(e)) from None
-    if ckpt["epoch"] >= cfg.train.epochs:
-        raise RunError(
-            f"{run.id} has trained {ckpt['epoch']} of {cfg.train.epochs} epochs: "
-            f"pass --epochs N with N > {ckpt['epoch']} to train longer"
-        )
-    return Trainer.resume(run, ckpt, cfg, command, loggers).fit()
+        info = run.read_info()
+        if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
+            raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
+        ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
+        if ckpt is not None:
+            raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
+        else:  # killed before the first epoch ended: the resolved config of the run folder
+            raw, source = {k: v for k, v in run.config().items() if k != "derived"}, str(run.path / "config.yaml")
+        if epochs is not None:
+            raw["train"] = {**(raw.get("train") or {}), "epochs": epochs}
+        try:
+            cfg = validate(raw, source="--epochs" if epochs is not None else source)
+        except ConfigError as e:
+            raise RunError(str(e)) from None
+        done = ckpt["epoch"] if ckpt else 0
+        if done >= cfg.train.epochs and info.get("status") == "completed":
+            raise RunError(
+                f"{run.id} has trained {done} of {cfg.train.epochs} epochs: pass --epochs N with N > {done} to train longer"
+            )
+        trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers)
+    except BaseException:
+        lock.release()
+        raise
+    return trainer.fit()

@@ -15,25 +15,60 @@ A run folder, `runs/<YYYYmmdd-HHMMSS>-<name>/`:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
+import uuid
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
 
-from rnnctl.errors import RunError
+from rnnctl.errors import RunError, RunFileWarning, StorageError
 
 RUNS_ENV = "RNNCTL_RUNS"
 CHECKPOINT_FORMAT = "rnnctl-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINTS = ("best", "last")
+CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of each
+    "task": str, "config": dict, "meta": dict, "model": dict, "optimizer": dict, "epoch": int, "step": int,
+    "best": dict, "schedule": dict, "rng": dict,
+}  # fmt: skip
 STATUSES = ("running", "completed", "failed", "interrupted")
+LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
+HEARTBEAT_S = 10.0  # a lock's holder rewrites its heartbeat this often
+STALE_S = 120.0  # a lock whose heartbeat is older than this may be taken over with --force
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # atomically written files get the permissions a plain open() would give them
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OS error while writing `path` (full disk, read-only, permissions) into one line naming both."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        if e.errno == errno.ENOSPC:
+            reason += " (free some space, then `rnnctl train --resume` continues the run)"
+        raise StorageError(f"{path}: cannot write: {reason}") from None
 
 
 def now() -> str:
@@ -74,18 +109,29 @@ def new_folder(root: Path, name: str, now: dt.datetime | None = None, what: str 
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temporary file beside `path`, then rename: readers see the old file or the new one. The
+    rename replaces a symbolic link planted at `path` instead of writing through it."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~UMASK)  # mkstemp makes 0600 files
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a file, never through a symbolic link (O_NOFOLLOW)."""
+    with writing(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as f:
+            f.write(text)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -181,11 +227,27 @@ class RunFolder:
     def exists(self) -> bool:
         return (self.path / "run.json").is_file()
 
+    def _file(self, *parts: str) -> Path:
+        """A path inside the run folder to write; refuses one that goes through a symbolic link out of it."""
+        path = self.path.joinpath(*parts)
+        for p in [*reversed(path.relative_to(self.path).parents), path.relative_to(self.path)]:
+            if str(p) != "." and (self.path / p).is_symlink():
+                raise StorageError(
+                    f"{self.path / p}: a symbolic link inside the run folder: rnnctl does not write through it"
+                )
+        return path
+
+    # -- the lock: one writer at a time ---------------------------------------------------------
+
+    def lock(self, force: bool = False, what: str = "run") -> "FolderLock":
+        """Take the folder's lock (see FolderLock); RunError naming the holder when another process has it."""
+        return FolderLock(self.path, what=what).acquire(force)
+
     # -- the record: config.yaml and run.json ----------------------------------------------------
 
     def write_config(self, config: dict[str, Any], derived: dict[str, Any]) -> None:
         text = yaml.safe_dump({**config, "derived": derived}, sort_keys=False, allow_unicode=True)
-        atomic_write(self.path / "config.yaml", text)
+        atomic_write(self._file("config.yaml"), text)
 
     def config_text(self) -> str:
         return (self.path / "config.yaml").read_text(encoding="utf-8")
@@ -199,7 +261,7 @@ class RunFolder:
         return data if isinstance(data, dict) else {}
 
     def write_info(self, info: dict[str, Any]) -> None:
-        write_json(self.path / "run.json", info)
+        write_json(self._file("run.json"), info)
 
     def read_info(self) -> dict[str, Any]:
         """run.json as written; RunError when it is missing or broken."""
@@ -220,18 +282,37 @@ class RunFolder:
         return info
 
     # -- metrics.jsonl, metrics.csv, steps.csv ---------------------------------------------------
+    # Appended as training goes: a crash mid-append can leave a torn last line. Readers skip it and say so;
+    # a resume rewrites both files without it.
 
     def append_row(self, row: dict[str, Any]) -> None:
         """One epoch's (or evaluation point's) row: appended to metrics.jsonl; metrics.csv rewritten from it."""
-        with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self._file("metrics.jsonl"), json.dumps(row) + "\n")
         self._write_metrics_csv(self.rows())
 
     def rows(self) -> list[dict[str, Any]]:
+        """metrics.jsonl's rows. A torn last line is skipped with a warning; any other bad row is a RunError."""
         path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = _read_lines(path)
+        rows = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("step"), int)
+                or not isinstance(row.get("epoch"), int)
+            ):
+                if n == len(lines):  # a crash in the middle of the last append
+                    _warn(f"{path}: line {n} is incomplete (an interrupted write): skipped")
+                    continue
+                raise RunError(f"{path}: line {n}: expected a JSON object with an integer epoch and step")
+            rows.append(row)
+        return rows
 
     def _write_metrics_csv(self, rows: list[dict[str, Any]]) -> None:
         # the CSV is the numeric table; text (a sample, a predicted string) stays in the JSONL
@@ -240,36 +321,42 @@ class RunFolder:
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-        atomic_write(self.path / "metrics.csv", out.getvalue())
+        atomic_write(self._file("metrics.csv"), out.getvalue())
 
     def append_steps(self, rows: list[dict[str, Any]]) -> None:
         """steps.csv: the training loss and the gradient norm before clipping of every optimizer step."""
-        path = self.path / "steps.csv"
-        new = not path.exists()
-        with path.open("a", encoding="utf-8") as f:
-            if new:
-                f.write("step,loss,grad_norm\n")
-            f.writelines(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in rows)
+        path = self._file("steps.csv")
+        head = "" if path.exists() else "step,loss,grad_norm\n"
+        append_text(path, head + "".join(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in rows))
 
     def steps(self) -> list[dict[str, float]]:
+        """steps.csv's rows; a torn or damaged line is skipped with a warning."""
         path = self.path / "steps.csv"
-        if not path.exists():
-            return []
-        lines = path.read_text(encoding="utf-8").splitlines()[1:]
-        return [
-            {"step": int(s), "loss": float(lo), "grad_norm": float(g)}
-            for s, lo, g in (ln.split(",") for ln in lines if ln)
-        ]
+        lines = _read_lines(path)[1:]
+        out, bad = [], []
+        for n, line in enumerate(lines, 2):
+            fields = line.split(",")
+            try:
+                if len(fields) != 3:
+                    raise ValueError
+                out.append({"step": int(fields[0]), "loss": float(fields[1]), "grad_norm": float(fields[2])})
+            except ValueError:
+                if line.strip():
+                    bad.append(n)
+        if bad:
+            _warn(f"{path}: {len(bad)} damaged line(s) skipped (first: line {bad[0]})")
+        return out
 
     def truncate(self, step: int) -> list[dict[str, Any]]:
-        """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again); returns the rest."""
+        """Drop rows logged after `step` (the part of an unfinished epoch a resume trains again) and any torn
+        line; returns the rows kept."""
         rows = [r for r in self.rows() if r["step"] <= step]
-        atomic_write(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write(self._file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
         self._write_metrics_csv(rows)
-        steps = [r for r in self.steps() if r["step"] <= step]
         if (self.path / "steps.csv").exists():
-            (self.path / "steps.csv").unlink()
-            self.append_steps(steps)
+            steps = [r for r in self.steps() if r["step"] <= step]
+            text = "".join(f"{r['step']},{r['loss']!r},{r['grad_norm']!r}\n" for r in steps)
+            atomic_write(self._file("steps.csv"), "step,loss,grad_norm\n" + text)
         return rows
 
     # -- checkpoints -----------------------------------------------------------------------------
@@ -287,10 +374,25 @@ class RunFolder:
         buf = io.BytesIO()
         torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, buf)
         for name in names:
-            atomic_write(self.checkpoint_path(name), buf.getvalue())
+            atomic_write(self._file("checkpoints", f"{name}.pt"), buf.getvalue())
 
     def load_checkpoint(self, name: str) -> dict[str, Any]:
-        return load_checkpoint(self.checkpoint_path(name))
+        """A checkpoint of this run, checked to be one rnnctl wrote for training (keys and their types)."""
+        path = self.checkpoint_path(name)
+        ckpt = load_checkpoint(path)
+        for key, kind in CHECKPOINT_KEYS.items():
+            if key not in ckpt:
+                raise RunError(f"{path}: not a training checkpoint of rnnctl: no {key!r}")
+            if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool) and kind is int:
+                raise RunError(f"{path}: {key!r} is a {type(ckpt[key]).__name__}, expected {kind.__name__}")
+        bad = next(
+            (k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None
+        )
+        if bad is not None:
+            raise RunError(f"{path}: model weights: {bad!r} is not a named tensor")
+        if ckpt["epoch"] < 0 or ckpt["step"] < 0:
+            raise RunError(f"{path}: epoch {ckpt['epoch']}, step {ckpt['step']}: expected counts >= 0")
+        return ckpt
 
     # -- eval/, forecast/, plots/, tensorboard/ --------------------------------------------------
 
@@ -298,38 +400,167 @@ class RunFolder:
         return self.path / "eval" / f"{split}-{checkpoint}.json"
 
     def write_eval(self, split: str, checkpoint: str, report: dict[str, Any]) -> Path:
-        path = self.eval_path(split, checkpoint)
+        path = self._file("eval", f"{split}-{checkpoint}.json")
         write_json(path, report)
         return path
 
     def read_eval(self, split: str, checkpoint: str) -> dict[str, Any] | None:
         """An evaluation report, or None when that evaluation was never written."""
         path = self.eval_path(split, checkpoint)
-        return read_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        report = read_json(path)
+        if not isinstance(report, dict):
+            raise RunError(f"{path}: expected a JSON object, got {type(report).__name__}")
+        return report
 
     def write_forecast(self, steps: int, result: dict[str, Any], header: list[str], rows: list[list[Any]]) -> dict:
         """forecast-<steps>.json and .csv; returns the paths of those and of the .png to draw."""
-        folder = self.path / "forecast"
-        paths = {ext: folder / f"forecast-{steps}.{ext}" for ext in ("json", "csv", "png")}
+        paths = {ext: self._file("forecast", f"forecast-{steps}.{ext}") for ext in ("json", "csv", "png")}
         write_json(paths["json"], result)
         atomic_write(paths["csv"], table_text(header, rows))
         return paths
 
     def plot_path(self, stem: str) -> Path:
-        folder = self.path / "plots"
-        folder.mkdir(exist_ok=True)
-        return folder / f"{stem}.png"
+        path = self._file("plots", f"{stem}.png")
+        with writing(path.parent):
+            path.parent.mkdir(exist_ok=True)
+        return path
 
     def plots(self) -> list[Path]:
         return sorted((self.path / "plots").glob("*.png"))
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
+        return self._file("tensorboard")
+
+
+def _read_lines(path: Path) -> list[str]:
+    """A run file's lines ([] when it does not exist); RunError when it is not UTF-8 text."""
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise StorageError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _warn(message: str) -> None:
+    warnings.warn(RunFileWarning(message), stacklevel=3)
+
+
+class FolderLock:
+    """One writer per run (or sweep) folder, across processes and machines that share the file system.
+
+    The lock is a file created atomically (O_CREAT | O_EXCL) before anything else is written. It names its
+    holder (host, pid) and carries a heartbeat that a background thread refreshes every HEARTBEAT_S. A lock
+    whose holder is provably gone (this host, no such process) is taken over quietly; one held by another
+    host whose heartbeat is older than STALE_S is taken over only with `force`; a live one never.
+    """
+
+    def __init__(self, folder: Path, what: str = "run"):
+        self.folder, self.what = folder, what
+        self.path = folder / LOCK
+        self.token = uuid.uuid4().hex
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.took_over: dict[str, Any] | None = None  # the stale holder that `force` displaced
+
+    def _record(self) -> dict[str, Any]:
+        return {"host": HOST, "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"{self.path}: cannot create the lock: {e.strerror or e}") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self._record()))
+        return True
+
+    def holder(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            data = None  # a lock torn while written: its holder died before the first heartbeat
+        return data if isinstance(data, dict) else {}
+
+    def acquire(self, force: bool = False) -> FolderLock:
+        for _ in range(3):  # a race with another taker: look again
+            if self._create():
+                self._start_heartbeat()
+                return self
+            holder = self.holder()
+            if holder is None:
+                continue
+            age = time.time() - _number(holder.get("heartbeat"))
+            gone = holder.get("host") == HOST and not _alive(holder.get("pid"), HOST)  # provably dead
+            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a damaged lock file"
+            if not gone and age < STALE_S:
+                raise RunError(
+                    f"{self.folder.name}: another process writes this {self.what} ({who}, heartbeat {age:.0f} s ago); "
+                    "wait for it to end"
+                )
+            if not gone and not force:
+                raise RunError(
+                    f"{self.folder.name}: the {self.what} is locked ({who}), last heartbeat {age / 60:.0f} min ago; "
+                    f"if that process is gone, pass --force to take the {self.what} over"
+                )
+            stale = self.path.with_name(f"{LOCK}.stale-{self.token}")
+            try:
+                os.rename(self.path, stale)  # only one taker wins the rename
+            except FileNotFoundError:
+                continue
+            stale.unlink(missing_ok=True)
+            if not gone:
+                self.took_over = {**holder, "age_s": round(age)}
+                _warn(
+                    f"{self.folder.name}: took the {self.what} over from {who} (--force; its last heartbeat was "
+                    f"{age / 60:.0f} min ago)"
+                )
+        raise RunError(f"{self.path}: could not take the lock (other processes keep taking it)")
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self.stop.wait(HEARTBEAT_S):
+                holder = self.holder()
+                if not holder or holder.get("token") != self.token:
+                    return  # taken over (with --force) by another process: stop touching it
+                with contextlib.suppress(OSError, StorageError):
+                    atomic_write(self.path, json.dumps(self._record()))
+
+        self.thread = threading.Thread(target=beat, name=f"rnnctl-lock-{self.folder.name}", daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        self.stop.set()
+        holder = self.holder()
+        if holder and holder.get("token") == self.token:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+HOST = socket.gethostname()
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
-    if not pid or host != os.uname().nodename:
+    if not pid or host != HOST:
         return True  # cannot tell from here: trust the file
     try:
         os.kill(pid, 0)

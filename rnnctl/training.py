@@ -19,7 +19,7 @@ import torch
 
 from rnnctl import __version__
 from rnnctl.config import OptimConfig
-from rnnctl.errors import ConfigError, DivergedError
+from rnnctl.errors import ConfigError, DivergedError, Terminated
 from rnnctl.tasks.base import Meter, Split
 
 
@@ -142,20 +142,45 @@ def evaluate(model: torch.nn.Module, split: Split, meter: Meter, device: torch.d
     return meter
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_exception(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 @contextlib.contextmanager
-def deferred_interrupt():
-    """Hold a SIGINT that arrives inside the block until the block is done, then raise it."""
+def stop_signals():
+    """While training: SIGTERM (SLURM, Kubernetes, `timeout`) stops the run like Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Hold a SIGINT or SIGTERM that arrives inside the block until the block is done, then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
-        raise KeyboardInterrupt
+        raise _stop_exception(caught[0])
 
 
 def rng_states(generator: torch.Generator) -> dict[str, Any]:

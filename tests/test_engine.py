@@ -14,6 +14,7 @@ from rnnctl import loop
 from rnnctl.config import validate
 from rnnctl.inference import LoadedRun
 from rnnctl.loop import TIMING_KEYS
+from rnnctl.errors import StorageError
 from rnnctl.runs import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, RunFolder, atomic_write, load_checkpoint
 from rnnctl.tasks import get_task
 from rnnctl.tasks.classification import pad
@@ -157,7 +158,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
 
     with monkeypatch.context() as mp:
         mp.setattr(os, "replace", boom)  # fails at the rename, after the data is written
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(StorageError, match="file.json: cannot write: disk full"):
             atomic_write(path, "new")
     assert path.read_text() == "old"
     assert os.listdir(folder) == ["file.json"]
