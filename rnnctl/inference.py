@@ -8,7 +8,7 @@ import torch
 
 from rnnctl.runs import now
 from rnnctl.config import validate
-from rnnctl.errors import ConfigError, RunError
+from rnnctl.errors import ConfigError, RnnctlError, RunError
 from rnnctl.runs import RunFolder, all_runs, compare_folder, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
@@ -47,8 +47,15 @@ class LoadedRun:
         self.task = get_task(self.cfg.task)
         self.meta = self.ckpt["meta"]
         self.device = pick_device(device)
-        self.model = self.task.build_model(self.cfg, self.meta).to(self.device)
-        self.model.load_state_dict(self.ckpt["model"])
+        path = self.run.checkpoint_path(checkpoint)
+        try:
+            self.model = self.task.build_model(self.cfg, self.meta).to(self.device)
+            self.model.load_state_dict(self.ckpt["model"])
+        except RnnctlError:
+            raise
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # weights or meta not of this config
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
         self.model.eval()
 
     @property
@@ -60,10 +67,11 @@ class LoadedRun:
         split = split or ("test" if "test" in data.splits else "val")  # a language model has no test split
         if split not in data.splits:
             raise RunError(f"--split {split!r}: expected one of {', '.join(data.splits)}")
-        return evaluate_and_save(
-            self.task, self.model, self.meta, data.splits[split], self.device, self.cfg.train.batch_size,
-            self.run, split, self.checkpoint_name, self.ckpt["epoch"],
-        )  # fmt: skip
+        with self.run.lock():  # not while the run trains: one writer at a time
+            return evaluate_and_save(
+                self.task, self.model, self.meta, data.splits[split], self.device, self.cfg.train.batch_size,
+                self.run, split, self.checkpoint_name, self.ckpt["epoch"],
+            )  # fmt: skip
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         if not isinstance(self.task, Predicts):
@@ -77,11 +85,12 @@ class LoadedRun:
         result = self.task.forecast(self.model, self.meta, steps)  # {"time", "column", "rows", "history"}
         from rnnctl import plots
 
-        paths = self.run.write_forecast(
-            steps, {"run": self.run.id, "checkpoint": self.checkpoint_name, **result},
-            [result["time"], result["column"]], result["rows"],
-        )  # fmt: skip
-        plots.forecast(paths["json"], paths["png"])  # drawn from the file, like every plot
+        with self.run.lock():  # not while the run trains: one writer at a time
+            paths = self.run.write_forecast(
+                steps, {"run": self.run.id, "checkpoint": self.checkpoint_name, **result},
+                [result["time"], result["column"]], result["rows"],
+            )  # fmt: skip
+            plots.forecast(paths["json"], paths["png"])  # drawn from the file, like every plot
         return {**result, **{ext: str(p) for ext, p in paths.items()}}
 
     def samples(

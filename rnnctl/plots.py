@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 
-from rnnctl.runs import RunFolder, read_json  # noqa: E402
+from rnnctl.runs import RunFolder, atomic_write, read_json  # noqa: E402
 
 FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
 TITLES = {"loss": "Loss", "acc": "Accuracy"}
@@ -36,6 +37,16 @@ def write_all(run: RunFolder) -> list[Path]:
         if report is not None and "series" in report:
             written.append(prediction_vs_truth(report, run.plot_path(f"prediction_{split}")))
     return written
+
+
+def _save(fig, path: Path) -> None:
+    """Render in memory, then write atomically: a full disk never leaves half a PNG."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write(path, buf.getvalue())
 
 
 def _date_ticks(ax, times: list[int], dates: list[str] | None) -> None:
@@ -66,8 +77,7 @@ def prediction_vs_truth(report: dict[str, Any], path: Path) -> Path:
     )
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -90,8 +100,7 @@ def forecast(json_path: Path, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -110,8 +119,7 @@ def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_title(TITLES.get(metric, metric))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -130,8 +138,7 @@ def compare(curves: list[tuple[str, list[dict[str, Any]]]], metric: str, path: P
         ax.grid(alpha=0.3)
     by_time.legend(fontsize=8)
     fig.suptitle(f"{metric} of {len(curves)} runs")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -152,8 +159,7 @@ def grad_norms(steps: list[dict[str, float]], clip: float | None, path: Path) ->
     ax.set_title("Gradient norm per step")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -184,6 +190,5 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("true")
     ax.set_title(f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}")
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save(fig, path)
     return path

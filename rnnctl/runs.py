@@ -276,7 +276,7 @@ class RunFolder:
             info = self.read_info()
         except RunError:
             return {"id": self.id, "status": "unreadable"}
-        info.setdefault("id", self.id)
+        info["id"] = self.id  # the folder is the truth (a copied or renamed run)
         if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
@@ -546,7 +546,7 @@ class FolderLock:
                 self.path.unlink()
 
     def __enter__(self) -> FolderLock:
-        return self
+        return self if self.thread is not None else self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
