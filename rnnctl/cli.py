@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import warnings
@@ -37,28 +38,65 @@ RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest
 @contextmanager
 def user_errors() -> Iterator[None]:
     """A user's mistake or a fault of the machine is one line on stderr and exit code 1; Ctrl-C is exit code
-    130, SIGTERM 143. Warnings about damaged run files that rnnctl worked around are one line each."""
-    from rnnctl.errors import Terminated
+    130, SIGTERM 143. Warnings about damaged run files that rnnctl worked around are one line each.
+
+    Under torchrun rank 0 speaks for all: another rank stays silent about what every rank hits alike (a
+    config or data error, Ctrl-C) and names itself when it alone fails."""
+    from rnnctl.errors import PeerFailed, Terminated
+
+    rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
+
+    def fail(message: str, code: int, shared: bool = False) -> typer.Exit:
+        if rank is None or rank == 0:
+            err.print(message, markup=False, soft_wrap=True)  # one line, however narrow the terminal
+        elif not shared:
+            err.print(message.replace("error: ", f"error: rank {rank}: ", 1), markup=False, soft_wrap=True)
+        return typer.Exit(code)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", RunFileWarning)
         warnings.showwarning = _one_line_warning
         try:
             yield
+        except PeerFailed:
+            raise typer.Exit(1) from None  # rank 0 said why
         except RnnctlError as e:
-            for line in str(e).splitlines():
-                err.print(f"error: {line}", markup=False, soft_wrap=True)  # one line, however narrow the terminal
-            raise typer.Exit(1) from None
+            shared = not _training_started()  # before training every rank reads the same config and data
+            raise fail("\n".join(f"error: {line}" for line in str(e).splitlines()), 1, shared) from None
         except OSError as e:  # a disk or permission fault outside rnnctl's own writers
             where = f"{e.filename}: " if e.filename else ""
-            err.print(f"error: {where}{e.strerror or e}", markup=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise fail(f"error: {where}{e.strerror or e}", 1) from None
         except Terminated:
-            err.print("terminated (SIGTERM)", markup=False, soft_wrap=True)
-            raise typer.Exit(143) from None
+            raise fail("terminated (SIGTERM)", 143, shared=True) from None
         except KeyboardInterrupt:
-            err.print("interrupted", markup=False, soft_wrap=True)
-            raise typer.Exit(130) from None
+            raise fail("interrupted", 130, shared=True) from None
+        except Exception as e:
+            if rank is None:
+                raise  # a bug: the traceback is what a report needs
+            if _peer_gone(e):  # a collective broke because another rank failed: that rank names itself
+                raise typer.Exit(1) from None
+            raise fail(
+                f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1
+            ) from None
+
+
+def _peer_gone(e: Exception) -> bool:
+    import torch.distributed as dist
+
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(e, backend_error) or "closed by peer" in str(e) or "Connection reset by peer" in str(e)
+
+
+def _is_main() -> bool:
+    from rnnctl import distributed
+
+    return distributed.world().main
+
+
+def _training_started() -> bool:
+    from rnnctl import distributed
+
+    return distributed.world().distributed
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -83,6 +121,10 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: take over a run whose lock holder stopped its heartbeat.")
     ] = False,
+    nproc: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Train on this many processes of this machine (torchrun); one GPU each on CUDA."),
+    ] = None,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import loop, views
@@ -90,6 +132,9 @@ def train(
     from rnnctl.errors import ConfigError
     from rnnctl.live import LiveTable, PlainLines
 
+    if nproc is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        with user_errors():
+            raise typer.Exit(launch(nproc, sys.argv[1:]))
     with user_errors():
         loggers = [] if quiet else [LiveTable(out) if out.is_terminal else PlainLines(sys.stdout)]
         command = shlex.join(["rnnctl", *sys.argv[1:]])
@@ -108,7 +153,8 @@ def train(
             if name:
                 cfg = cfg.model_copy(update={"name": name})
             result = loop.train(cfg, command=command, loggers=loggers)
-        views.summary(out, result)
+        if _is_main():  # under torchrun, rank 0 alone shows the outcome
+            views.summary(out, result)
 
 
 @app.command("eval")
@@ -262,6 +308,37 @@ def config_show(
 
     with user_errors():
         out.print(dump_yaml(load_config(config, overrides or []).to_dict()), end="", markup=False)
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`rnnctl train ... --nproc N`: the same command on N processes through torchrun (torch.distributed.run,
+    standalone rendezvous on this machine); returns the exit code."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for arg in argv:  # the command again, without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks speak for themselves
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "rnnctl", *rest])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        codes = {rank: f.exitcode for rank, f in e.failures.items()}
+        if set(codes.values()) <= {130, -2}:
+            return 130
+        if set(codes.values()) <= {143, -15}:
+            return 143
+        return 1  # the failing rank printed its own line
+    return 0
 
 
 def main() -> None:

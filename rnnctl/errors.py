@@ -36,3 +36,7 @@ class Terminated(KeyboardInterrupt):
 class RunFileWarning(UserWarning):
     """A run file was damaged in a way rnnctl works around (a torn last line), or a stale lock was taken over:
     said in one line, then the work goes on."""
+
+
+class PeerFailed(RnnctlError):
+    """Under torchrun: rank 0 failed in a step every rank waits for; rank 0 says why, the others exit quietly."""

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from rnnctl.callbacks import Callback, Point, RunRecord, default_callbacks
+from rnnctl import distributed
+from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, default_callbacks
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
-from rnnctl.runs import FolderLock, RunFolder
+from rnnctl.runs import FolderLock, NoLock, RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
@@ -52,13 +54,24 @@ class Trainer:
         for name, split in self.data.splits.items():
             if len(split) == 0:
                 raise DataError(f"the {name} split is empty: more data, or another data.val_fraction")
+        self.world = distributed.init(self.device.type)  # torchrun's process group; one process: rank 0 of 1
+        if self.world.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.world.local_rank)  # one GPU per local rank
         self.model = self.task.build_model(cfg, self.data.meta, self.data.init).to(self.device)
+        for module in self.model.modules():  # cuDNN wants each RNN's weights in one block after a move
+            if isinstance(module, torch.nn.RNNBase):
+                module.flatten_parameters()
+        self.trained = self.model  # what training calls: the model, or DDP around it under torchrun
+        if self.world.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         steps_per_epoch = self.data.splits["train"].num_batches(cfg.train.batch_size)
         mode = self.task.monitor_mode
         self.schedule = LRSchedule(cfg.train.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch, mode)
-        self.callbacks: list[Callback] = default_callbacks(EarlyStopping(cfg.train.early_stop, mode))
+        early = EarlyStopping(cfg.train.early_stop, mode)
+        self.callbacks: list[Callback] = default_callbacks(early) if self.world.main else [EarlyStop(early)]
         self.user_loggers = loggers
         self.epoch = self.step = 0
         self.best: dict[str, Any] = {
@@ -72,17 +85,25 @@ class Trainer:
     def start(cls, cfg: Config, command: str, loggers: list[Logger], root=None) -> Trainer:
         """A new run in a new run folder."""
         self = cls(cfg, loggers)
-        self.run = RunFolder.create(cfg.name or cfg.task, root)
-        self.lock = self.run.lock()  # before anything is written into it
-        self.loggers = [*self._disk_loggers(None), *loggers]
-        self.info = RunRecord.new(self, command)
+        processes = distributed.describe(self.device)
+
+        def create() -> str:  # rank 0 alone owns the run folder
+            self.run = RunFolder.create(cfg.name or cfg.task, root)
+            self.lock = self.run.lock()  # before anything is written into it
+            return str(self.run.path)
+
+        path = distributed.main_only(create)
+        if not self.world.main:
+            self.run, self.lock = RunFolder(Path(path)), NoLock()
+        self.loggers = [*self._disk_loggers(None), *loggers] if self.world.main else []
+        self.info = {**RunRecord.new(self, command), **processes} if self.world.main else {}
         return self
 
     @classmethod
     def resume(
         cls,
         run: RunFolder,
-        lock: FolderLock,
+        lock: FolderLock | NoLock,
         ckpt: dict[str, Any] | None,
         cfg: Config,
         command: str,
@@ -93,11 +114,15 @@ class Trainer:
         self = cls(cfg, loggers, meta=ckpt["meta"] if ckpt else None)
         if ckpt is not None:
             restore(self, ckpt, run.checkpoint_path("last"))
+        processes = distributed.describe(self.device)
         self.run, self.lock = run, lock
+        if not self.world.main:
+            self.loggers, self.info = [], {}
+            return self
         kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
         self.loggers = [*self._disk_loggers(self.step), *loggers]
-        self.info = RunRecord.resumed(self, run.read_info(), command)
+        self.info = {**RunRecord.resumed(self, run.read_info(), command), **processes}
         return self
 
     def _disk_loggers(self, resume_step: int | None) -> list[Logger]:
@@ -113,7 +138,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "step": self.step, "best": dict(self.best), "schedule": self.schedule.state_dict(),
             **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
-            "rng": rng_states(self.generator),
+            "rng": self.rng[0], "rng_ranks": self.rng,  # every rank's, so a resume on as many ranks is exact
         }  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------
@@ -161,7 +186,7 @@ class Trainer:
         self._set_lr(self.step)
         try:
             out = train_epoch(
-                self.model, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
+                self.trained, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
                 self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
             )  # fmt: skip
         except DivergedError as e:
@@ -194,12 +219,13 @@ class Trainer:
         step_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         """Validate, then record it everywhere: at an epoch's end, or inside it (`fraction` of it done)."""
+        meter = self.task.meter(self.data.meta)
         val = evaluate(
-            self.model, self.data.splits["val"], self.task.meter(self.data.meta), self.device, self.cfg.train.batch_size
+            self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True
         ).compute()
-        preview = (
-            self.task.preview(self.model, self.data.meta, self.cfg, step) if isinstance(self.task, Previews) else None
-        )
+        self.rng = distributed.gather(rng_states(self.generator))  # every rank's random state, for checkpoints
+        shows = self.world.main and isinstance(self.task, Previews)  # rank 0 alone shows anything
+        preview = self.task.preview(self.model, self.data.meta, self.cfg, step) if shows else None
         with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
             value = val[self.task.monitor]
             improved = self._update_best(value, step)
@@ -266,7 +292,9 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         for cb in trainer.callbacks:
             if cb.state_key:
                 cb.load_state_dict(ckpt[cb.state_key])
-        restore_rng(ckpt["rng"], trainer.generator)
+        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        w = trainer.world  # the same number of ranks: each its own state; another number: rank 0's for all
+        restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
@@ -279,29 +307,43 @@ def train(cfg: Config, command: str, loggers: list[Logger], root=None) -> dict[s
 def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False) -> dict[str, Any]:
     """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
     epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
-    before its first checkpoint starts over in its own folder."""
+    before its first checkpoint starts over in its own folder. Under torchrun every rank reads the run (a
+    shared file system) and rank 0 alone locks and writes it."""
     run = RunFolder.resolve(ref)
-    lock = run.lock(force)  # before anything is written: a second writer gets one line
+    if distributed.launched():
+        distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
+    ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
+    if ckpt is not None:
+        raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
+    else:  # killed before the first epoch ended: the resolved config of the run folder
+        raw, source = {k: v for k, v in run.config().items() if k != "derived"}, str(run.path / "config.yaml")
+    if epochs is not None:
+        raw["train"] = {**(raw.get("train") or {}), "epochs": epochs}
     try:
-        info = run.read_info()
-        if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
-            raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
-        ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
-        if ckpt is not None:
-            raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
-        else:  # killed before the first epoch ended: the resolved config of the run folder
-            raw, source = {k: v for k, v in run.config().items() if k != "derived"}, str(run.path / "config.yaml")
-        if epochs is not None:
-            raw["train"] = {**(raw.get("train") or {}), "epochs": epochs}
+        cfg = validate(raw, source="--epochs" if epochs is not None else source)
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    held: list[FolderLock] = []
+
+    def take() -> None:  # rank 0: the lock first, then the checks that need it
+        held.append(run.lock(force))
         try:
-            cfg = validate(raw, source="--epochs" if epochs is not None else source)
-        except ConfigError as e:
-            raise RunError(str(e)) from None
-        done = ckpt["epoch"] if ckpt else 0
-        if done >= cfg.train.epochs and info.get("status") == "completed":
-            raise RunError(
-                f"{run.id} has trained {done} of {cfg.train.epochs} epochs: pass --epochs N with N > {done} to train longer"
-            )
+            info = run.read_info()
+            if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
+                raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
+            done = ckpt["epoch"] if ckpt else 0
+            if done >= cfg.train.epochs and info.get("status") == "completed":
+                raise RunError(
+                    f"{run.id} has trained {done} of {cfg.train.epochs} epochs: "
+                    f"pass --epochs N with N > {done} to train longer"
+                )
+        except BaseException:
+            held.pop().release()
+            raise
+
+    distributed.main_only(take)
+    lock = held[0] if held else NoLock()
+    try:
         trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers)
     except BaseException:
         lock.release()

@@ -555,6 +555,13 @@ class FolderLock:
 HOST = socket.gethostname()
 
 
+class NoLock:
+    """What ranks other than 0 hold under torchrun: rank 0 alone has the run's lock and writes."""
+
+    def release(self) -> None:
+        pass
+
+
 def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rnnctl import __version__
+from rnnctl import __version__, distributed
 from rnnctl.config import OptimConfig
 from rnnctl.errors import ConfigError, DivergedError, Terminated
 from rnnctl.tasks.base import Meter, Split
@@ -65,7 +65,13 @@ def train_epoch(
     grad_clip_value: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass over the training split: the meter's metrics, per-step losses and gradient norms, steps, samples."""
+    """One pass over the training split: the meter's metrics, per-step losses and gradient norms, steps, samples.
+
+    Under torchrun every rank draws the same global batches (`batch_size` is the global batch) and trains on
+    its shard; the loss is weighted so that DDP's averaged gradient is the global batch's, and the step
+    losses and metrics are summed over ranks: the same optimisation on 1 or N processes.
+    """
+    world = distributed.world()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total = split.num_batches(batch_size)
@@ -73,11 +79,12 @@ def train_epoch(
     state = None
     steps = samples = 0
     for steps, batch in enumerate(split.batches(batch_size, generator), 1):
-        batch = batch.to(device)
-        out = model(**batch.inputs, targets=batch.targets, state=state)
+        part, weight, has_data = distributed.shard(batch, world)
+        part = part.to(device)
+        out = model(**part.inputs, targets=part.targets, state=state)
         state = detach(out.state)  # truncated BPTT: carry the state, not its history
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        (out.loss * weight if world.distributed else out.loss).backward()
         grads = [p.grad for p in params if p.grad is not None]
         if grad_clip is not None:  # clipping by norm needs the total now; it is the norm before clipping
             norm = torch.nn.utils.get_total_norm(grads)
@@ -88,17 +95,22 @@ def train_epoch(
         if grad_clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, grad_clip_value)
         optimizer.step()
-        meter.update(batch, out)
+        if has_data:
+            meter.update(part, out)
         samples += batch.size
-        losses.append(out.loss.detach())
+        losses.append(out.loss.detach() * (weight / world.size) if world.distributed else out.loss.detach())
         if on_batch is not None:
             on_batch(steps, total)
-    step_losses = torch.stack(losses).float().cpu().tolist() if losses else []  # read once: no per-step sync
+    if losses:  # read once: no per-step sync; summed over ranks, each step's loss is its global batch's
+        (stacked,) = distributed.all_reduce_sum([torch.stack(losses).double()])
+        step_losses = stacked.cpu().tolist()
+    else:
+        step_losses = []
     bad = next((i for i, loss in enumerate(step_losses, 1) if not math.isfinite(loss)), None)
     if bad is not None:  # the weights after that step are spoiled: the caller keeps the last good checkpoint
         raise DivergedError(f"step {bad} of the epoch: the training loss is {step_losses[bad - 1]}", bad)
     return {
-        "metrics": meter.compute(),
+        "metrics": distributed.reduce_meter(meter).compute(),
         "grad_norms": step_totals(norms),  # per step, before clipping
         "losses": step_losses,
         "steps": steps,
@@ -131,15 +143,23 @@ def detach(state):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, split: Split, meter: Meter, device: torch.device, batch_size: int) -> Meter:
+def evaluate(
+    model: torch.nn.Module, split: Split, meter: Meter, device: torch.device, batch_size: int, sharded: bool = False
+) -> Meter:
+    """One pass in stored order. `sharded`: each rank takes its part of every batch and the meter's sums are
+    added up over ranks, so every example counts exactly once."""
+    world = distributed.world() if sharded else distributed.World()
     model.eval()
     state = None
     for batch in split.batches(batch_size):
-        batch = batch.to(device)
-        out = model(**batch.inputs, targets=batch.targets, state=state)
+        part, _, has_data = distributed.shard(batch, world)
+        if not has_data:
+            continue
+        part = part.to(device)
+        out = model(**part.inputs, targets=part.targets, state=state)
         state = out.state
-        meter.update(batch, out)
-    return meter
+        meter.update(part, out)
+    return distributed.reduce_meter(meter) if sharded else meter
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)

@@ -142,14 +142,15 @@ def test_a_second_writer_gets_one_line(copy_run, cli):
 
 
 def test_two_resumes_started_together_one_trains(copy_run):
-    procs = [spawn(["train", "--resume", copy_run.name, "--epochs", "6", "--quiet"]) for _ in range(2)]
+    # long enough (about 10 s) that the two overlap however slowly the second one starts on a loaded machine
+    procs = [spawn(["train", "--resume", copy_run.name, "--epochs", "30", "--quiet"]) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     codes = sorted(p.returncode for p in procs)
     assert codes == [0, 1], outs
     loser = next(err for p, (out, err) in zip(procs, outs) if p.returncode == 1)
     assert loser.strip().startswith("error: ") and "another process writes this run" in loser
     epochs = [r["epoch"] for r in RunFolder(copy_run).rows()]
-    assert epochs == list(range(1, 7))  # no interleaved rows
+    assert epochs == list(range(1, 31))  # no interleaved rows
 
 
 def test_a_stale_lock_of_another_host_needs_force(copy_run, cli):

@@ -20,9 +20,13 @@ if TYPE_CHECKING:
 class Batch(Protocol):
     inputs: dict[str, Any]  # keyword arguments of the model's forward
     targets: torch.Tensor
-    size: int  # examples in the batch, for samples/s
+    size: int  # what the loss is a mean over (examples, tokens, values); for samples/s and rank weights
+    rows: int  # independent rows (examples, streams): what ranks share out
 
     def to(self, device: torch.device) -> "Batch": ...
+
+    def select(self, start: int, stop: int) -> "Batch":
+        """Rows [start, stop): one rank's part of a global batch."""
 
 
 class Split(Protocol):
@@ -36,13 +40,18 @@ class Split(Protocol):
 
 
 class Meter(Protocol):
-    """Accumulates one pass over a split; `compute` gives scalars, `report` the details."""
+    """Accumulates one pass over a split; `compute` gives scalars, `report` the details. `totals` are the
+    additive sums behind `compute`; ranks sum theirs (`set_totals`) so every example counts once."""
 
     def update(self, batch: Batch, out: "Output") -> None: ...
 
     def compute(self) -> dict[str, float]: ...
 
     def report(self) -> dict[str, Any]: ...
+
+    def totals(self) -> dict[str, Any]: ...
+
+    def set_totals(self, totals: dict[str, Any]) -> None: ...
 
 
 @dataclass

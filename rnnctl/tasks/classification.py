@@ -34,6 +34,12 @@ class SequenceBatch:
     def size(self) -> int:
         return len(self.targets)
 
+    rows = size
+
+    def select(self, start: int, stop: int) -> "SequenceBatch":
+        lengths = self.lengths[start:stop]
+        return SequenceBatch(self.x[start:stop, : int(lengths.max())], lengths, self.targets[start:stop])
+
     def to(self, device: torch.device) -> "SequenceBatch":
         return SequenceBatch(
             self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True)
@@ -122,8 +128,17 @@ class ClassificationMeter:
             self.confusion = counts if self.confusion is None else self.confusion + counts
 
     def compute(self) -> dict[str, float]:
-        n = max(self.count, 1)
+        n = max(int(self.count), 1)
         return {"loss": float(self.loss_sum) / n, "acc": float(self.correct) / n}
+
+    def totals(self) -> dict[str, Any]:
+        out = {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
+        return out if self.confusion is None else {**out, "confusion": self.confusion}
+
+    def set_totals(self, totals: dict[str, Any]) -> None:
+        self.loss_sum, self.correct, self.count = totals["loss_sum"], totals["correct"], int(totals["count"])
+        if "confusion" in totals:
+            self.confusion = totals["confusion"].long()
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.compute(), "n": self.count}

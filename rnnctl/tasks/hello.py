@@ -76,6 +76,13 @@ class HelloMeter(LMMeter):
     def compute(self) -> dict[str, float]:
         return {"loss": super().compute()["loss"], "acc": float(self.correct) / max(self.count, 1)}
 
+    def totals(self) -> dict[str, Any]:
+        return {**super().totals(), "correct": self.correct}
+
+    def set_totals(self, totals: dict[str, Any]) -> None:
+        super().set_totals(totals)
+        self.correct = totals["correct"]
+
 
 class HelloTask:
     name = "hello"

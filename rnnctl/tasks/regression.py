@@ -55,6 +55,17 @@ class WindowBatch:
     def size(self) -> int:
         return self.targets.numel()  # predicted values, so samples/s reads as values/s
 
+    @property
+    def rows(self) -> int:
+        return self.targets.size(0)
+
+    def select(self, start: int, stop: int) -> WindowBatch:
+        s = slice(start, stop)
+        return WindowBatch(
+            self.x[s], self.targets[s], self.base[s], self.stream[s], self.time[s], self.fresh,
+            {k: v[s] for k, v in self.naive.items()},
+        )  # fmt: skip
+
     def to(self, device: torch.device) -> WindowBatch:
         return WindowBatch(
             self.x.to(device, non_blocking=True), self.targets.to(device, non_blocking=True), self.base,
@@ -176,8 +187,14 @@ class RegressionMeter:
             self.trace.append((batch.time[rows][:, steps], truth_v[rows][:, steps], pred_v[rows][:, steps]))
 
     def compute(self) -> dict[str, float]:
-        n = max(self.count, 1)
+        n = max(int(self.count), 1)
         return {"loss": float(self.sq) / n, "mse": float(self.sq_v) / n, "mae": float(self.abs_v) / n}
+
+    def totals(self) -> dict[str, Any]:
+        return {"sq": self.sq, "sq_v": self.sq_v, "abs_v": self.abs_v, "count": self.count}
+
+    def set_totals(self, totals: dict[str, Any]) -> None:
+        self.sq, self.sq_v, self.abs_v, self.count = totals["sq"], totals["sq_v"], totals["abs_v"], int(totals["count"])
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {**self.compute(), "n": self.count}

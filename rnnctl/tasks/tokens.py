@@ -25,6 +25,13 @@ class TextBatch:
     def size(self) -> int:
         return self.targets.numel()  # tokens, so samples/s reads as characters/s
 
+    @property
+    def rows(self) -> int:
+        return self.x.size(0)  # parallel streams: each rank keeps its own, so a carried state stays per stream
+
+    def select(self, start: int, stop: int) -> "TextBatch":
+        return TextBatch(self.x[start:stop], self.targets[start:stop])
+
     def to(self, device: torch.device) -> "TextBatch":
         return TextBatch(self.x.to(device, non_blocking=True), self.targets.to(device, non_blocking=True))
 
@@ -59,3 +66,14 @@ class LMMeter:
 
     def report(self) -> dict[str, Any]:
         return {**self.compute(), "n": self.count}
+
+    def totals(self) -> dict[str, Any]:
+        loss_sum = (
+            torch.stack(self.means).double().cpu() @ torch.tensor(self.sizes, dtype=torch.float64)
+            if self.means
+            else 0.0
+        )
+        return {"loss_sum": loss_sum, "count": self.count}
+
+    def set_totals(self, totals: dict[str, Any]) -> None:
+        self.means, self.sizes, self.count = [torch.as_tensor(totals["loss_sum"])], [1], int(totals["count"])
