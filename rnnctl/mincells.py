@@ -11,9 +11,9 @@ parallel with a log-space scan (Heinsen 2023) instead of a loop over time.
 g(v) = v + 0.5 for v >= 0, sigmoid(v) otherwise: the paper's activation for the log-space version, which
 keeps h~ > 0 so that log h~ exists. The stepwise cells use the same g, so both compute the same function.
 
-Only the cores are here. The paper's models also put an input projection, a norm, residual connections
-and an MLP around each layer; rnnctl's models supply their own embedding and head, and stack layers as
-nn.GRU does (dropout between layers, no residuals).
+Only the cells are here. The paper's models also put extras around each layer (projections, a norm,
+residual connections, an MLP); rnnctl's models supply their own embedding and head, and layers stack as
+nn.GRU's do (dropout between layers, no residuals).
 
 Shapes: B = batch, T = time steps, I = input size, H = hidden size, L = layers, D = directions.
 """
