@@ -65,3 +65,9 @@ def _torch_fused(module: type[nn.RNNBase]) -> Callable[[int, int, int, bool, flo
 register(Cell("rnn", nn.RNNCell, _torch_fused(nn.RNN)))  # Elman: h = tanh(W x + U h + b)
 register(Cell("lstm", nn.LSTMCell, _torch_fused(nn.LSTM), states=2))
 register(Cell("gru", nn.GRUCell, _torch_fused(nn.GRU)))
+
+# minGRU / minLSTM (Feng et al. 2024): gates from the input only, trained with a parallel scan over time.
+from rnnctl import mincells  # noqa: E402  (mincells imports nothing from rnnctl)
+
+register(Cell("mingru", mincells.MinGRUCell, mincells.fused(mincells.MinGRUCell)))
+register(Cell("minlstm", mincells.MinLSTMCell, mincells.fused(mincells.MinLSTMCell)))

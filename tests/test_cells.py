@@ -68,7 +68,7 @@ def test_config_choices_come_from_the_registry(mgu, cli, names_files):
 
 def test_an_unknown_cell_is_a_one_line_error(cli, names_files, isolated):
     result = cli("train", CONFIGS / "smoke" / "names_tiny.yaml", *names_files.set_args(), "--set", "model.cell=gruu")
-    assert_one_line_error(result, "model.cell", "unknown cell 'gruu'", "gru, lstm, rnn")
+    assert_one_line_error(result, "model.cell", "unknown cell 'gruu'", "gru, lstm, mingru, minlstm, rnn")
     assert run_dirs(isolated) == []
 
 
