@@ -314,7 +314,9 @@ def launch(nproc: int, argv: list[str]) -> int:
     """`rnnctl train ... --nproc N`: the same command on N processes through torchrun (torch.distributed.run,
     standalone rendezvous on this machine); returns the exit code."""
     import logging
+    import signal
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -326,11 +328,14 @@ def launch(nproc: int, argv: list[str]) -> int:
             skip = True
         elif not arg.startswith("--nproc="):
             rest.append(arg)
-    for name in ("torch.distributed.elastic", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks speak for themselves
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.run"]:
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks speak for themselves
     args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "rnnctl", *rest])
     try:
         run(args)
+    except SignalException as e:  # Ctrl-C or SIGTERM to the launcher: it stopped the ranks, rank 0 recorded it
+        return 130 if e.sigval == signal.SIGINT else 143  # rank 0 said so
     except ChildFailedError as e:
         codes = {rank: f.exitcode for rank, f in e.failures.items()}
         if set(codes.values()) <= {130, -2}:

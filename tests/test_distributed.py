@@ -179,3 +179,25 @@ def test_two_nodes_on_this_machine(names_files, tmp_path, isolated):
     (multi,) = run_dirs(isolated)
     assert_close_rows(numbers(multi), numbers(single))
     assert json.loads((multi / "run.json").read_text())["world_size"] == 2
+
+
+def test_sigterm_to_nproc_stops_every_rank_and_the_run_resumes(names_files, isolated):
+    import signal
+    import time
+
+    os.environ["RNNCTL_RUNS"] = str(isolated)
+    cmd = [*RNNCTL, "train", str(TINY), *names_files.set_args(), "--set", "train.epochs=300", "--quiet", "--nproc", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    deadline = time.monotonic() + 120
+    while not any(RunFolder(d).rows() for d in run_dirs(isolated)) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # what SLURM sends the launcher
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)
+    assert err.strip().splitlines() == ["terminated (SIGTERM)"], err
+    (run_dir,) = run_dirs(isolated)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    result = run([*RNNCTL, "train", "--resume", run_dir.name, "--epochs", str(info["epochs_done"] + 1), "--quiet"])
+    assert result.returncode == 0, result.stderr
