@@ -309,7 +309,7 @@ def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], fo
     epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
     before its first checkpoint starts over in its own folder. Under torchrun every rank reads the run (a
     shared file system) and rank 0 alone locks and writes it."""
-    run = RunFolder.resolve(ref)
+    run = RunFolder.resolve(ref, latest="started")  # `latest` here: the newest run, whatever its state
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
     ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None

@@ -202,14 +202,18 @@ class RunFolder:
         return cls(new_folder(root or runs_root(), name, now))
 
     @classmethod
-    def resolve(cls, ref: str, root: Path | None = None) -> RunFolder:
-        """A run from its id (folder name, or a unique prefix), a path, or `latest`."""
+    def resolve(cls, ref: str, root: Path | None = None, latest: str = "completed") -> RunFolder:
+        """A run from its id (folder name, or a unique prefix; sweep members too), a path, or `latest`: the
+        newest completed run (`latest="started"`: the newest run, whatever its state, as a resume wants)."""
         root = root or runs_root()
         if ref == "latest":
             runs = all_runs(root)
-            if not runs:
-                raise RunError(f"no runs in {root}/ yet (train one with `rnnctl train CONFIG`)")
-            return runs[-1]
+            done = runs if latest == "started" else [r for r in runs if r.info().get("status") == "completed"]
+            if not done:
+                newest = f" (the newest, {runs[-1].id}, is {runs[-1].info().get('status')})" if runs else ""
+                kind = "runs" if latest == "started" else "completed runs"
+                raise RunError(f"no {kind} in {root}/ yet{newest}: train one with `rnnctl train CONFIG`, or name a run")
+            return done[-1]
         path = Path(ref).expanduser()
         if path.is_dir():
             if not cls(path).exists():
@@ -217,12 +221,20 @@ class RunFolder:
             return cls(path)
         if (candidate := cls(root / ref)).exists():
             return candidate
-        matches = [r for r in all_runs(root) if r.id.startswith(ref)]
+        runs = all_runs(root)
+        exact = [r for r in runs if r.id == ref]
+        matches = exact or [r for r in runs if r.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             raise RunError(f"run id {ref!r} is ambiguous in {root}/: {', '.join(r.id for r in matches[:5])}")
         raise RunError(f"unknown run {ref!r}: no such folder, and no run id in {root}/ (see `rnnctl runs`)")
+
+    @property
+    def sweep(self) -> str | None:
+        """The sweep (or search) this run is a member of: runs/sweeps/<sweep>/runs/<run>."""
+        parent = self.path.parent
+        return parent.parent.name if parent.name == "runs" and parent.parent.parent.name == "sweeps" else None
 
     def exists(self) -> bool:
         return (self.path / "run.json").is_file()
@@ -277,6 +289,8 @@ class RunFolder:
         except RunError:
             return {"id": self.id, "status": "unreadable"}
         info["id"] = self.id  # the folder is the truth (a copied or renamed run)
+        if self.sweep:
+            info["sweep"] = self.sweep
         if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
@@ -582,16 +596,24 @@ def _alive(pid: int | None, host: str | None) -> bool:
 
 
 def all_runs(root: Path | None = None) -> list[RunFolder]:
-    """Run folders under the root, oldest first: by the second in the folder name, then by the exact start."""
+    """Run folders under the root and the members of its sweeps (`sweeps/*/runs/*`), oldest first: by the
+    second in the folder name, then by the exact start."""
     root = root or runs_root()
     if not root.is_dir():
         return []
-    runs = [RunFolder(p) for p in root.iterdir() if p.is_dir()]
+    folders = [p for p in root.iterdir() if p.is_dir()]
+    sweeps = root / "sweeps"
+    if sweeps.is_dir():
+        folders += [p for s in sweeps.iterdir() if (s / "runs").is_dir() for p in (s / "runs").iterdir() if p.is_dir()]
+    runs = [RunFolder(p) for p in folders]
+    runs = [r for r in runs if r.exists()]
+    created = {r: r.info().get("created_ns") for r in runs}
 
     def started(r: RunFolder) -> tuple[str, int, str]:
-        return r.id[:15], int(r.info().get("created_ns") or 0), r.id
+        ns = created[r]
+        return r.id[:15], ns if isinstance(ns, int) else 0, r.id
 
-    return sorted((r for r in runs if r.exists()), key=started)
+    return sorted(runs, key=started)
 
 
 def list_runs(task: str | None = None, status: str | None = None, sort: str = "created") -> list[dict[str, Any]]:
@@ -606,11 +628,13 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
         infos.sort(key=lambda i: -(i.get("duration") or 0))
     elif sort == "best":
 
-        def rank(i: dict[str, Any]) -> float:
+        def rank(i: dict[str, Any]) -> tuple[int, str, float]:
+            """Runs of one metric together (a loss never ranks against an accuracy), best first within it."""
             best = i.get("best") if isinstance(i.get("best"), dict) else {}
-            if best.get("value") is None:
-                return float("inf")
-            return best["value"] if best.get("mode") == "min" else -best["value"]
+            value = best.get("value")
+            if not isinstance(value, (int, float)):
+                return 1, "", 0.0
+            return 0, str(best.get("metric")), value if best.get("mode") == "min" else -value
 
         infos.sort(key=rank)
     return infos

@@ -249,7 +249,7 @@ def test_unknown_run_id(cli, copy_run, isolated):
 
 
 def test_eval_with_no_runs(cli, isolated):
-    assert_one_line_error(cli("eval"), "no runs in")
+    assert_one_line_error(cli("eval"), "no completed runs in")
     assert run_dirs(isolated) == []
 
 

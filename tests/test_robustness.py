@@ -133,3 +133,40 @@ def test_compare_two_runs_writes_a_plot_and_a_table(cli, copy_run, isolated):
     assert copy_run.name in result.stdout and "compare.png" in result.stdout
     assert_one_line_error(cli("compare", copy_run.name), "at least two runs")
     assert_one_line_error(cli("compare", copy_run.name, other.name, "--metric", "val_bleu"), "val_bleu")
+
+
+def test_latest_is_the_newest_completed_run_and_resume_takes_the_newest(copy_run, isolated, cli):
+    import shutil
+
+    newer = Path(shutil.copytree(copy_run, isolated / "29990101-000000-names_tiny"))
+    info = json.loads((newer / "run.json").read_text())
+    info.update(status="interrupted")
+    (newer / "run.json").write_text(json.dumps(info))
+    assert RunFolder.resolve("latest") == RunFolder(copy_run)  # predict latest: the completed one
+    assert RunFolder.resolve("latest", latest="started") == RunFolder(newer)  # resume latest: the newest
+    assert copy_run.name in cli("eval").stdout
+
+
+def test_sweep_members_are_listed_and_resolved_everywhere(copy_run, isolated, cli):
+    import shutil
+
+    member = isolated / "sweeps" / "20240101-000000-names_tiny" / "runs" / "20240101-000001-000-cell=gru"
+    shutil.copytree(copy_run, member)
+    listed = cli("runs")
+    assert member.name in listed.stdout, listed.stdout
+    assert RunFolder.resolve("20240101-000001").path == member
+    assert RunFolder(member).info()["sweep"] == "20240101-000000-names_tiny"
+    assert cli("predict", member.name, "Nakamura").exit_code == 0
+
+
+def test_sort_best_never_ranks_a_loss_against_an_accuracy(copy_run, isolated):
+    import shutil
+
+    from rnnctl.runs import list_runs
+
+    loss_run = Path(shutil.copytree(copy_run, isolated / "20000101-000000-lm"))
+    info = json.loads((loss_run / "run.json").read_text())
+    info["best"] = {"epoch": 1, "value": 0.01, "metric": "val_loss", "mode": "min"}
+    (loss_run / "run.json").write_text(json.dumps(info))
+    ranked = [i["best"]["metric"] for i in list_runs(sort="best")]
+    assert ranked == sorted(ranked)  # grouped by metric: the tiny loss does not outrank the accuracy
