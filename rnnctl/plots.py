@@ -10,32 +10,65 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rnnctl.runs import RunFolder, atomic_write, read_json  # noqa: E402
 
 FILE_NAMES = {"acc": "accuracy"}  # metric key -> plot file stem
-TITLES = {"loss": "Loss", "acc": "Accuracy"}
+TITLES = {
+    "loss": "Loss",
+    "acc": "Accuracy",
+    "bpc": "Bits per character",
+    "ppl": "Perplexity",
+    "mse": "MSE",
+    "mae": "MAE",
+}
 MAX_POINTS = 600  # of a prediction-vs-truth plot
+MAX_STEP_POINTS = 4000  # raw per-step points drawn (a long run is thinned; the smoothed curve uses every step)
+
+
+def units(metric: str, metrics: set[str]) -> str:
+    """The y-axis label of a metric, with its unit, from what the run logs (a language model logs bpc, a
+    classifier acc, a regressor mse)."""
+    lm, regression = "bpc" in metrics, "mse" in metrics
+    if metric == "loss":
+        if lm:
+            return "cross-entropy (nats/char)"
+        return "MSE (scaled units)" if regression else "cross-entropy (nats/example)"
+    return {
+        "acc": "accuracy (fraction correct)", "bpc": "bits/char", "ppl": "perplexity",
+        "mse": "MSE (data units squared)", "mae": "MAE (data units)",
+    }.get(metric, metric)  # fmt: skip
+
+
+def title(info: dict[str, Any], what: str) -> str:
+    return f"{info.get('id', '?')} ({info.get('task', '?')}): {what}"
 
 
 def write_all(run: RunFolder) -> list[Path]:
     """Every plot the run's files allow: one per metric, the step norms, the test confusion, the fits."""
     written = []
+    info = run.info()
     rows = run.rows()
     if rows:
-        for metric in dict.fromkeys(k.split("_", 1)[1] for k in rows[0] if k.startswith("val_")):
-            written.append(curve(rows, metric, run.plot_path(FILE_NAMES.get(metric, metric))))
+        metrics = list(dict.fromkeys(k.split("_", 1)[1] for k in rows[0] if k.startswith("val_")))
+        for metric in metrics:
+            path = run.plot_path(FILE_NAMES.get(metric, metric))
+            written.append(curve(rows, metric, path, info, units(metric, set(metrics))))
     steps = run.steps()
     if steps:
         clip = (run.config().get("train") or {}).get("grad_clip")
-        written.append(grad_norms(steps, clip, run.plot_path("grad_norm")))
+        written.append(grad_norms(steps, clip, run.plot_path("grad_norm"), info))
+        written.append(
+            step_losses(steps, run.plot_path("step_loss"), info, units("loss", set(metrics) if rows else set()))
+        )
     test = run.read_eval("test", "best")
     if test is not None and "confusion" in test:
         written.append(confusion(test, run.plot_path("confusion")))
     for split in ("val", "test"):
         report = run.read_eval(split, "best")
         if report is not None and "series" in report:
-            written.append(prediction_vs_truth(report, run.plot_path(f"prediction_{split}")))
+            written.append(prediction_vs_truth(report, run.plot_path(f"prediction_{split}"), info))
     return written
 
 
@@ -58,17 +91,27 @@ def _date_ticks(ax, times: list[int], dates: list[str] | None) -> None:
     ax.set_xticks(times[::every], dates[::every], rotation=30, ha="right", fontsize=8)
 
 
-def prediction_vs_truth(report: dict[str, Any], path: Path) -> Path:
+def prediction_vs_truth(report: dict[str, Any], path: Path, info: dict[str, Any] | None = None) -> Path:
     """The picture the seeds draw with plt.show(): the model's prediction over the truth, in original units."""
     series = report["series"]
     shown = min(len(series["time"]), MAX_POINTS)  # a long stream is drawn in part: its start, readable
-    series = {k: v[:shown] for k, v in series.items()}
-    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    naive = {k: v[:shown] for k, v in series.get("naive", {}).items()}
+    series = {k: v[:shown] for k, v in series.items() if k != "naive"}
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
     ax.plot(series["time"], series["truth"], color="black", linewidth=1.2, label="truth")
-    ax.plot(series["time"], series["pred"], color="tab:red", linewidth=1.0, linestyle="--", label="prediction")
+    ax.plot(
+        series["time"], series["pred"], color="tab:red", linewidth=1.0, linestyle="--",
+        label=f"model (RMSE {report['rmse']:.4g})",
+    )  # fmt: skip
+    for (name, values), color in zip(naive.items(), ("tab:gray", "tab:olive")):
+        rmse = (report.get("naive") or {}).get(name, {}).get("rmse")
+        label = f"naive: {'last value' if name == 'last' else 'a season back' if name == 'seasonal' else name}"
+        ax.plot(series["time"], values, color=color, linewidth=0.9, linestyle=":",
+                label=label + (f" (RMSE {rmse:.4g})" if rmse is not None else ""))  # fmt: skip
     _date_ticks(ax, series["time"], series.get("dates"))
     ax.set_title(
-        f"{report['split']} split ({report['checkpoint']} checkpoint): RMSE {report['rmse']:.4g}, R2 {report['r2']:.3f}"
+        (f"{info.get('id')} ({info.get('task')}): " if info else "")
+        + f"{report['split']} split ({report['checkpoint']} checkpoint), R2 {report['r2']:.3f}"
         + (
             f" (first {shown} of {len(report['series']['time'])} steps)"
             if shown < len(report["series"]["time"])
@@ -76,7 +119,7 @@ def prediction_vs_truth(report: dict[str, Any], path: Path) -> Path:
         )
     )
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
     return path
 
@@ -104,21 +147,55 @@ def forecast(json_path: Path, path: Path) -> Path:
     return path
 
 
-def curve(rows: list[dict[str, Any]], metric: str, path: Path) -> Path:
+def curve(rows: list[dict[str, Any]], metric: str, path: Path, info: dict[str, Any], ylabel: str) -> Path:
     epochs = [r.get("epoch_fraction", r["epoch"]) for r in rows]  # rows inside an epoch sit between epochs
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    for split, style in (("train", "-"), ("val", "-")):
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    for split in ("train", "val"):
         key = f"{split}_{metric}"
-        if key in rows[0]:
-            ax.plot(epochs, [r[key] for r in rows], style, marker="." if len(rows) < 40 else None, label=split)
+        points = [(e, r[key]) for e, r in zip(epochs, rows) if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="." if len(rows) < 40 else None, label=split)
     best = rows[-1].get("best_epoch")
     if best is not None:
         ax.axvline(best, color="gray", linestyle=":", label=f"best epoch ({best})")
     ax.set_xlabel("epoch")
-    ax.set_ylabel(TITLES.get(metric, metric))
-    ax.set_title(TITLES.get(metric, metric))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title(info, TITLES.get(metric, metric)))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside the plot, never on a line
+    _save(fig, path)
+    return path
+
+
+def smooth(values: list[float], span: int) -> list[float]:
+    """An exponential moving average with the given span (in steps), debiased at the start."""
+    alpha = 2.0 / (span + 1)
+    out, avg, weight = [], 0.0, 0.0
+    for v in values:
+        avg = (1 - alpha) * avg + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out.append(avg / weight)
+    return out
+
+
+def _thin(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    every = max(len(xs) // MAX_STEP_POINTS, 1)
+    return xs[::every], ys[::every]
+
+
+def step_losses(steps: list[dict[str, float]], path: Path, info: dict[str, Any], ylabel: str) -> Path:
+    """The training loss of every step, raw (faint) and smoothed: what an epoch average hides."""
+    xs, ys = [s["step"] for s in steps], [s["loss"] for s in steps]
+    span = max(len(steps) // 50, 5)
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    ax.plot(*_thin(xs, ys), linewidth=0.6, alpha=0.35, color="tab:blue", label="per step")
+    ax.plot(xs, smooth(ys, span), linewidth=1.6, color="tab:blue", label=f"smoothed ({span}-step EMA)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"training {ylabel}")
+    ax.set_title(title(info, "training objective per step (what the optimizer minimized)"))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
     return path
 
@@ -142,23 +219,21 @@ def compare(curves: list[tuple[str, list[dict[str, Any]]]], metric: str, path: P
     return path
 
 
-def grad_norms(steps: list[dict[str, float]], clip: float | None, path: Path) -> Path:
-    """The gradient norm before clipping at every step, with the clipping threshold: explosions show."""
-    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    ax.plot(
-        [s["step"] for s in steps],
-        [s["grad_norm"] for s in steps],
-        linewidth=0.8,
-        label="gradient norm (before clipping)",
-    )
+def grad_norms(steps: list[dict[str, float]], clip: float | None, path: Path, info: dict[str, Any]) -> Path:
+    """The gradient norm before clipping at every step (faint) and smoothed, with the clipping threshold."""
+    xs, ys = [s["step"] for s in steps], [s["grad_norm"] for s in steps]
+    span = max(len(steps) // 50, 5)
+    fig, ax = plt.subplots(figsize=(8, 4.2), layout="constrained")
+    ax.plot(*_thin(xs, ys), linewidth=0.6, alpha=0.35, color="tab:blue", label="per step (before clipping)")
+    ax.plot(xs, smooth(ys, span), linewidth=1.6, color="tab:blue", label=f"smoothed ({span}-step EMA)")
     if clip is not None:
         ax.axhline(clip, color="red", linestyle="--", label=f"clip threshold ({clip:g})")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("global L2 norm")
-    ax.set_title("Gradient norm per step")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("global L2 norm of the gradients")
+    ax.set_title(title(info, "gradient norm per step"))
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     _save(fig, path)
     return path
 

@@ -77,7 +77,13 @@ def test_ctrl_c_between_epochs_in_process(names_files, isolated):
     assert [r["epoch"] for r in RunFolder(run).rows()] == [1, 2]
     assert len((run / "metrics.csv").read_text().splitlines()) == 3
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
-    assert {p.name for p in (run / "plots").iterdir()} == {"loss.png", "accuracy.png", "confusion.png", "grad_norm.png"}
+    assert {p.name for p in (run / "plots").iterdir()} == {
+        "loss.png",
+        "accuracy.png",
+        "confusion.png",
+        "grad_norm.png",
+        "step_loss.png",
+    }
 
 
 def test_ctrl_c_while_saving_last_checkpoint_keeps_best_consistent(names_files, isolated, monkeypatch):

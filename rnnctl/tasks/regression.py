@@ -163,6 +163,7 @@ class RegressionMeter:
         self.truths: list[torch.Tensor] = []
         self.naive: dict[str, list[torch.Tensor]] = {}
         self.trace: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (time, truth, pred) of stream 0
+        self.naive_trace: dict[str, list[torch.Tensor]] = {}  # each baseline's forecasts of stream 0, like pred
 
     def update(self, batch: WindowBatch, out: Output) -> None:
         pred, target = out.logits.detach().float(), batch.targets.float()
@@ -185,6 +186,8 @@ class RegressionMeter:
         if rows.any():
             steps = slice(None) if self.per_step else slice(0, 1)
             self.trace.append((batch.time[rows][:, steps], truth_v[rows][:, steps], pred_v[rows][:, steps]))
+            for name, values in batch.naive.items():  # the baselines over time too, for the same plot
+                self.naive_trace.setdefault(name, []).append(values.float()[rows][:, steps])
 
     def compute(self) -> dict[str, float]:
         n = max(int(self.count), 1)
@@ -212,6 +215,10 @@ class RegressionMeter:
                 "truth": torch.cat([y.flatten() for _, y, _ in self.trace])[order].tolist(),
                 "pred": torch.cat([p.flatten() for _, _, p in self.trace])[order].tolist(),
             }
+            if self.naive_trace and all(len(v) == len(self.trace) for v in self.naive_trace.values()):
+                series["naive"] = {
+                    name: torch.cat([t.flatten() for t in v])[order].tolist() for name, v in self.naive_trace.items()
+                }
             if self.dates:
                 series["dates"] = [self.dates[t] for t in series["time"]]
             out["series"] = series
