@@ -3,6 +3,7 @@ a traceback or a multi-megabyte message."""
 
 from __future__ import annotations
 
+import csv
 import time
 
 import pytest
@@ -135,6 +136,53 @@ def test_clip_keeps_a_message_short():
 
 
 # -- data files ----------------------------------------------------------------------------------
+
+
+def test_a_review_longer_than_the_csv_field_limit_is_read(cli, tmp_path, isolated):
+    long_review = "word " * 40_000  # 200,000 characters: over csv's default limit of 131,072
+    rows = [(f"a good film {i} " if i % 2 else f"a bad film {i} ", "pos" if i % 2 else "neg") for i in range(40)]
+    rows[0] = (long_review, "neg")
+    train = tmp_path / "reviews.csv"
+    train.write_text("text,label\n" + "".join(f'"{t}",{label}\n' for t, label in rows), encoding="utf-8")
+    from rnnctl.data import read_csv
+
+    read = read_csv(train)
+    assert read[1][1][0] == long_review and len(read) == 41
+    result = cli(
+        "train", TINY.parent / "sentiment_tiny.yaml", "--set", f"data.path={train}", "--set", "train.epochs=1", "-q"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_the_field_limit_is_raised_without_overflow(monkeypatch, tmp_path):
+    """csv.field_size_limit takes a C long; where that is 32 bits, a bigger limit overflows: halve until it fits."""
+    from rnnctl import data
+
+    current = csv.field_size_limit()
+    calls = []
+
+    def limited(n=None):
+        if n is None:
+            return current
+        calls.append(n)
+        if n > 2**31 - 1:
+            raise OverflowError("Python int too large to convert to C long")
+        return current
+
+    monkeypatch.setattr(data.csv, "field_size_limit", limited)
+    data._field_limit(2**40)
+    assert calls[0] == 2**40 and calls[-1] <= 2**31 - 1 and len(calls) > 1
+
+
+def test_a_damaged_gzip_file_is_a_data_error(cli, tmp_path, names_files, isolated):
+    import gzip
+
+    good = gzip.compress(names_files.train.read_bytes(), mtime=0)
+    damaged = tmp_path / "damaged.csv.gz"
+    damaged.write_bytes(good[:10] + bytes(b ^ 0x55 for b in good[10:40]) + good[40:])
+    result = cli("train", TINY, "--set", f"data.path={damaged}", "--set", f"data.test_path={names_files.test}")
+    assert_one_line_error(result, str(damaged), "cannot read")
+    assert run_dirs(isolated) == []
 
 
 def test_a_huge_label_is_cut_in_the_message(cli, tmp_path, names_files, isolated):
