@@ -130,7 +130,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = " ".join((getattr(e, "problem", None) or str(e)).split())  # may quote an alias or tag in full
+        problem = problem if len(problem) <= 120 else problem[:100] + "..."
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
@@ -157,8 +158,8 @@ class _LimitedLoader(yaml.SafeLoader):
     MAX_DEPTH and documents that expand to more than MAX_VALUES nodes. Aliases share nodes, so a
     "billion laughs" document is small to load but explodes in whatever walks it (validation, dumping);
     counting each node's expanded size as it is composed catches it in time linear in the file.
-    A scalar that matches a YAML type but does not convert (`2001-13-45`, `!!int x`) is a YAML error
-    with its line, not a ValueError."""
+    A scalar that matches a YAML type but does not convert (`2001-13-45`, `!!int x`, `!!float`) is a YAML
+    error with its line, not a ValueError or IndexError."""
 
     def __init__(self, stream: str):
         super().__init__(stream)
@@ -194,7 +195,9 @@ class _LimitedLoader(yaml.SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError) as e:
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # PyYAML's constructors trust the resolver: `!!int` alone is an IndexError
             what = clip(node.value) if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
             reason = str(e).split(": ")[0][:80]  # without the repeated value, if any
             problem = f"cannot read {what} as {node.tag.rsplit(':', 1)[-1]}: {reason}"

@@ -39,6 +39,8 @@ HOSTILE = {
     ),
     "recursive-alias": ("task: names\nmodel: &m {cell: *m}\n", ["invalid YAML", "*m", "inside its own anchor"]),
     "bad-date": ("task: names\nname: 2001-13-45\n", ["invalid YAML", "line 2", "'2001-13-45'", "timestamp"]),
+    "empty-int-tag": ("task: names\ntrain:\n  epochs: !!int\n", ["invalid YAML", "line 3", "'' as int"]),  # IndexError
+    "bad-timestamp-tag": ("task: names\nname: !!timestamp soon\n", ["invalid YAML", "'soon' as timestamp"]),
     "bad-int-tag": ("task: names\ntrain: {epochs: !!int ten}\n", ["invalid YAML", "'ten'", "as int"]),
     "too-many-digits": ("task: names\ntrain: {seed: " + "9" * 5000 + "}\n", ["invalid YAML", "as int", "5,000 char"]),
     "nan-lr": ("task: names\noptim: {lr: .nan}\n", ["optim.lr", "finite number"]),
@@ -205,3 +207,14 @@ def test_yaml_of_the_shipped_tiny_configs_is_plain(tmp_path):
     for path in TINY.parent.glob("*.yaml"):
         assert yaml.safe_load(path.read_text()) is not None
         load_config(path)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("task: *" + "a" * 100_000 + "\n", "found undefined alias 'aaaa"),  # PyYAML quotes the alias in full
+    ("task: !" + "t" * 100_000 + " x\n", "could not determine a constructor for the tag '!ttt"),
+])  # fmt: skip
+def test_yaml_errors_that_quote_the_input_are_cut(cli, tmp_path, text, needle):
+    path = tmp_path / "quoting.yaml"
+    path.write_text(text, encoding="utf-8")
+    line = assert_one_line_error(cli("config", "show", path), str(path), "invalid YAML", needle, "...")
+    assert len(line) < SHORT, line
