@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 
 from rnnctl.errors import RnnctlError, RunFileWarning
 
-try:  # typer >= 0.22 carries its own copy of click
+try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover
     from click.exceptions import UsageError

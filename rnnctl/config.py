@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -130,8 +131,8 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = " ".join((getattr(e, "problem", None) or str(e)).split())  # may quote an alias or tag in full
-        problem = problem if len(problem) <= 120 else problem[:100] + "..."
+        problem = " ".join((getattr(e, "problem", None) or str(e)).split())
+        problem = re.sub(r"[^\s'\"]{61,}", _cut, problem)  # PyYAML quotes an alias or a tag in full
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
@@ -144,6 +145,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raw.pop("derived", None)  # written by rnnctl into a run's config.yaml; informative only
     raw.setdefault("name", path.stem)
     return validate(apply_overrides(raw, overrides), source=str(path))
+
+
+def _cut(match: re.Match) -> str:
+    return f"{match[0][:60]}... ({len(match[0]):,} characters)"
 
 
 # -- YAML with limits --------------------------------------------------------------------------------
