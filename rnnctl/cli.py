@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shlex
 import sys
 import warnings
@@ -12,10 +14,32 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from rnnctl.errors import RnnctlError, RunFileWarning
 
+try:  # recent typer carries its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError
+
+
+class App(TyperGroup):
+    """The command group: a usage error (a bad option value, an unknown option or command, a missing
+    argument) is one line `error: ...` and exit code 1, like every other user mistake. Parsing happens in
+    `make_context` (the group's own options) and in `invoke` (the command's, and any subgroup's)."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx):
+        with usage_errors():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=App,
     help="Train, evaluate and sample recurrent neural networks from YAML experiment configs.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
@@ -33,6 +57,30 @@ Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")
 ]
 RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest'.")]
+
+
+def finite(text: str) -> float:
+    """The parser of every float option: nan and inf are usage errors, not values to compute with."""
+    value = float(text)  # a ValueError becomes typer's "Invalid value for '--option'"
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text.strip()!r}")
+    return value
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """click's usage errors as one line on stderr and exit code 1; help for no arguments stays click's."""
+    try:
+        yield
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `rnnctl`, `rnnctl config`: the help text
+            raise
+        message = " ".join(e.format_message().replace("Value error, ", "").split())  # one line
+        message = message if message.endswith("...") else message.rstrip(".")
+        message = re.sub(r"[^\s'\"()]{81,}", lambda m: f"{m[0][:60]}... ({len(m[0]):,} characters)", message)
+        where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        err.print(f"error: {message[:1].lower()}{message[1:]}{where}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 @contextmanager
@@ -128,7 +176,7 @@ def train(
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import loop, views
-    from rnnctl.config import load_config
+    from rnnctl.config import load_config, validate
     from rnnctl.errors import ConfigError
     from rnnctl.live import LiveTable, PlainLines
 
@@ -151,7 +199,7 @@ def train(
                 overrides = [*(overrides or []), f"train.epochs={epochs}"]
             cfg = load_config(config, overrides or [])
             if name:
-                cfg = cfg.model_copy(update={"name": name})
+                cfg = validate({**cfg.to_dict(), "name": name}, source="--name")  # checked like the config's
             result = loop.train(cfg, command=command, loggers=loggers)
         if _is_main():  # under torchrun, rank 0 alone shows the outcome
             views.summary(out, result)
@@ -219,11 +267,14 @@ def sample(
         str, typer.Option("--seed", help="Text to start from; the model reads it before generating.")
     ] = "\n",
     length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
-    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0): lower is more conservative.")] = 1.0,
+    temperature: Annotated[
+        float, typer.Option(parser=finite, help="Softmax temperature (> 0): lower is more conservative.")
+    ] = 1.0,
     top_k: Annotated[int, typer.Option(min=0, help="Sample among the k most likely characters only; 0: all.")] = 0,
     num: Annotated[int, typer.Option(min=1, help="How many samples.")] = 1,
     rng_seed: Annotated[
-        Optional[int], typer.Option(help="Seed for the sampler: the same seed gives the same text.")
+        Optional[int],
+        typer.Option(min=0, max=2**32 - 1, help="Seed for the sampler: the same seed gives the same text."),
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
 ) -> None:

@@ -8,22 +8,24 @@ module imports no task: it asks the registry (rnnctl.tasks) for one by name.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import functools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from rnnctl import cells
-from rnnctl.errors import ConfigError
+from rnnctl.errors import ConfigError, clip
 from rnnctl.tasks import get_task, task_names
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .nan, .inf: errors, not values
 
 
 class DataConfig(Section):
@@ -47,7 +49,7 @@ class ModelConfig(Section):
     def _known_cell(cls, name: str) -> str:
         if name not in cells.CELLS:
             raise ValueError(
-                f"unknown cell {name!r}{_suggest(name, cells.names())} (known: {', '.join(cells.names())})"
+                f"unknown cell {clip(name)}{_suggest(name[:100], cells.names())} (known: {', '.join(cells.names())})"
             )
         return name
 
@@ -91,7 +93,7 @@ class LogConfig(Section):
 
 class Config(Section):
     task: str
-    name: str | None = None  # run folder suffix; default: the config file's stem
+    name: str | None = Field(None, max_length=100)  # run folder suffix; default: the config file's stem
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
@@ -123,14 +125,19 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if (size := path.stat().st_size) > MAX_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes is too big for a config (at most {MAX_BYTES:,})")
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = " ".join((getattr(e, "problem", None) or str(e)).split())
+        problem = re.sub(r"[^\s'\"]{61,}", _cut, problem)  # PyYAML quotes an alias or a tag in full
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -140,18 +147,89 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return validate(apply_overrides(raw, overrides), source=str(path))
 
 
+def _cut(match: re.Match) -> str:
+    return f"{match[0][:60]}... ({len(match[0]):,} characters)"
+
+
+# -- YAML with limits --------------------------------------------------------------------------------
+
+MAX_BYTES = 1 << 20  # a config is a few hundred bytes; a bigger file is not one
+MAX_DEPTH = 32  # sections nest three deep; deeper would only exhaust the recursion of the loader
+MAX_VALUES = 10_000  # scalars, lists and mappings after expanding aliases; a config has about 50
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses, while composing and so before anything is built, nesting deeper than
+    MAX_DEPTH and documents that expand to more than MAX_VALUES nodes. Aliases share nodes, so a
+    "billion laughs" document is small to load but explodes in whatever walks it (validation, dumping);
+    counting each node's expanded size as it is composed catches it in time linear in the file.
+    A scalar that matches a YAML type but does not convert (`2001-13-45`, `!!int x`, `!!float`) is a YAML
+    error with its line, not a ValueError or IndexError."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = super().compose_node(parent, index)
+            if getattr(node, "_size", None) is None:  # an alias inside its own anchor: infinite
+                raise ComposerError(
+                    None, None, f"alias *{event.anchor[:60]} is inside its own anchor", event.start_mark
+                )
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        node._size = 1 + sum(child._size for child in children)
+        if node._size > MAX_VALUES:
+            raise ComposerError(
+                None, None, f"expands to more than {MAX_VALUES:,} values (through aliases?)", node.start_mark
+            )
+        return node
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as e:  # PyYAML's constructors trust the resolver: `!!int` alone is an IndexError
+            what = clip(node.value) if isinstance(node, yaml.ScalarNode) else f"this {node.id}"
+            reason = str(e).split(": ")[0][:80]  # without the repeated value, if any
+            problem = f"cannot read {what} as {node.tag.rsplit(':', 1)[-1]}: {reason}"
+            raise ConstructorError(None, None, problem, node.start_mark) from None
+
+
+def load_yaml(text: str) -> Any:
+    """One YAML document, safely (plain data only) and within the limits above; yaml.YAMLError if not."""
+    loader = _LimitedLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys (`train.lr=3e-4`); values are parsed as YAML scalars."""
-    out = copy.deepcopy(raw)
+    """Set dotted keys (`train.lr=3e-4`); values are parsed as YAML (`model.cell=lstm`, `data.path=null`)."""
+    out = _copy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. model.cell=lstm")
+            raise ConfigError(f"--set {clip(item)}: expected key=value, e.g. model.cell=lstm")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = load_yaml(text) if text.strip() else None
         except yaml.YAMLError:
-            value = text
+            value = text  # not YAML (`data.path=a: b`): the text as it is
         node = out
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
@@ -159,10 +237,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+                raise ConfigError(f"--set {_key(parts)}: {_key(parts[: i + 1])} is a value, not a section")
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _copy(value: Any) -> Any:
+    """A copy of nested dicts and lists that shares nothing: YAML aliases load as one shared object, and
+    `--set train.lr=...` must not change every section that was an alias of `train`."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
 
 
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
@@ -173,27 +261,42 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(known)})")
     if not isinstance(task, str) or task not in known:
         raise ConfigError(
-            f"{source}: task: unknown task {task!r}{_suggest(str(task), known)} (known: {', '.join(known)})"
+            f"{source}: task: unknown task {clip(task)}{_suggest(str(task)[:100], known)} (known: {', '.join(known)})"
         )
     cls = config_class(task)
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError("\n".join(f"{source}: {_describe(err, cls)}" for err in e.errors())) from None
+        errors = e.errors()
+        lines = [f"{source}: {_describe(err, cls)}" for err in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"{source}: and {len(errors) - MAX_ERRORS} more errors")
+        raise ConfigError("\n".join(lines)) from None
+
+
+MAX_ERRORS = 10  # validation errors shown, one line each
 
 
 def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
     loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc)
+    key = _key(loc)
     if err["type"] == "extra_forbidden":
         known = _fields_at(cls, loc[:-1])
-        return f"unknown key '{key}'{_suggest(loc[-1], known, prefix='.'.join(loc[:-1]))}"
+        return f"unknown key '{key}'{_suggest(loc[-1][:100], known, prefix='.'.join(loc[:-1]))}"
     if err["type"] == "missing":
         return f"missing key '{key}'"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f", got {got!r}"
     msg = err["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+    shown = "" if isinstance(got, dict) or clip(got) in msg else f", got {clip(got)}"
     return f"{key}: {msg}{shown}"
+
+
+def _key(parts: list[Any]) -> str:
+    """A dotted key as a message shows it: on one line (control characters escaped), cut to a short length."""
+    text = ".".join(str(p) for p in parts)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import io
 import os
 import socket
 import sys
+import zlib
 from http.client import HTTPException
 from importlib import resources
 from pathlib import Path
@@ -116,8 +117,8 @@ def read_text(path: Path) -> str:
         text = raw.decode("utf-8-sig")  # -sig: tolerate a byte-order mark
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; damaged data is a zlib.error
+        raise DataError(f"{path}: cannot read: {e.strerror if isinstance(e, OSError) and e.strerror else e}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -131,12 +132,28 @@ def read_lines(path: Path, what: str) -> list[str]:
 
 
 def read_csv(path: Path) -> list[tuple[int, list[str]]]:
-    """CSV rows as (line number, fields), skipping blank lines."""
-    reader = csv.reader(io.StringIO(read_text(path)))
+    """CSV rows as (line number, fields), skipping blank lines. A field may be as long as the file (a review
+    longer than csv's default limit of 131,072 characters is still one field)."""
+    text = read_text(path)
+    _field_limit(len(text))
+    reader = csv.reader(io.StringIO(text))
     try:
         return [(reader.line_num, row) for row in reader if row and any(f.strip() for f in row)]
     except csv.Error as e:
         raise DataError(f"{path}: row {reader.line_num}: malformed CSV: {e}") from None
+
+
+def _field_limit(n: int) -> None:
+    """Let csv read fields of up to `n` characters: it is process-wide, so only ever raised. A C long
+    bounds it (32 bits on some platforms): halve until it fits."""
+    if n <= csv.field_size_limit():
+        return
+    while True:
+        try:
+            csv.field_size_limit(n)
+            return
+        except OverflowError:
+            n //= 2
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

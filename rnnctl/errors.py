@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them as one line and exits 1; anything else is a bug."""
 
+import reprlib
+
 
 class RnnctlError(Exception):
     """A user-facing error: the message names the file, key or row and what was expected."""
@@ -40,3 +42,20 @@ class RunFileWarning(UserWarning):
 
 class PeerFailed(RnnctlError):
     """Under torchrun: rank 0 failed in a step every rank waits for; rank 0 says why, the others exit quietly."""
+
+
+def clip(value: object, limit: int = 60) -> str:
+    """`value` as an error message shows it: its repr, cut to about `limit` characters with an ellipsis
+    (and, for a long string, its length), so a huge value still gives a short, one-line message."""
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = limit
+    short.maxlevel, short.maxlist, short.maxdict = 2, 6, 6
+    try:
+        text = short.repr(value)
+    except ValueError:  # an int of more digits than Python prints (sys.get_int_max_str_digits)
+        return f"an {type(value).__name__} too long to show"
+    return text if len(text) <= limit + 10 else text[:limit] + "..."

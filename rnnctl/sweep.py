@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -22,6 +24,20 @@ from typing import Any, Callable
 from rnnctl.config import load_config
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.runs import RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
+
+
+MAX_MEMBERS = 1000  # combinations in one sweep
+NAME_VALUE = 24  # characters of each key and value in a member's name
+NAME_MAX = 100  # characters of the whole name: a run folder's and a log's name stay far below 255 bytes
+
+
+def member_name(i: int, values: dict[str, str]) -> str:
+    """Member i's run name and log file stem, e.g. `003-cell=lstm-path=b-y.csv`: ASCII letters, digits and
+    `-_.=` only, each value cut to its last NAME_VALUE characters (a path's end tells members apart). The
+    index keeps names unique; sweep.json keeps the full values."""
+    parts = (f"{key.split('.')[-1][:NAME_VALUE]}={value[-NAME_VALUE:]}" for key, value in values.items())
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", "-".join(parts))
+    return re.sub(r"-{2,}", "-", f"{i:03d}-{slug}")[:NAME_MAX].rstrip("-.")
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -39,6 +55,9 @@ def create(config: Path, grid_items: list[str]) -> Path:
     grid = parse_grid(grid_items)
     if not grid:
         raise ConfigError("sweep: give at least one --grid key=v1,v2")
+    n = math.prod(len(v) for v in grid.values())
+    if n > MAX_MEMBERS:
+        raise ConfigError(f"--grid: {n:,} combinations are too many for one sweep (at most {MAX_MEMBERS:,})")
     load_config(config, [f"{k}={v[0]}" for k, v in grid.items()])  # the file and the keys are valid
     members = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
     folder = new_folder(sweeps_root(), config.stem, what="sweep")
@@ -64,7 +83,7 @@ def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) ->
 
     def train(i: int) -> None:
         member = state["members"][i]
-        name = f"{i:03d}-" + "-".join(f"{k.split('.')[-1]}={v}" for k, v in member["set"].items())
+        name = member_name(i, member["set"])
         cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(folder / "config.yaml"), "--quiet", "--name", name]
         for k, v in member["set"].items():
             cmd += ["--set", f"{k}={v}"]
@@ -74,7 +93,7 @@ def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) ->
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
         }
-        log = folder / "logs" / f"{i:03d}-{name}.log"
+        log = folder / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
         with log.open("w", encoding="utf-8") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode

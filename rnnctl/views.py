@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Iterator, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -48,7 +49,7 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
             table.add_column(col, justify="left" if col == "class" else "right")
         for c in report["per_class"]:
             table.add_row(
-                c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
+                Text(c["label"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
             )
         console.print(table)
     console.print(f"saved: {saved}", soft_wrap=True)
@@ -93,7 +94,7 @@ def predictions(console: Console, rows: list[dict[str, Any]], width: int = 60) -
 def forecast(console: Console, result: dict[str, Any]) -> None:
     table = Table(box=None, header_style="bold")
     table.add_column(result["time"])
-    table.add_column(result["column"], justify="right")
+    table.add_column(Text(result["column"]), justify="right")
     for label, value in result["rows"]:
         table.add_row(label, f"{value:,.4g}")
     console.print(table)
@@ -115,11 +116,11 @@ def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], 
 
 
 def sweep_member(console: Console, m: dict[str, Any]) -> None:
-    what = ", ".join(f"{k}={v}" for k, v in m["set"].items())
+    what = escape(", ".join(f"{k}={v}" for k, v in m["set"].items()))  # a value's "[...]" is not rich markup
     if m["status"] == "completed":
         console.print(f"  [green]done[/]   {what} -> {m['run']}", soft_wrap=True)
     else:
-        console.print(f"  [red]failed[/] {what}: {m['error']}", soft_wrap=True, markup=True)
+        console.print(f"  [red]failed[/] {what}: {escape(str(m['error']))}", soft_wrap=True)
 
 
 def sweep_summary(console: Console, s: dict[str, Any]) -> None:
@@ -127,7 +128,7 @@ def sweep_summary(console: Console, s: dict[str, Any]) -> None:
     for col in ("group", "runs", f"{s['metric']} mean", "std"):
         table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
     for g in sorted(s["groups"], key=lambda g: -g["mean"] if not str(s["metric"]).endswith("loss") else g["mean"]):
-        table.add_row(g["group"], str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}")
+        table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}")
     console.print(table)
     done = s["members"] - len(s["failed"])
     console.print(

@@ -217,9 +217,23 @@ def test_sample_seed_outside_vocabulary(cli, char_run):
     assert "'a'" not in line and "'b'" not in line
 
 
-@pytest.mark.parametrize("temperature", ["0", "-1"])
-def test_sample_temperature_must_be_positive(cli, char_run, temperature):
-    assert_one_line_error(cli("sample", char_run.dir, "--temperature", temperature), "--temperature", "> 0")
+@pytest.mark.parametrize("temperature, needle", [
+    ("0", "> 0"), ("-1", "> 0"), ("1e-300", "at least 1e-06"),  # 1e-300: inf logits crashed torch.multinomial
+    ("nan", "expected a finite number, got 'nan'"), ("inf", "got 'inf'"), ("-Infinity", "got '-Infinity'"),
+])  # fmt: skip
+def test_sample_temperature_must_be_a_positive_finite_number(cli, char_run, temperature, needle):
+    assert_one_line_error(cli("sample", char_run.dir, "--temperature", temperature), "--temperature", needle)
+
+
+def test_the_smallest_temperature_samples_greedily(cli, char_run):
+    texts = {cli("sample", char_run.dir, "--seed", "a", "--length", "30", "--temperature", "1e-6", "--rng-seed", s).stdout
+             for s in ("1", "2", "3")}  # fmt: skip
+    assert len(texts) == 1  # the argmax every step, whatever the seed
+
+
+@pytest.mark.parametrize("seed, needle", [("-1", "greater than or equal to 0"), (str(2**64), "less than or equal")])
+def test_sample_rng_seed_out_of_range(cli, char_run, seed, needle):  # 2**64 was a ValueError from torch
+    assert_one_line_error(cli("sample", char_run.dir, "--rng-seed", seed), "--rng-seed", needle)
 
 
 def test_sample_on_names_run(cli, trained_run):

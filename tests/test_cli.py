@@ -342,3 +342,87 @@ def test_train_cuda_without_cuda(cli, names_files, isolated):
     result = cli("train", TINY, *names_files.set_args(), "--set", "train.device=cuda")
     assert_one_line_error(result, "train.device", "cuda")
     assert run_dirs(isolated) == []
+
+
+# -- usage errors (typer's own checks) read like every other mistake: one line, exit code 1 -----------
+
+USAGE_ERRORS = {
+    "top-0": (["predict", "latest", "Smith", "--top", "0"], ["'--top'", "greater than or equal to 1"]),
+    "num-0": (["sample", "--num", "0"], ["'--num'", "greater than or equal to 1"]),
+    "length-negative": (["sample", "--length", "-1"], ["'--length'", "greater than or equal to 0"]),
+    "top-k-negative": (["sample", "--top-k", "-1"], ["'--top-k'", "greater than or equal to 0"]),
+    "jobs-0": (["sweep", TINY, "--grid", "train.seed=1,2", "--jobs", "0"], ["'--jobs'", "greater than or equal to 1"]),
+    "not-an-integer": (["predict", "latest", "Smith", "--top", "three"], ["'--top'", "valid integer"]),
+    "huge-integer": (["predict", "latest", "--top", "9" * 100_000], ["'--top'", "maximum size"]),
+    "huge-argument": (["runs", "x" * 100_000], ["unexpected extra argument", "(100,000 characters)"]),
+    "huge-option": (["runs", "--" + "y" * 100_000], ["no such option: --yyy", "(100,002 characters)"]),
+    "temperature-nan": (["sample", "--temperature", "nan"], ["'--temperature'", "finite number", "'nan'"]),
+    "temperature-text": (["sample", "--temperature", "warm"], ["'--temperature'", "'warm'"]),
+    "unknown-option": (["sample", "--tmperature", "1"], ["no such option: --tmperature", "--temperature"]),
+    "unknown-command": (["trian", "x.yaml"], ["no such command 'trian'", "'train'"]),
+    "unknown-subcommand": (["config", "shw"], ["no such command 'shw'", "'show'"]),
+    "missing-argument": (["compare"], ["missing argument 'runs'"]),
+    "missing-config": (["config", "show"], ["missing argument 'config'"]),
+    "missing-option-value": (["predict", "latest", "--top"], ["'--top' requires an argument"]),
+    "extra-argument": (["runs", "extra"], ["unexpected extra argument", "extra"]),
+}
+
+
+@pytest.mark.parametrize("args, needles", USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
+def test_usage_errors_are_one_line(cli, isolated, args, needles):
+    line = assert_one_line_error(cli(*args), *needles)
+    assert len(line) < 200 and "Usage:" not in line and "╭" not in line, line
+    assert run_dirs(isolated) == []
+
+
+def test_usage_errors_point_to_the_commands_help(cli):
+    assert assert_one_line_error(cli("predict", "latest", "--top", "0")).endswith("(see root predict --help)")
+    assert assert_one_line_error(cli("config", "show")).endswith("(see root config show --help)")
+
+
+def test_usage_error_from_the_installed_command(isolated):
+    """The real entry point, not click's test runner: stderr, exit code, nothing on stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "from rnnctl.cli import main; main()", "sample", "--temperature", "nan"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done
+    assert done.stdout == "" and done.stderr.splitlines() == [
+        "error: invalid value for '--temperature': expected a finite number, got 'nan' (see -c sample --help)"
+    ], done.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["predict", "--help"], ["config", "--help"], ["config", "show", "--help"]]
+)
+def test_help_still_works(cli, args):
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.stdout and "error" not in result.output.lower()
+
+
+@pytest.mark.parametrize("args", [[], ["config"]])
+def test_no_arguments_shows_the_help(cli, args):
+    result = cli(*args)
+    assert result.exit_code in (0, 2)  # click's choice for a bare group; what matters is the help text
+    assert "Usage:" in result.output and "Commands" in result.output and "error:" not in result.output
+
+
+def test_every_float_option_refuses_nan():
+    """Each command's float options go through `finite` (nan and inf would reach the model otherwise)."""
+    import typing
+
+    from rnnctl.cli import app, config_app, finite
+
+    floats = []
+    for info in [*app.registered_commands, *config_app.registered_commands]:
+        hints = typing.get_type_hints(info.callback, include_extras=True)
+        for name, hint in hints.items():
+            base, *meta = typing.get_args(hint) or (hint,)
+            if typing.Optional[float] == base or base is float:
+                floats.append(name)
+                assert any(getattr(m, "parser", None) is finite for m in meta), f"{info.callback.__name__}: {name}"
+    assert "temperature" in floats

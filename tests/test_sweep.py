@@ -47,3 +47,67 @@ def test_sweep_argument_errors(cli, isolated):
     assert_one_line_error(cli("sweep", TINY, "--grid", "modle.cell=gru,lstm"), "modle")
     assert_one_line_error(cli("sweep", "--resume", "nope"), "unknown sweep")
     assert not (isolated / "sweeps").exists()
+
+
+def _sweep_config(where, files, epochs: int = 1):
+    import yaml
+
+    config = where / "sweep.yaml"
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"] = {**(raw.get("data") or {}), "path": str(files.train), "test_path": str(files.test)}
+    raw["train"]["epochs"] = epochs
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, tmp_path, isolated):
+    from conftest import make_names_files
+
+    from rnnctl.sweep import member_name
+
+    a, b = make_names_files(tmp_path / "a"), make_names_files(tmp_path / "b" / "[x] y")
+    config = _sweep_config(tmp_path, a)
+    paths = [str(a.train), str(b.train)]  # /tmp/.../a/names_train.csv: the common case that crashed
+    result = cli("sweep", config, "--grid", f"data.path={','.join(paths)}", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    (folder,) = (isolated / "sweeps").iterdir()
+    state = json.loads((folder / "sweep.json").read_text())
+    assert [m["set"]["data.path"] for m in state["members"]] == paths  # the full values
+    assert [m["status"] for m in state["members"]] == ["completed", "completed"]
+    logs = sorted(p.name for p in (folder / "logs").iterdir())  # 000-path=...-a-names_train.csv.log
+    assert logs == [f"{member_name(i, m['set'])}.log" for i, m in enumerate(state["members"])], logs
+    assert logs[0].endswith("-a-names_train.csv.log") and logs[1].endswith("-x-y-names_train.csv.log"), logs
+    runs = {m["run"] for m in state["members"]}
+    assert len(runs) == 2 and all((folder / "runs" / r / "run.json").is_file() for r in runs)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert sorted(g["group"] for g in summary["groups"]) == sorted(f"data.path={p}" for p in paths)
+    assert f"data.path={b.train}" in result.stdout  # "[x]" is shown as it is, not taken for rich markup
+
+
+def test_member_names_are_short_and_plain():
+    from rnnctl.sweep import member_name
+
+    assert member_name(3, {"model.cell": "lstm", "train.seed": "1"}) == "003-cell=lstm-seed=1"
+    assert member_name(0, {"data.path": "a/x.csv"}) == "000-path=a-x.csv"
+    odd = {"data.path": "../../etc/passwd", "name": "ünï cödé [x] *?", "k": "", "z": "-" * 50}
+    name = member_name(12, odd)
+    assert name.startswith("012-") and all(c.isascii() and (c.isalnum() or c in "-_.=") for c in name), name
+    long = member_name(7, {"data.path": "/data/" + "d" * 10_000 + "/set1/train.csv", "x" * 500: "y" * 500})
+    assert long.startswith("007-path=") and "set1-train.csv" in long and len(long) <= 100
+
+
+def test_a_grid_value_that_looks_like_markup_is_reported_as_it_is(cli, tmp_path, names_files, isolated):
+    config = _sweep_config(tmp_path, names_files)
+    result = cli("sweep", config, "--grid", "model.cell=gru,[/]x")  # rich read "[/]" as a closing tag, and crashed
+    assert result.exit_code == 1, result.output  # the second member failed: an unknown cell
+    assert "failed model.cell=[/]x" in result.stdout and "unknown cell '[/]x'" in result.stdout
+    assert "1/2 members completed" in result.stdout
+
+
+def test_a_grid_too_big_for_one_sweep(cli, isolated):
+    seeds = ",".join(str(i) for i in range(1001))
+    assert_one_line_error(cli("sweep", TINY, "--grid", f"train.seed={seeds}"), "--grid", "1,001 combinations")
+    huge = ",".join(str(i) for i in range(100))
+    result = cli("sweep", TINY, *[a for k in ("seed", "epochs", "batch_size") for a in ("--grid", f"train.{k}={huge}")])
+    assert_one_line_error(result, "1,000,000 combinations", "at most 1,000")
+    assert not (isolated / "sweeps").exists()

@@ -8,6 +8,7 @@ Training cuts the text into `train.batch_size` contiguous streams read side by s
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -15,10 +16,12 @@ from pydantic import Field, model_validator
 
 from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_text
-from rnnctl.errors import DataError, RunError
+from rnnctl.errors import DataError, RunError, clip
 from rnnctl.models import CharLM
 from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.tokens import LMMeter, TextBatch
+
+MIN_TEMPERATURE = 1e-6  # float32 logits divided by less overflow to inf (1e-300 crashed the sampler)
 
 
 class CharLMData(DataConfig):
@@ -88,7 +91,7 @@ class CharLMTask:
         stoi = {ch: i for i, ch in enumerate(vocab)}
         unknown = sorted({ch for ch in text if ch not in stoi})
         if unknown:  # only when re-evaluating a run on a changed file
-            raise DataError(f"{path}: characters not in the run's vocabulary: {''.join(unknown)!r}")
+            raise DataError(f"{path}: characters not in the run's vocabulary: {clip(''.join(unknown))}")
         ids = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
         n_val = max(int(len(ids) * data.val_fraction), 2)
         if len(ids) - n_val < 2:
@@ -124,12 +127,18 @@ class CharLMTask:
         """The seed's characters must all be in the run's vocabulary; yields generated characters."""
         if not seed:
             raise RunError("--seed: give at least one character to start from")
-        if temperature <= 0:
-            raise RunError(f"--temperature {temperature}: must be > 0")
+        if not MIN_TEMPERATURE <= temperature < math.inf:  # nan compares false both ways
+            raise RunError(
+                f"--temperature {temperature:g}: expected a finite number > 0, at least {MIN_TEMPERATURE:g} "
+                f"(below that the logits overflow; sampling is greedy in effect already)"
+            )
         stoi = {ch: i for i, ch in enumerate(meta["vocab"])}
         missing = sorted({ch for ch in seed if ch not in stoi})
         if missing:
-            raise RunError(f"--seed: characters not in the run's vocabulary: {' '.join(repr(c) for c in missing)}")
+            shown = " ".join(repr(c) for c in missing[:20]) + (
+                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            )
+            raise RunError(f"--seed: characters not in the run's vocabulary: {shown}")
         vocab = meta["vocab"]
         for idx in model.generate([stoi[ch] for ch in seed], length, temperature, top_k, generator):
             yield vocab[idx]

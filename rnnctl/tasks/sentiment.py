@@ -27,7 +27,7 @@ from pydantic import Field
 
 from rnnctl.config import Config, Section
 from rnnctl.data import cache_dir, download
-from rnnctl.errors import DataError
+from rnnctl.errors import DataError, clip
 from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.classification import ClassifierConfig
@@ -308,11 +308,11 @@ def read_vectors(path: Path, vocab: list[str], dim: int) -> tuple[torch.Tensor, 
                     continue
                 values = rest.split()
                 if len(values) != dim:
-                    raise DataError(f"{path}: line {n}: expected {dim} numbers after {word!r}, got {len(values)}")
+                    raise DataError(f"{path}: line {n}: expected {dim} numbers after {clip(word)}, got {len(values)}")
                 try:
                     vectors.append([float(v) for v in values])
                 except ValueError:
-                    raise DataError(f"{path}: line {n}: not a number among the values of {word!r}") from None
+                    raise DataError(f"{path}: line {n}: not a number among the values of {clip(word)}") from None
                 rows.append(i)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: cannot read: {e}") from None

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from rnnctl.config import Config, DataConfig, ModelConfig
 from rnnctl.data import locate, read_csv
-from rnnctl.errors import DataError, RunError
+from rnnctl.errors import DataError, RunError, clip
 from rnnctl.models import SequenceRegressor
 from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.regression import RegressionMeter, Scale, Windows
@@ -191,11 +191,11 @@ def read_series(
     elif column in names:
         col = names.index(column)
     else:
-        raise DataError(f"data.column: {column!r} is not a column of {path} (columns: {', '.join(names)})")
+        raise DataError(f"data.column: {clip(column)} is not a column of {path} (columns: {_columns(names)})")
     if date_column is not None:
         if date_column not in names:
             raise DataError(
-                f"data.date_column: {date_column!r} is not a column of {path} (columns: {', '.join(names)})"
+                f"data.date_column: {clip(date_column)} is not a column of {path} (columns: {_columns(names)})"
             )
         dcol = names.index(date_column)
     else:
@@ -206,13 +206,13 @@ def read_series(
             raise DataError(f"{path}: row {line}: expected {len(names)} fields, got {len(fields)}")
         raw = fields[col].strip()
         if not raw:
-            raise DataError(f"{path}: row {line}: missing value in column {names[col]!r}")
+            raise DataError(f"{path}: row {line}: missing value in column {clip(names[col])}")
         try:
             value = float(raw)
         except ValueError:
-            raise DataError(f"{path}: row {line}: {raw!r} in column {names[col]!r} is not a number") from None
+            raise DataError(f"{path}: row {line}: {clip(raw)} in column {clip(names[col])} is not a number") from None
         if not math.isfinite(value):
-            raise DataError(f"{path}: row {line}: {raw!r} in column {names[col]!r} is not a finite number")
+            raise DataError(f"{path}: row {line}: {clip(raw)} in column {clip(names[col])} is not a finite number")
         values.append(value)
         lines.append(line)
         if dcol is not None:
@@ -224,7 +224,7 @@ def read_series(
         if len(bad):
             i = int(bad[0]) + 1
             raise DataError(
-                f"{path}: row {lines[i]}: date {dates[i]} does not come after {dates[i - 1]} "
+                f"{path}: row {lines[i]}: date {clip(dates[i])} does not come after {clip(dates[i - 1])} "
                 f"(the rows must be in time order, oldest first)"
             )
     return values, (dates if dcol is not None else None), names[col], lines
@@ -274,6 +274,13 @@ def _season(step: dict[str, Any] | None) -> int:
     if not step or step["n"] != 1:
         return 0
     return {"M": 12, "W": 52, "D": 365, "h": 24}.get(step["unit"], 0)
+
+
+def _columns(names: list[str]) -> str:
+    """The header row as an error lists it: on one line, cut to a short length."""
+    text = ", ".join(names)
+    text = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def _is_number(s: str) -> bool:

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from rnnctl.config import Config, DataConfig
 from rnnctl.data import read_csv, stratified_split
-from rnnctl.errors import DataError
+from rnnctl.errors import DataError, clip
 from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.classification import ClassificationMeter, ClassifierConfig, SequenceSplit, pad, top_k
 from rnnctl.models import RecurrentClassifier
@@ -265,7 +265,9 @@ class TextClassificationTask(ABC):
         class_id = {c: i for i, c in enumerate(classes)}
         for e in [*(train if meta else []), *(val or []), *(test or [])]:
             if e.label not in class_id:
-                raise DataError(f"{e.where}: label {e.label!r} does not occur in the training data ({_few(classes)})")
+                raise DataError(
+                    f"{e.where}: label {clip(e.label)} does not occur in the training data ({_few(classes)})"
+                )
         if test is None:
             train, test = carve(train, class_id, data.test_fraction, data.split_seed)
         if val is None:
