@@ -256,19 +256,18 @@ def test_permission_error_is_one_line(copy_run, cli, monkeypatch):
     assert_one_line_error(cli("train", "--resume", copy_run.name, "--epochs", "4"), LOCK, "Permission denied")
 
 
-def test_files_keep_the_umask(tmp_path):
+def test_files_keep_the_umask(tmp_path, monkeypatch):
     for mask in (0o022, 0o077):
         old = os.umask(mask)
         try:
-            import importlib
-
-            importlib.reload(runs)
+            monkeypatch.setattr(runs, "UMASK", runs._umask())  # what the module reads once at import
             path = tmp_path / f"f-{mask:o}.json"
             runs.write_json(path, {"a": 1})
-            assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+            plain = tmp_path / f"plain-{mask:o}"
+            plain.write_text("x")  # what an ordinary open() gives
+            assert path.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
         finally:
             os.umask(old)
-            importlib.reload(runs)
 
 
 def test_no_write_follows_a_symlink_out_of_the_run(copy_run, cli, tmp_path):
