@@ -312,6 +312,10 @@ def sweep(
     resume: Annotated[
         Optional[str], typer.Option(help="Finish the members of this sweep that did not complete.")
     ] = None,
+    devices: Annotated[
+        Optional[str],
+        typer.Option(help="cuda:0,cuda:1,... or auto (every GPU): one member per device at a time."),
+    ] = None,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import sweep as sweeps
@@ -319,6 +323,7 @@ def sweep(
     from rnnctl.errors import ConfigError
 
     with user_errors():
+        slots = sweeps.parse_devices(devices)  # before any sweep folder exists
         if resume is not None:
             if config is not None or grid:
                 raise ConfigError("--resume finishes a sweep as it was declared: give no CONFIG or --grid")
@@ -328,7 +333,7 @@ def sweep(
                 raise ConfigError("give a CONFIG and --grid key=v1,v2 to sweep, or --resume SWEEP")
             folder = sweeps.create(config, grid or [])
         out.print(f"sweep {folder}", soft_wrap=True)
-        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m))
+        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots)
         views.sweep_summary(out, summary)
         if summary["failed"]:
             raise typer.Exit(1)

@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import statistics
@@ -23,7 +24,7 @@ from typing import Any, Callable
 
 from rnnctl.config import load_config
 from rnnctl.errors import ConfigError, RunError
-from rnnctl.runs import RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
+from rnnctl.runs import FolderLock, RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
 
 
 MAX_MEMBERS = 1000  # combinations in one sweep
@@ -71,10 +72,41 @@ def create(config: Path, grid_items: list[str]) -> Path:
     return folder
 
 
-def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Train every member not yet completed, `jobs` at a time, each with cpu_count // jobs threads."""
+def parse_devices(spec: str | None) -> list[str] | None:
+    """`--devices cuda:0,cuda:1`, `auto` (every CUDA GPU) or None; each listed device is one member's slot."""
+    if spec is None:
+        return None
+    import torch
+
+    if spec.strip() == "auto":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError("--devices auto: this machine has no CUDA GPU (use --jobs to run members side by side)")
+        return [f"cuda:{i}" for i in range(count)]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    for d in devices:
+        kind, _, index = d.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (kind == "cpu" and index):
+            raise ConfigError(f"--devices: {d!r} is not a device (expected cpu, cuda, cuda:N or mps, comma-separated)")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--devices: {d} does not exist here ({torch.cuda.device_count()} CUDA GPUs)")
+    if not devices:
+        raise ConfigError("--devices: give at least one device, e.g. cuda:0,cuda:1, or auto")
+    return devices
+
+
+def run(
+    folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None], devices: list[str] | None = None
+) -> dict[str, Any]:
+    """Train every member not yet completed, `jobs` at a time, each with cpu_count // jobs threads; with
+    `devices`, one member per device at a time (`--set train.device=...`). The sweep folder is locked for
+    the while: a second `sweep --resume` of the same sweep gets one line instead of training members twice."""
     state = read_json(folder / "sweep.json")
     todo = [i for i, m in enumerate(state["members"]) if m["status"] != "completed"]
+    slots: queue.Queue[str | None] = queue.Queue()
+    for device in devices or [None] * jobs:
+        slots.put(device)
+    jobs = slots.qsize()
     threads = max((os.cpu_count() or 1) // jobs, 1)
     lock = threading.Lock()
 
@@ -87,6 +119,9 @@ def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) ->
         cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(folder / "config.yaml"), "--quiet", "--name", name]
         for k, v in member["set"].items():
             cmd += ["--set", f"{k}={v}"]
+        device = slots.get()
+        if device is not None:
+            cmd += ["--set", f"train.device={device}"]
         env = {
             **os.environ,
             "RNNCTL_RUNS": str(folder / "runs"),
@@ -95,18 +130,23 @@ def run(folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None]) ->
         }
         log = folder / "logs" / f"{name}.log"
         log.parent.mkdir(exist_ok=True)
-        with log.open("w", encoding="utf-8") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        try:
+            with log.open("w", encoding="utf-8") as f:
+                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        finally:
+            slots.put(device)
         # the member's folder is the newest one with its (unique) name; parallel members make others
         new = sorted((folder / "runs").glob(f"*-{safe_name(name)}")) if (folder / "runs").exists() else []
         error = next((ln[7:] for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("error: ")), None)
         with lock:
             member.update(status="completed" if rc == 0 else "failed", run=new[-1].name if new else None, exit_code=rc)
             member["error"] = None if rc == 0 else (error or f"exit code {rc}, see {log}")
+            if device is not None:
+                member["device"] = device
             save()
             on_member(member)
 
-    with ThreadPoolExecutor(max_workers=max(jobs, 1)) as pool:
+    with FolderLock(folder, what="sweep"), ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(train, todo))
     return summarize(folder)
 

@@ -111,3 +111,52 @@ def test_a_grid_too_big_for_one_sweep(cli, isolated):
     result = cli("sweep", TINY, *[a for k in ("seed", "epochs", "batch_size") for a in ("--grid", f"train.{k}={huge}")])
     assert_one_line_error(result, "1,000,000 combinations", "at most 1,000")
     assert not (isolated / "sweeps").exists()
+
+
+def tiny_sweep_config(names_files, isolated, epochs: int = 1):
+    import yaml
+
+    config = isolated.parent / "sweep.yaml"
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"] = {**(raw.get("data") or {}), "path": str(names_files.train), "test_path": str(names_files.test)}
+    raw["train"]["epochs"] = epochs
+    config.write_text(yaml.safe_dump(raw))
+    return config
+
+
+def test_devices_give_each_member_a_device_slot(cli, names_files, isolated):
+    config = tiny_sweep_config(names_files, isolated)
+    result = cli("sweep", config, "--grid", "train.seed=1,2,3", "--devices", "cpu,cpu")
+    assert result.exit_code == 0, result.output
+    (folder,) = (isolated / "sweeps").iterdir()
+    state = json.loads((folder / "sweep.json").read_text())
+    assert [m["device"] for m in state["members"]] == ["cpu"] * 3
+    for m in state["members"]:
+        info = json.loads((folder / "runs" / m["run"] / "run.json").read_text())
+        assert "--set train.device=cpu" in info["command"] and info["device"] == "cpu"
+
+
+def test_bad_devices_are_one_line_before_any_sweep_folder(cli, names_files, isolated):
+    config = tiny_sweep_config(names_files, isolated)
+    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1,2", "--devices", "gpu0"), "--devices", "gpu0")
+    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1,2", "--devices", "cuda:7"), "cuda:7")
+    assert not (isolated / "sweeps").exists()
+
+
+def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
+    import subprocess
+    import sys
+
+    config = tiny_sweep_config(names_files, isolated)
+    result = cli("sweep", config, "--grid", "train.seed=1")
+    assert result.exit_code == 0, result.output
+    (folder,) = (isolated / "sweeps").iterdir()
+    hold = "import sys, time; from pathlib import Path; from rnnctl.runs import FolderLock\n"
+    hold += "FolderLock(Path(sys.argv[1]), 'sweep').acquire(); print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert_one_line_error(cli("sweep", "--resume", str(folder)), "another process writes this sweep")
+    finally:
+        holder.kill()
+        holder.wait()
