@@ -85,7 +85,7 @@ def test_nproc_shards_streams_and_carried_state(task, tmp_path, isolated):
             "train.batch_size=6",
         ]
     else:
-        args = [str(CONFIGS / "smoke" / "sincos_tiny.yaml"), "--set", "train.batch_size=6"]
+        args = [str(CONFIGS / "smoke" / "sincos_tiny.yaml"), "--set", "train.batch_size=6", "--set", "data.points=200"]
     single = one_process(args, tmp_path / "single")
     os.environ["RNNCTL_RUNS"] = str(isolated)
     result = run([*RNNCTL, "train", *args, "--quiet", "--nproc", "2"])

@@ -329,6 +329,7 @@ def test_a_forged_checkpoint_is_one_line_everywhere(copy_run, cli, damage, needl
     for args in (
         ["eval", copy_run.name],
         ["predict", copy_run.name, "Nakamura"],
+        ["sample", copy_run.name],
         ["train", "--resume", copy_run.name, "--epochs", "5"],
     ):
         assert_one_line_error(cli(*args), f"{copy_run.name}/checkpoints/", needle)
