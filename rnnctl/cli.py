@@ -38,15 +38,35 @@ class App(TyperGroup):
             return super().invoke(ctx)
 
 
+HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     cls=App,
     help="Train, evaluate and sample recurrent neural networks from YAML experiment configs.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    context_settings=HELP,
 )
-config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(config_app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rnnctl import __version__
+
+        print(f"rnnctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print rnnctl's version and exit.")
+    ] = False,
+) -> None:
+    """Train, evaluate and sample recurrent neural networks from YAML experiment configs."""
+
 
 out = Console(highlight=False)
 if not out.is_terminal:
@@ -114,9 +134,11 @@ def user_errors() -> Iterator[None]:
         except OSError as e:  # a disk or permission fault outside rnnctl's own writers
             where = f"{e.filename}: " if e.filename else ""
             raise fail(f"error: {where}{e.strerror or e}", 1) from None
-        except Terminated:
+        except Terminated as e:
+            _stopped_summary(e, rank)
             raise fail("terminated (SIGTERM)", 143, shared=True) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            _stopped_summary(e, rank)
             raise fail("interrupted", 130, shared=True) from None
         except Exception as e:
             if rank is None:
@@ -126,6 +148,16 @@ def user_errors() -> Iterator[None]:
             raise fail(
                 f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1
             ) from None
+
+
+def _stopped_summary(e: BaseException, rank: int | None) -> None:
+    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one, and how to go on."""
+    summary = getattr(e, "summary", None)
+    if summary and not rank:
+        from rnnctl import views
+
+        views.summary(out, summary)
+        out.print(f"continue with: rnnctl train --resume {summary['id']}", soft_wrap=True)
 
 
 def _peer_gone(e: Exception) -> bool:
@@ -352,7 +384,7 @@ def runs(
     from rnnctl.runs import list_runs
 
     with user_errors():
-        views.run_list(out, list_runs(task=task, status=status, sort=sort))
+        views.run_list(out, list_runs(task=task, status=status, sort=sort), filtered=bool(task or status))
 
 
 @config_app.command("show")

@@ -155,9 +155,11 @@ class Trainer:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
                         self._train_epoch()
                     self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
-                except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+                except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
                     self._emit("on_abort", "interrupted")
                     self._emit("on_finish", "interrupted")  # the best checkpoint is still tested, the plots drawn
+                    if self.world.main:
+                        e.summary = {**self.info, "dir": str(self.run.path)}  # the CLI shows it like a finished run
                     raise
                 except BaseException:
                     self._emit("on_abort", "failed")

@@ -138,9 +138,9 @@ def sweep_summary(console: Console, s: dict[str, Any]) -> None:
         console.print(f"{len(s['failed'])} failed: finish them with `rnnctl sweep --resume {s['dir']}`", soft_wrap=True)
 
 
-def run_list(console: Console, runs: list[dict[str, Any]]) -> None:
+def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = False) -> None:
     if not runs:
-        console.print("no runs yet (train one with `rnnctl train CONFIG`)")
+        console.print("no runs match" if filtered else "no runs yet (train one with `rnnctl train CONFIG`)")
         return
     table = Table(box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole

@@ -239,3 +239,15 @@ class CtrlCAtEpoch(QuietLogger):
 
     def finish(self, summary):
         self.summary = summary
+
+
+def assert_lm_trains_and_samples(cli, tmp_path: Path, cell: str) -> None:
+    """A 2-layer language model of `cell` trains on a tiny text through the CLI, then `sample` streams text."""
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 60)
+    tiny = CONFIGS / "smoke" / "charlm_tiny.yaml"
+    result = cli("train", tiny, "--set", f"data.path={text}", "--set", f"model.cell={cell}", "--set", "model.layers=2")
+    assert result.exit_code == 0, result.output
+    result = cli("sample", "--seed", "the ", "--length", "20", "--rng-seed", "1")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip()) >= 20

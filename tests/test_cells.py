@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, assert_one_line_error, run_dirs
+from conftest import CONFIGS, assert_lm_trains_and_samples, assert_one_line_error, run_dirs
 from torch import nn
 
 from rnnctl import cells
@@ -47,14 +47,7 @@ def test_a_registered_cell_trains_a_bidirectional_classifier(mgu, cli, names_fil
 
 
 def test_a_registered_cell_trains_a_language_model_and_samples(mgu, cli, tmp_path, isolated):
-    text = tmp_path / "text.txt"
-    text.write_text("the cat sat on the mat. " * 60)
-    tiny = CONFIGS / "smoke" / "charlm_tiny.yaml"
-    result = cli("train", tiny, "--set", f"data.path={text}", "--set", f"model.cell={mgu}", "--set", "model.layers=2")
-    assert result.exit_code == 0, result.output
-    result = cli("sample", "--seed", "the ", "--length", "20", "--rng-seed", "1")
-    assert result.exit_code == 0, result.output
-    assert len(result.stdout.strip()) >= 20
+    assert_lm_trains_and_samples(cli, tmp_path, mgu)
 
 
 def test_config_choices_come_from_the_registry(mgu, cli, names_files):

@@ -426,3 +426,18 @@ def test_every_float_option_refuses_nan():
                 floats.append(name)
                 assert any(getattr(m, "parser", None) is finite for m in meta), f"{info.callback.__name__}: {name}"
     assert "temperature" in floats
+
+
+def test_version_and_short_help(cli):
+    from rnnctl import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"rnnctl {__version__}"
+    for args in (["-h"], ["train", "-h"], ["config", "-h"]):
+        result = cli(*args)
+        assert result.exit_code == 0 and "Usage" in result.stdout, args
+
+
+def test_runs_with_a_filter_that_matches_nothing(cli, copy_run):
+    assert cli("runs", "--task", "nosuch").stdout.strip() == "no runs match"
+    assert copy_run.name in cli("runs", "--task", "names").stdout

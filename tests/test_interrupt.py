@@ -46,6 +46,7 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
     assert err.strip().splitlines()[-1] == "interrupted", err
+    assert "interrupted in" in out and "continue with: rnnctl train --resume" in out  # the summary, and how on
 
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CONFIGS, run_dirs
+from conftest import CONFIGS, assert_lm_trains_and_samples, run_dirs
 
 from rnnctl import cells, mincells
 from rnnctl.models import StepwiseRNN
@@ -201,14 +201,7 @@ def test_trains_a_bidirectional_names_classifier(name, cli, names_files, isolate
 
 @pytest.mark.parametrize("name", CELLS)
 def test_trains_a_language_model_and_samples(name, cli, tmp_path, isolated):
-    text = tmp_path / "text.txt"
-    text.write_text("the cat sat on the mat. " * 60)
-    tiny = CONFIGS / "smoke" / "charlm_tiny.yaml"
-    result = cli("train", tiny, "--set", f"data.path={text}", "--set", f"model.cell={name}", "--set", "model.layers=2")
-    assert result.exit_code == 0, result.output
-    result = cli("sample", "--seed", "the ", "--length", "20", "--rng-seed", "1")
-    assert result.exit_code == 0, result.output
-    assert len(result.stdout.strip()) >= 20
+    assert_lm_trains_and_samples(cli, tmp_path, name)
 
 
 def test_sampling_through_the_fused_module_equals_the_stepwise_model():

@@ -8,13 +8,7 @@ from conftest import TINY, assert_one_line_error
 
 
 def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated):
-    import yaml
-
-    config = isolated.parent / "sweep.yaml"  # the tiny config with the generated data in it
-    raw = yaml.safe_load(TINY.read_text())
-    raw["data"] = {**(raw.get("data") or {}), "path": str(names_files.train), "test_path": str(names_files.test)}
-    raw["train"]["epochs"] = 2
-    config.write_text(yaml.safe_dump(raw))
+    config = _sweep_config(isolated.parent, names_files, epochs=2)  # the tiny config with the generated data
     result = cli("sweep", config, "--grid", "model.layers=1,0", "--grid", "train.seed=1,2", "--jobs", "2")
     assert result.exit_code == 1, result.output  # two members failed
     (folder,) = (isolated / "sweeps").iterdir()
@@ -113,19 +107,8 @@ def test_a_grid_too_big_for_one_sweep(cli, isolated):
     assert not (isolated / "sweeps").exists()
 
 
-def tiny_sweep_config(names_files, isolated, epochs: int = 1):
-    import yaml
-
-    config = isolated.parent / "sweep.yaml"
-    raw = yaml.safe_load(TINY.read_text())
-    raw["data"] = {**(raw.get("data") or {}), "path": str(names_files.train), "test_path": str(names_files.test)}
-    raw["train"]["epochs"] = epochs
-    config.write_text(yaml.safe_dump(raw))
-    return config
-
-
 def test_devices_give_each_member_a_device_slot(cli, names_files, isolated):
-    config = tiny_sweep_config(names_files, isolated)
+    config = _sweep_config(isolated.parent, names_files)
     result = cli("sweep", config, "--grid", "train.seed=1,2,3", "--devices", "cpu,cpu")
     assert result.exit_code == 0, result.output
     (folder,) = (isolated / "sweeps").iterdir()
@@ -137,7 +120,7 @@ def test_devices_give_each_member_a_device_slot(cli, names_files, isolated):
 
 
 def test_bad_devices_are_one_line_before_any_sweep_folder(cli, names_files, isolated):
-    config = tiny_sweep_config(names_files, isolated)
+    config = _sweep_config(isolated.parent, names_files)
     assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1,2", "--devices", "gpu0"), "--devices", "gpu0")
     assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1,2", "--devices", "cuda:7"), "cuda:7")
     assert not (isolated / "sweeps").exists()
@@ -147,7 +130,7 @@ def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
     import subprocess
     import sys
 
-    config = tiny_sweep_config(names_files, isolated)
+    config = _sweep_config(isolated.parent, names_files)
     result = cli("sweep", config, "--grid", "train.seed=1")
     assert result.exit_code == 0, result.output
     (folder,) = (isolated / "sweeps").iterdir()
