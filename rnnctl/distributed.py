@@ -51,7 +51,7 @@ def init(device_kind: str) -> World:
     global _WORLD
     if not launched():
         return _WORLD
-    if _WORLD.distributed:
+    if dist.is_initialized():
         return _WORLD
     backend = "nccl" if device_kind == "cuda" else "gloo"
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -91,10 +91,9 @@ def main_only(fn):
 
 
 def shutdown() -> None:
-    global _WORLD
+    """Leave the process group at the end of training; the rank stays known (rank 0 alone shows the result)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _WORLD = World()
 
 
 def shard_bounds(n: int, w: World) -> tuple[int, int]:

@@ -169,6 +169,7 @@ class Trainer:
                         lg.finish({**self.info, "dir": str(self.run.path)})
         finally:
             self.lock.release()
+            distributed.shutdown()  # a rank that leaves with its process group alive can abort (and take rank 0)
         return {**self.info, "dir": str(self.run.path)}
 
     def _train_epoch(self) -> None:
