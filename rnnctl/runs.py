@@ -480,7 +480,6 @@ class FolderLock:
         self.token = uuid.uuid4().hex
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
-        self.took_over: dict[str, Any] | None = None  # the stale holder that `force` displaced
 
     def _record(self) -> dict[str, Any]:
         return {"host": HOST, "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
@@ -533,7 +532,6 @@ class FolderLock:
                 continue
             stale.unlink(missing_ok=True)
             if not gone:
-                self.took_over = {**holder, "age_s": round(age)}
                 _warn(
                     f"{self.folder.name}: took the {self.what} over from {who} (--force; its last heartbeat was "
                     f"{age / 60:.0f} min ago)"
