@@ -4,7 +4,8 @@ Events, in the order the loop sends them to each callback of its list:
 - `on_start`: the run is set up (fresh or resumed) and about to train;
 - `on_evaluation`: a validation at the end of an epoch, or inside one (`train.eval_every`);
 - `on_abort`: Ctrl-C or a failure, before anything else happens (the record says so first);
-- `on_finish`: the wrap-up after the last epoch, an early stop or Ctrl-C.
+- `on_finish`: the wrap-up after the last epoch, an early stop, Ctrl-C, or a callback's `trainer.end_now`
+  (status "pruned": a search trial stopped for its poor start; not tested).
 A callback with a `state_key` keeps state in every checkpoint under that key.
 """
 
@@ -93,7 +94,7 @@ class FinalTest(Callback):
         from rnnctl.inference import evaluate_and_save
 
         splits = [s for s in trainer.task.report_splits if s in trainer.data.splits]
-        if not trainer.run.has_checkpoint("best") or not splits:
+        if status not in ("completed", "interrupted") or not trainer.run.has_checkpoint("best") or not splits:
             return
         ckpt = trainer.run.load_checkpoint("best")
         trainer.model.load_state_dict(ckpt["model"])

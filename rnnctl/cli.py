@@ -372,6 +372,91 @@ def sweep(
 
 
 @app.command()
+def search(
+    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --show.")] = None,
+    space: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--space",
+            metavar="KEY=RANGE",
+            help="A searched key: choice(a,b,..), uniform(lo,hi), loguniform(lo,hi), int(lo,hi[,log]) (repeatable; "
+            "also a search: section of the config).",
+        ),
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="The study's total number of trials, over all its workers.")] = 20,
+    jobs: Annotated[int, typer.Option(min=1, help="Trials run at once here (worker processes; threads split).")] = 1,
+    metric: Annotated[
+        Optional[str], typer.Option(help="The validation metric to optimize, e.g. val_acc; default: the task's.")
+    ] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none: stop poor trials early.")] = "median",
+    study: Annotated[
+        Optional[str], typer.Option(help="The study's name; the same name continues it. Default: the config's stem.")
+    ] = None,
+    storage: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="URL|FILE",
+            help="An Optuna storage: postgresql://..., mysql://..., sqlite:///... or a journal file on a shared "
+            "file system; every machine given the same --storage and --study joins the study. Default: SQLite in "
+            "the study folder.",
+        ),
+    ] = None,
+    timeout: Annotated[
+        Optional[str], typer.Option(metavar="DURATION", help="Start no new trial after this long: 90s, 30m, 2h.")
+    ] = None,
+    devices: Annotated[Optional[str], typer.Option(help="cuda:0,cuda:1,... or auto: one worker per device.")] = None,
+    show: Annotated[
+        Optional[str], typer.Option(metavar="STUDY", help="Print a study's trials and best result again.")
+    ] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Search config values with Optuna: trials as run folders, pruning, parallel and multi-machine studies."""
+    from rnnctl import search as searches
+    from rnnctl import views
+    from rnnctl.errors import ConfigError
+    from rnnctl.sweep import parse_devices
+    from rnnctl.training import stop_signals
+
+    with user_errors():
+        if show is not None:
+            if config is not None or space:
+                raise ConfigError("--show prints a study as it is: give no CONFIG or --space")
+            views.study_summary(out, searches.summarize(searches.resolve_study(show)))
+            return
+        if config is None:
+            raise ConfigError("give a CONFIG and --space KEY=RANGE to search, or --show STUDY")
+        slots = parse_devices(devices)
+        seconds = searches.parse_duration(timeout)
+        found = searches.create(config, space or [], metric, pruner, study, storage, overrides or [])
+        out.print(f"study {found.name}: {found.folder} ({trials} trials, {len(slots or [None] * jobs)} at once here)",
+                  soft_wrap=True)  # fmt: skip
+        metric_name = found.spec["metric"]
+        with stop_signals():
+            searches.run(found, trials, jobs, seconds, slots, lambda t: views.trial_line(out, t, metric_name))
+        views.study_summary(out, searches.summarize(found))
+
+
+@app.command("search-worker", hidden=True)
+def search_worker(
+    folder: Path,
+    trials: Annotated[int, typer.Option()],
+    index: Annotated[int, typer.Option()] = 0,
+    timeout: Annotated[Optional[str], typer.Option()] = None,
+    device: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """One worker process of `rnnctl search --jobs N`: runs the study's trials until it has enough."""
+    from rnnctl import search as searches
+    from rnnctl import views
+    from rnnctl.training import stop_signals
+
+    with user_errors(), stop_signals():
+        found = searches.resolve_study(str(folder))
+        metric_name = found.spec["metric"]
+        searches.worker(found, trials, searches.parse_duration(timeout), index, device,
+                        lambda t: views.trial_line(out, t, metric_name))  # fmt: skip
+
+
+@app.command()
 def runs(
     task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
     status: Annotated[

@@ -143,6 +143,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (task, data, model, ...), got {type(raw).__name__}")
     raw.pop("derived", None)  # written by rnnctl into a run's config.yaml; informative only
+    raw.pop("search", None)  # the space of `rnnctl search` (search.py reads it); a run itself ignores it
     raw.setdefault("name", path.stem)
     return validate(apply_overrides(raw, overrides), source=str(path))
 

@@ -39,6 +39,10 @@ from rnnctl.training import (
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
 
 
+class _EndNow(Exception):
+    """A callback set `trainer.end_now`: the run ends at this validation with that status (a pruned trial)."""
+
+
 class Trainer:
     """A training run: the task's data and model, the optimizer and schedule, progress, callbacks, loggers."""
 
@@ -78,13 +82,17 @@ class Trainer:
             "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": mode,
         }  # fmt: skip
         self.stopped_early: dict[str, Any] | None = None
+        self.end_now: str | None = None  # set by a callback: end the run at once with this status ("pruned")
         self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
         self.clock = time.perf_counter()
 
     @classmethod
-    def start(cls, cfg: Config, command: str, loggers: list[Logger], root=None) -> Trainer:
-        """A new run in a new run folder."""
+    def start(
+        cls, cfg: Config, command: str, loggers: list[Logger], root=None, callbacks: list[Callback] = ()
+    ) -> Trainer:
+        """A new run in a new run folder; `callbacks` come after the default ones (a search's pruning)."""
         self = cls(cfg, loggers)
+        self.callbacks += callbacks
         processes = distributed.describe(self.device)
 
         def create() -> str:  # rank 0 alone owns the run folder
@@ -155,6 +163,8 @@ class Trainer:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
                         self._train_epoch()
                     self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
+                except _EndNow:
+                    self._emit("on_finish", self.end_now)  # recorded and plotted; not tested
                 except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM
                     self._emit("on_abort", "interrupted")
                     self._emit("on_finish", "interrupted")  # the best checkpoint is still tested, the plots drawn
@@ -247,6 +257,8 @@ class Trainer:
             self._emit("on_evaluation", Point(row, step, value, improved, end_of_epoch))
             for lg in self.loggers:
                 lg.epoch(row)
+        if self.end_now:
+            raise _EndNow()
 
     def _row(self, step, train, val, lr, fraction, epoch_stats) -> dict[str, Any]:
         """One metrics row, in the column order of metrics.csv."""
@@ -303,8 +315,10 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
 
 
-def train(cfg: Config, command: str, loggers: list[Logger], root=None) -> dict[str, Any]:
-    return Trainer.start(cfg, command, loggers, root).fit()
+def train(
+    cfg: Config, command: str, loggers: list[Logger], root=None, callbacks: list[Callback] = ()
+) -> dict[str, Any]:
+    return Trainer.start(cfg, command, loggers, root, callbacks).fit()
 
 
 def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False) -> dict[str, Any]:

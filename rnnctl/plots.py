@@ -267,3 +267,32 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class")
     _save(fig, path)
     return path
+
+
+def study(s: Any, folder: Path, metric: str) -> list[Path]:
+    """Optuna's own figures of a study (its matplotlib backend): the optimization history, the parameters'
+    importance and the parallel coordinates. A figure the trials cannot support yet (importance needs two
+    completed trials that differ) is left out."""
+    import warnings
+
+    from optuna.visualization import matplotlib as ov
+
+    written = []
+    for stem, draw in (
+        ("history", ov.plot_optimization_history),
+        ("importance", ov.plot_param_importances),
+        ("parallel", ov.plot_parallel_coordinate),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw(s, target_name=metric)
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue
+        fig = (ax[0] if hasattr(ax, "__len__") else ax).get_figure()
+        fig.suptitle(f"study {s.study_name}: {stem}", fontsize=10)
+        fig.set_size_inches(8, 5)
+        path = folder / f"{stem}.png"
+        _save(fig, path)
+        written.append(path)
+    return written

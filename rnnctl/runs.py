@@ -76,6 +76,9 @@ def now() -> str:
     return dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+GROUPS = ("sweeps", "studies")  # folders of runs/ whose members are runs too: runs/<group>/<name>/runs/<run>
+
+
 def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ENV, "runs"))
 
@@ -232,9 +235,11 @@ class RunFolder:
 
     @property
     def sweep(self) -> str | None:
-        """The sweep (or search) this run is a member of: runs/sweeps/<sweep>/runs/<run>."""
+        """The sweep or search study this run is a member of: runs/sweeps/<sweep>/runs/<run>, or
+        runs/studies/<study>/runs/<run>."""
         parent = self.path.parent
-        return parent.parent.name if parent.name == "runs" and parent.parent.parent.name == "sweeps" else None
+        member = parent.name == "runs" and parent.parent.parent.name in GROUPS
+        return parent.parent.name if member else None
 
     def exists(self) -> bool:
         return (self.path / "run.json").is_file()
@@ -594,15 +599,17 @@ def _alive(pid: int | None, host: str | None) -> bool:
 
 
 def all_runs(root: Path | None = None) -> list[RunFolder]:
-    """Run folders under the root and the members of its sweeps (`sweeps/*/runs/*`), oldest first: by the
-    second in the folder name, then by the exact start."""
+    """Run folders under the root and the members of its sweeps and studies (`sweeps/*/runs/*`,
+    `studies/*/runs/*`), oldest first: by the second in the folder name, then by the exact start."""
     root = root or runs_root()
     if not root.is_dir():
         return []
     folders = [p for p in root.iterdir() if p.is_dir()]
-    sweeps = root / "sweeps"
-    if sweeps.is_dir():
-        folders += [p for s in sweeps.iterdir() if (s / "runs").is_dir() for p in (s / "runs").iterdir() if p.is_dir()]
+    for group in GROUPS:
+        if (root / group).is_dir():
+            folders += [
+                p for s in (root / group).iterdir() if (s / "runs").is_dir() for p in (s / "runs").iterdir() if p.is_dir()
+            ]
     runs = [RunFolder(p) for p in folders]
     runs = [r for r in runs if r.exists()]
     created = {r: r.info().get("created_ns") for r in runs}

@@ -166,3 +166,53 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
             f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s, fmt_duration(r.get("duration")),
         )  # fmt: skip
     console.print(table)
+
+
+STATUS_COLORS = {"completed": "green", "pruned": "yellow", "failed": "red", "running": "cyan", "waiting": "white"}
+
+
+def trial_line(console: Console, t: dict[str, Any], metric: str) -> None:
+    """One finished trial of a search, as it finishes."""
+    what = escape(" ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in t["params"].items()))
+    value = f"{metric} {t['value']:.4f}" if isinstance(t.get("value"), float) and t["value"] == t["value"] else "-"
+    color = STATUS_COLORS.get(t["status"], "white")
+    console.print(
+        f"  trial {t['number']:>3} [{color}]{t['status']:<9}[/] {value:<18} {what}  {fmt_duration(t.get('seconds'))}",
+        soft_wrap=True,
+    )
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def study_summary(console: Console, s: dict[str, Any]) -> None:
+    """The trials of a search, best first, and where its results are."""
+    metric, keys = s["metric"], list(dict.fromkeys(k for t in s["trials"] for k in t["params"]))
+    table = Table(box=None, header_style="bold")
+    for col in ("trial", "status", metric, *(k.split(".")[-1] for k in keys), "time", "run"):
+        table.add_column(col, no_wrap=True, justify="left" if col in ("status", "run") else "right")
+    sign = -1 if s["direction"] == "maximize" else 1
+    finite = lambda t: isinstance(t["value"], float) and t["value"] == t["value"]  # noqa: E731
+    order = sorted(s["trials"], key=lambda t: (not finite(t), sign * t["value"] if finite(t) else 0, t["number"]))
+    for t in order:
+        color = STATUS_COLORS.get(t["status"], "white")
+        table.add_row(
+            str(t["number"]), f"[{color}]{t['status']}[/]", f"{t['value']:.4f}" if finite(t) else "-",
+            *(escape(_short(t["params"].get(k, "-"))) for k in keys), fmt_duration(t.get("seconds")),
+            escape(t["run"] or "-"),
+        )  # fmt: skip
+    console.print(table)
+    counts = {}
+    for t in s["trials"]:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    console.print(
+        f"study {s['name']}: {', '.join(f'{n} {k}' for k, n in counts.items()) or 'no trials yet'} "
+        f"(storage {s['storage']})",
+        soft_wrap=True,
+    )
+    if s["best"]:
+        b = s["best"]
+        console.print(f"best: trial {b['number']}, {metric} {b['value']:.4f}; config: {s['best_yaml']}", soft_wrap=True)
+    if s["plots"]:
+        console.print(f"plots: {', '.join(str(p) for p in s['plots'])}", soft_wrap=True)

@@ -1,0 +1,286 @@
+"""rnnctl search: an Optuna study whose trials are run folders; pruning, workers that share one storage,
+a killed worker whose trial is run again, a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from conftest import TINY, assert_one_line_error
+
+SPACE = ["--space", "optim.lr=choice(0.00001,0.05)", "--space", "model.hidden_size=int(8,16)"]
+
+
+def _env(root: Path, **more: str) -> dict[str, str]:
+    return {**os.environ, "RNNCTL_RUNS": str(root), "OMP_NUM_THREADS": "1", "COLUMNS": "1000", **more}
+
+
+def _rnnctl(*args, env, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "rnnctl.cli", *map(str, args)], env=env, capture_output=True, text=True, **kw
+    )
+
+
+def _study(folder: Path, name: str, storage: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage or f"sqlite:///{folder / 'study.db'}")
+
+
+def _states(study: optuna.Study) -> list[str]:
+    return [t.state.name for t in study.trials if not t.system_attrs.get("rnnctl_skipped")]
+
+
+def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, names_files, isolated):
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=4", *SPACE, "--trials", "6", "--jobs", "2"]
+    result = _rnnctl("search", *args, env=_env(isolated))
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = isolated / "studies" / "names_tiny"
+    study = _study(folder, "names_tiny")
+    states = _states(study)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 6, states  # the study's total, over both workers
+    assert "PRUNED" in states, states  # lr 1e-5 stays at chance: the median pruner stops it
+    assert len({t.user_attrs["pid"] for t in study.trials if "pid" in t.user_attrs}) == 2  # two workers ran trials
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    info = json.loads((folder / "runs" / pruned.user_attrs["run"] / "run.json").read_text())
+    assert info["status"] == "pruned" and info["epochs_done"] < 4 and "test" not in info  # stopped, kept, not tested
+    for t in study.trials:  # every trial is a run folder of the config with the trial's values
+        if "run" in t.user_attrs:
+            cfg = yaml.safe_load((folder / "runs" / t.user_attrs["run"] / "config.yaml").read_text())
+            assert cfg["optim"]["lr"] == float(t.params["optim.lr"])
+            assert cfg["model"]["hidden_size"] == t.params["model.hidden_size"]
+    best = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best["optim"]["lr"] == 0.05 and "search" not in best and "derived" not in best
+    assert best["train"]["epochs"] == 4 and best["data"]["path"] == str(names_files.train)
+    for plot in ("history", "parallel"):
+        assert (folder / f"{plot}.png").stat().st_size > 1000
+    assert "best: trial" in result.stdout and "pruned" in result.stdout
+
+    # the trials are runs like any other: listed, evaluated by id, and the best config trains as is
+    listed = cli("runs")
+    assert listed.exit_code == 0 and listed.stdout.count("trial-") == 6, listed.stdout
+    completed = next(t for t in study.trials if t.state.name == "COMPLETE")
+    assert cli("eval", completed.user_attrs["run"]).exit_code == 0
+    shown = cli("config", "show", folder / "best.yaml")
+    assert shown.exit_code == 0, shown.output
+    again = cli("search", "--show", "names_tiny")
+    assert again.exit_code == 0 and again.stdout.count("pruned") >= 1 and "best: trial" in again.stdout
+    # the same command again: the study has its 6 trials and trains nothing more
+    result = _rnnctl("search", *args, env=_env(isolated))
+    assert result.returncode == 0 and len(_states(_study(folder, "names_tiny"))) == len(states)
+
+
+def test_two_processes_join_one_study_through_a_journal_file(names_files, isolated, tmp_path):
+    journal = tmp_path / "shared" / "journal.log"
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=2", *SPACE, "--trials", "5", "--pruner", "none"]
+    args += ["--storage", journal, "--study", "together"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)],
+            env=_env(tmp_path / f"machine-{i}"),  # two machines: their own run folders, one storage
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name="together", storage=storage)
+    assert _states(study).count("COMPLETE") == 5, _states(study)  # stopped together at the study's total
+    pids = {t.user_attrs["pid"] for t in study.trials if t.state.name == "COMPLETE"}
+    assert len(pids) == 2, pids  # both took part
+    ran = [len(list((tmp_path / f"machine-{i}" / "studies" / "together" / "runs").iterdir())) for i in range(2)]
+    assert sum(ran) == 5 and min(ran) >= 1
+
+
+def test_a_killed_worker_s_trial_is_failed_by_its_heartbeat_and_run_again(names_files, isolated):
+    env = _env(isolated, RNNCTL_SEARCH_HEARTBEAT="1")
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=30", "--space", "optim.lr=choice(0.01)"]
+    args += ["--trials", "1", "--pruner", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
+    folder = isolated / "studies" / "names_tiny"
+    deadline = time.time() + 120
+    while not list((folder / "runs").glob("*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()  # SIGKILL: no wrap-up, the trial stays `running` in the storage
+    proc.wait()
+    assert _states(_study(folder, "names_tiny")) == ["RUNNING"]
+    time.sleep(4)  # more than three missed heartbeats
+    result = _rnnctl("search", *args[:-4], "--set", "train.epochs=2", "--trials", "1", "--pruner", "none", env=env)
+    # (another --set on the same command would be another study: the epochs stay 30 in the study's config)
+    assert result.returncode == 1 and "another config_text" in result.stderr, result.stderr
+    result = _rnnctl("search", *args, "--timeout", "1s", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = _study(folder, "names_tiny")
+    first, retry = study.trials[:2]
+    assert first.state.name == "FAIL" and retry.state.name == "COMPLETE"
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+
+
+def test_sigterm_stops_the_search_and_the_same_command_finishes_it(names_files, isolated):
+    env = _env(isolated)
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=40", "--space", "optim.lr=choice(0.01)"]
+    args += ["--trials", "1", "--pruner", "none", "--timeout", "1s"]
+    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
+    folder = isolated / "studies" / "names_tiny"
+    deadline = time.time() + 120
+    while not list((folder / "runs").glob("*/metrics.jsonl")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    study = _study(folder, "names_tiny")
+    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]  # the trial's values are queued again
+    (run,) = (folder / "runs").iterdir()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_a_search_section_in_the_config_is_the_space(cli, names_files, isolated, tmp_path):
+    config = tmp_path / "searched.yaml"
+    raw = yaml.safe_load(TINY.read_text())
+    raw["search"] = {"model.cell": "choice(rnn,gru)"}
+    raw["train"]["epochs"] = 1
+    config.write_text(yaml.safe_dump(raw))
+    assert cli("train", config, *names_files.set_args()).exit_code == 0  # a run ignores the section
+    result = cli("search", config, *names_files.set_args(), "--trials", "2", "--pruner", "none")
+    assert result.exit_code == 0, result.output
+    study = _study(isolated / "studies" / "searched", "searched")
+    assert _states(study) == ["COMPLETE", "COMPLETE"]
+    assert {t.params["model.cell"] for t in study.trials} <= {"rnn", "gru"}
+    spec = json.loads((isolated / "studies" / "searched" / "study.json").read_text())
+    assert spec["space"] == {"model.cell": "choice(rnn,gru)"} and "search:" in spec["config_text"]
+
+
+@pytest.mark.parametrize(
+    "space, needles",
+    [
+        ("model.cell=choice(rnn,gruu)", ["model.cell", "gruu"]),
+        ("nosuch.key=choice(1,2)", ["nosuch"]),
+        ("optim.lr=loguniform(0,1)", ["lo > 0"]),
+        ("optim.lr=uniform(1,0.5)", ["lo < hi"]),
+        ("model.hidden_size=int(8,x)", ["integers"]),
+        ("model.layers=int(1,3,square)", ["lo,hi[,log]"]),
+        ("optim.lr=normal(0,1)", ["choice(a,b,...)"]),
+        ("model.hidden_size=int(0,16)", ["model.hidden_size", "0"]),
+    ],
+)
+def test_a_space_the_config_rejects_is_one_line_before_any_trial(cli, names_files, isolated, space, needles):
+    assert_one_line_error(cli("search", TINY, *names_files.set_args(), "--space", space), *needles)
+    assert not (isolated / "studies").exists() or not list((isolated / "studies").glob("*/runs"))
+
+
+def test_search_argument_errors(cli, names_files, isolated):
+    base = [TINY, *names_files.set_args()]
+    assert_one_line_error(cli("search", *base), "--space")
+    assert_one_line_error(cli("search", *base, "--space", "model.cell=choice(gru)", "--metric", "test_acc"), "val_")
+    assert_one_line_error(cli("search", *base, "--space", "model.cell=choice(gru)", "--pruner", "x"), "--pruner")
+    assert_one_line_error(cli("search", *base, "--space", "model.cell=choice(gru)", "--timeout", "soon"), "--timeout")
+    assert_one_line_error(cli("search", "--show", "nosuch"), "nosuch")
+    assert_one_line_error(cli("search"), "--show")
+    bad = cli("search", *base, "--space", "model.cell=choice(gru)", "--storage", "postgresql://u:secret@127.0.0.1:1/x")
+    line = assert_one_line_error(bad, "--storage", "cannot open")
+    assert "secret" not in line  # the password is not printed
+    # a study of that name with another space: one line, nothing trained
+    assert cli("search", *base, "--space", "model.cell=choice(gru)", "--trials", "1", "--set", "train.epochs=1")
+    other = cli("search", *base, "--space", "model.cell=choice(rnn)", "--set", "train.epochs=1")
+    assert_one_line_error(other, "another", "--study")
+
+
+def test_a_metric_the_task_does_not_log_is_one_line(cli, names_files, isolated):
+    result = cli("search", TINY, *names_files.set_args(), "--space", "model.cell=choice(gru)", "--metric", "val_bpc")
+    assert_one_line_error(result, "val_bpc", "val_acc")
+
+
+def test_spaces_durations_and_directions():
+    from rnnctl.errors import ConfigError
+    from rnnctl.search import direction, parse_duration, parse_param
+
+    p = parse_param("model.hidden_size", "int(16,512,log)", "--space")
+    assert (p.kind, p.low, p.high, p.log, p.edges()) == ("int", 16, 512, True, ["16", "512"])
+    assert parse_param("k", "choice(a, b)", "x").choices == ("a", "b")
+    assert parse_param("k", "loguniform(1e-4,1e-2)", "x").spec == "loguniform(0.0001,0.01)"
+    assert parse_duration("30m") == 1800 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+    assert direction("val_acc", "acc", "max") == "maximize" and direction("val_loss", "acc", "max") == "minimize"
+    assert direction("val_bpc", "loss", "min") == "minimize"
+    with pytest.raises(ConfigError):
+        parse_param("k", "choice(a,a)", "x")
+    with pytest.raises(ConfigError):
+        parse_duration("0s")
+
+
+def test_the_journal_storage_finds_a_trial_whose_heartbeat_stopped(tmp_path, monkeypatch):
+    from rnnctl.search import open_storage
+
+    monkeypatch.setenv("RNNCTL_SEARCH_HEARTBEAT", "1")
+    storage = open_storage(str(tmp_path / "j.log"))
+    study = optuna.create_study(storage=storage, study_name="s")
+    alive, dead = study.ask(), study.ask()
+    storage.record_heartbeat(dead._trial_id)
+    storage.record_heartbeat(alive._trial_id)
+    time.sleep(3.2)
+    storage.record_heartbeat(alive._trial_id)
+    assert storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+
+
+# -- a real PostgreSQL server -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A PostgreSQL cluster of its own in a temp dir (initdb, pg_ctl); skipped where they are missing. As
+    root (CI's containers), the server runs as the `postgres` user, which initdb requires."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not (initdb and pg_ctl):
+        for base in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+            initdb, pg_ctl = str(base / "initdb"), str(base / "pg_ctl")
+            break
+    if not (initdb and Path(initdb).exists() and pg_ctl and Path(pg_ctl).exists()):
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed (Debian: apt-get install postgresql)")
+    psycopg = pytest.importorskip("psycopg")  # SQLAlchemy's driver for postgresql:// (extra rnnctl[postgres])
+    home = Path(tempfile.mkdtemp(prefix="rnnctl-pg-"))  # not under pytest's 0700 folders: the server's user reads it
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            pytest.skip("running as root without runuser: initdb refuses root")
+        prefix = [runuser, "-u", "postgres", "--"]
+        shutil.chown(home, "postgres")
+    data, port = home / "data", _free_port()
+    made = subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "rnnctl"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", "start"],
+                   check=True, capture_output=True)  # fmt: skip
+    try:
+        with psycopg.connect(host="127.0.0.1", port=port, user="rnnctl", dbname="postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE studies")
+        yield f"postgresql://rnnctl@127.0.0.1:{port}/studies"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def test_a_study_on_a_real_postgresql_server(names_files, isolated, postgres, tmp_path):
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=1", "--space", "model.cell=choice(rnn,gru)"]
+    args += ["--trials", "3", "--jobs", "2", "--pruner", "none", "--storage", postgres, "--study", "pg"]
+    result = _rnnctl("search", *args, env=_env(isolated))
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="pg", storage=postgres)
+    assert _states(study).count("COMPLETE") == 3
+    shown = _rnnctl("search", "--show", "pg", env=_env(isolated))
+    assert shown.returncode == 0 and "3 completed" in shown.stdout and "postgresql://" in shown.stdout
