@@ -608,7 +608,11 @@ def all_runs(root: Path | None = None) -> list[RunFolder]:
     for group in GROUPS:
         if (root / group).is_dir():
             folders += [
-                p for s in (root / group).iterdir() if (s / "runs").is_dir() for p in (s / "runs").iterdir() if p.is_dir()
+                p
+                for s in (root / group).iterdir()
+                if (s / "runs").is_dir()
+                for p in (s / "runs").iterdir()
+                if p.is_dir()
             ]
     runs = [RunFolder(p) for p in folders]
     runs = [r for r in runs if r.exists()]

@@ -88,7 +88,9 @@ def test_two_processes_join_one_study_through_a_journal_file(names_files, isolat
         subprocess.Popen(
             [sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)],
             env=_env(tmp_path / f"machine-{i}"),  # two machines: their own run folders, one storage
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )  # fmt: skip
         for i in range(2)
     ]
@@ -261,7 +263,9 @@ def postgres():
         prefix = [runuser, "-u", "postgres", "--"]
         shutil.chown(home, "postgres")
     data, port = home / "data", _free_port()
-    made = subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "rnnctl"], capture_output=True, text=True)
+    made = subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "rnnctl"], capture_output=True, text=True
+    )
     assert made.returncode == 0, made.stderr
     opts = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
     subprocess.run([*prefix, pg_ctl, "-D", str(data), "-o", opts, "-l", str(home / "log"), "-w", "start"],
