@@ -348,6 +348,9 @@ def sweep(
         Optional[str],
         typer.Option(help="cuda:0,cuda:1,... or auto (every GPU): one member per device at a time."),
     ] = None,
+    metric: Annotated[
+        Optional[str], typer.Option(help="The validation metric that ranks the groups; default: the task's.")
+    ] = None,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import sweep as sweeps
@@ -356,6 +359,8 @@ def sweep(
 
     with user_errors():
         slots = sweeps.parse_devices(devices)  # before any sweep folder exists
+        if metric is not None and not metric.startswith("val_"):
+            raise ConfigError(f"--metric {metric}: a sweep ranks its groups on validation: give a val_* metric")
         if resume is not None:
             if config is not None or grid:
                 raise ConfigError("--resume finishes a sweep as it was declared: give no CONFIG or --grid")
@@ -365,7 +370,7 @@ def sweep(
                 raise ConfigError("give a CONFIG and --grid key=v1,v2 to sweep, or --resume SWEEP")
             folder = sweeps.create(config, grid or [])
         out.print(f"sweep {folder}", soft_wrap=True)
-        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots)
+        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots, metric=metric)
         views.sweep_summary(out, summary)
         if summary["failed"]:
             raise typer.Exit(1)

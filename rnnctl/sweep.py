@@ -59,8 +59,13 @@ def create(config: Path, grid_items: list[str]) -> Path:
     n = math.prod(len(v) for v in grid.values())
     if n > MAX_MEMBERS:
         raise ConfigError(f"--grid: {n:,} combinations are too many for one sweep (at most {MAX_MEMBERS:,})")
-    load_config(config, [f"{k}={v[0]}" for k, v in grid.items()])  # the file and the keys are valid
     members = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    for m in members:  # every combination is a valid config before anything trains
+        try:
+            load_config(config, [f"{k}={v}" for k, v in m.items()])
+        except ConfigError as e:
+            what = " ".join(f"{k}={v}" for k, v in m.items())
+            raise ConfigError(f"--grid {what}: {str(e).splitlines()[0]}") from None
     folder = new_folder(sweeps_root(), config.stem, what="sweep")
     shutil.copy(config, folder / "config.yaml")
     state = {
@@ -96,7 +101,11 @@ def parse_devices(spec: str | None) -> list[str] | None:
 
 
 def run(
-    folder: Path, jobs: int, on_member: Callable[[dict[str, Any]], None], devices: list[str] | None = None
+    folder: Path,
+    jobs: int,
+    on_member: Callable[[dict[str, Any]], None],
+    devices: list[str] | None = None,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Train every member not yet completed, `jobs` at a time, each with cpu_count // jobs threads; with
     `devices`, one member per device at a time (`--set train.device=...`). The sweep folder is locked for
@@ -148,41 +157,57 @@ def run(
 
     with FolderLock(folder, what="sweep"), ThreadPoolExecutor(max_workers=jobs) as pool:
         list(pool.map(train, todo))
-    return summarize(folder)
+    return summarize(folder, metric)
 
 
-def summarize(folder: Path) -> dict[str, Any]:
-    """Group members by the swept keys other than the seed: mean and std of each group's test metric
-    (or best validation metric, for tasks without a test split); one overlay plot of all curves."""
+def summarize(folder: Path, metric: str | None = None) -> dict[str, Any]:
+    """Group members by the swept keys other than the seed: mean and std of each group's best validation
+    `metric` (default: the one the task picks its best epoch by), best group first; the test figure of the
+    same name is shown beside it, never ranked on. One overlay plot of all curves."""
     from rnnctl import plots
+    from rnnctl.search import direction
 
     state = read_json(folder / "sweep.json")
     keys = [k for k in state["grid"] if k != "train.seed"]
     groups: dict[str, list[float]] = {}
-    metric = None
+    tests: dict[str, list[float]] = {}
+    goal = None
     curves = []
     for m in state["members"]:
         if m["status"] != "completed" or not m.get("run"):
             continue
         member = RunFolder(folder / "runs" / m["run"])
-        info = member.info()
+        info, rows = member.info(), member.rows()
         best = info.get("best") or {}
-        name = best.get("metric", "val_loss").removeprefix("val_")
-        test = (info.get("test") or {}).get(name)
-        metric = f"test_{name}" if test is not None else best.get("metric")
-        value = test if test is not None else best.get("value")
+        monitored = best.get("metric", "val_loss")
+        metric = metric or monitored
+        goal = direction(metric, monitored.removeprefix("val_"), best.get("mode", "min"))
+        if metric == monitored:
+            value = best.get("value")
+        else:
+            values = [r[metric] for r in rows if isinstance(r.get(metric), (int, float))]
+            if not values:
+                known = ", ".join(k for k in (rows[0] if rows else {}) if k.startswith("val_"))
+                raise ConfigError(f"--metric {metric}: the members log {known}")
+            value = max(values) if goal == "maximize" else min(values)
         label = ", ".join(f"{k}={m['set'][k]}" for k in keys) or "all"
         groups.setdefault(label, []).append(value)
-        curves.append((m["run"], member.rows()))
+        test = (info.get("test") or {}).get(metric.removeprefix("val_"))
+        if isinstance(test, (int, float)):
+            tests.setdefault(label, []).append(test)
+        curves.append((m["run"], rows))
     rows = [
-        {"group": g, "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+        {
+            "group": g, "n": len(v), "mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0,
+            "test_mean": statistics.fmean(tests[g]) if g in tests else None,
+        }
         for g, v in groups.items()
-    ]
+    ]  # fmt: skip
+    rows.sort(key=lambda r: -r["mean"] if goal == "maximize" else r["mean"])  # the best group first
     failed = [{"set": m["set"], "error": m.get("error")} for m in state["members"] if m["status"] == "failed"]
-    summary = {"metric": metric, "groups": rows, "failed": failed, "members": len(state["members"])}
+    summary = {"metric": metric, "direction": goal, "groups": rows, "failed": failed, "members": len(state["members"])}
     if curves:
-        val_metric = (RunFolder(folder / "runs" / curves[0][0]).info().get("best") or {}).get("metric", "val_loss")
-        plots.compare(curves, val_metric, folder / "summary.png")
+        plots.compare(curves, metric, folder / "summary.png")
     atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=lambda x: None) + "\n")
     return {**summary, "dir": str(folder)}
 

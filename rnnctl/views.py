@@ -125,10 +125,12 @@ def sweep_member(console: Console, m: dict[str, Any]) -> None:
 
 def sweep_summary(console: Console, s: dict[str, Any]) -> None:
     table = Table(box=None, header_style="bold")
-    for col in ("group", "runs", f"{s['metric']} mean", "std"):
+    test = f"test_{str(s['metric']).removeprefix('val_')}"
+    for col in ("group", "runs", f"{s['metric']} mean", "std", f"({test})"):
         table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
-    for g in sorted(s["groups"], key=lambda g: -g["mean"] if not str(s["metric"]).endswith("loss") else g["mean"]):
-        table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}")
+    for g in s["groups"]:  # best first, by the validation metric
+        shown = "-" if g.get("test_mean") is None else f"{g['test_mean']:.4f}"
+        table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}", shown)
     console.print(table)
     done = s["members"] - len(s["failed"])
     console.print(

@@ -7,32 +7,47 @@ import json
 from conftest import TINY, assert_one_line_error
 
 
-def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated):
+def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated, tmp_path):
     config = _sweep_config(isolated.parent, names_files, epochs=2)  # the tiny config with the generated data
-    result = cli("sweep", config, "--grid", "model.layers=1,0", "--grid", "train.seed=1,2", "--jobs", "2")
+    missing = tmp_path / "gone" / "names.csv"  # a valid config whose data is not there: fails when it trains
+    paths = f"data.path={names_files.train},{missing}"
+    result = cli("sweep", config, "--grid", paths, "--grid", "train.seed=1,2", "--jobs", "2")
     assert result.exit_code == 1, result.output  # two members failed
     (folder,) = (isolated / "sweeps").iterdir()
     state = json.loads((folder / "sweep.json").read_text())
-    statuses = {(m["set"]["model.layers"], m["set"]["train.seed"]): m["status"] for m in state["members"]}
-    assert statuses == {("1", "1"): "completed", ("1", "2"): "completed", ("0", "1"): "failed", ("0", "2"): "failed"}
-    assert all("model.layers" in m["error"] for m in state["members"] if m["status"] == "failed")
+    statuses = {(m["set"]["data.path"] == str(missing), m["set"]["train.seed"]): m["status"] for m in state["members"]}
+    assert statuses == {(False, "1"): "completed", (False, "2"): "completed", (True, "1"): "failed", (True, "2"): "failed"}
+    assert all("names.csv" in m["error"] for m in state["members"] if m["status"] == "failed")
     runs = sorted(p.name for p in (folder / "runs").iterdir())
     assert len(runs) == 2 and len({m["run"] for m in state["members"] if m["run"]}) == 2  # one folder each
     summary = json.loads((folder / "summary.json").read_text())
     (group,) = summary["groups"]  # grouped by the swept keys other than the seed
-    assert group["group"] == "model.layers=1" and group["n"] == 2 and group["std"] >= 0
-    accs = [json.loads((folder / "runs" / r / "run.json").read_text())["test"]["acc"] for r in runs]
-    assert abs(group["mean"] - sum(accs) / 2) < 1e-12 and summary["metric"] == "test_acc"
+    assert group["group"] == f"data.path={names_files.train}" and group["n"] == 2 and group["std"] >= 0
+    infos = [json.loads((folder / "runs" / r / "run.json").read_text()) for r in runs]
+    assert summary["metric"] == "val_acc" and summary["direction"] == "maximize"  # validation, never test
+    assert abs(group["mean"] - sum(i["best"]["value"] for i in infos) / 2) < 1e-12
+    assert abs(group["test_mean"] - sum(i["test"]["acc"] for i in infos) / 2) < 1e-12  # shown, not ranked on
     assert (folder / "summary.png").stat().st_size > 0
     assert "2/4 members completed" in result.stdout and "--resume" in result.stdout
 
     # a member that never ran (the sweep was stopped): --resume trains it and only it
     state["members"][0].update(status="pending", run=None)
     (folder / "sweep.json").write_text(json.dumps(state))
-    result = cli("sweep", "--resume", str(folder))
+    result = cli("sweep", "--resume", str(folder), "--metric", "val_loss")
     state = json.loads((folder / "sweep.json").read_text())
     assert state["members"][0]["status"] == "completed"
     assert len(list((folder / "runs").iterdir())) == 3
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["metric"] == "val_loss" and summary["direction"] == "minimize"
+
+
+def test_every_combination_is_validated_before_anything_trains(cli, names_files, isolated):
+    config = _sweep_config(isolated.parent, names_files)
+    result = cli("sweep", config, "--grid", "model.cell=rnn,gruu", "--grid", "train.seed=1,2")
+    assert_one_line_error(result, "--grid model.cell=gruu train.seed=1", "gruu")
+    assert_one_line_error(cli("sweep", config, "--grid", "model.layers=1,0"), "model.layers=0")
+    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1", "--metric", "test_acc"), "val_")
+    assert not (isolated / "sweeps").exists()
 
 
 def test_sweep_argument_errors(cli, isolated):
@@ -93,9 +108,7 @@ def test_member_names_are_short_and_plain():
 def test_a_grid_value_that_looks_like_markup_is_reported_as_it_is(cli, tmp_path, names_files, isolated):
     config = _sweep_config(tmp_path, names_files)
     result = cli("sweep", config, "--grid", "model.cell=gru,[/]x")  # rich read "[/]" as a closing tag, and crashed
-    assert result.exit_code == 1, result.output  # the second member failed: an unknown cell
-    assert "failed model.cell=[/]x" in result.stdout and "unknown cell '[/]x'" in result.stdout
-    assert "1/2 members completed" in result.stdout
+    assert_one_line_error(result, "--grid model.cell=[/]x", "'[/]x'")  # refused before training, shown as it is
 
 
 def test_a_grid_too_big_for_one_sweep(cli, isolated):
