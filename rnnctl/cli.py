@@ -47,7 +47,7 @@ app = typer.Typer(
     add_completion=False,
     context_settings=HELP,
 )
-config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True, context_settings=HELP)
+config_app = typer.Typer(help="List, copy and inspect experiment configs.", no_args_is_help=True, context_settings=HELP)
 app.add_typer(config_app, name="config")
 
 
@@ -77,6 +77,7 @@ Overrides = Annotated[
     Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")
 ]
 RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest'.")]
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config: a YAML file, or a shipped config's name.")]
 
 
 def finite(text: str) -> float:
@@ -188,7 +189,10 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(help="Experiment config: a YAML file or a shipped config's name; not with --resume."),
+    ] = None,
     overrides: Overrides = None,
     name: Annotated[
         Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")
@@ -336,7 +340,10 @@ def compare(
 
 @app.command()
 def sweep(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(help="Experiment config: a YAML file or a shipped config's name; not with --resume."),
+    ] = None,
     grid: Annotated[
         Optional[list[str]], typer.Option("--grid", help="key=v1,v2,...: a swept config key (repeatable).")
     ] = None,
@@ -388,14 +395,36 @@ def runs(
 
 
 @config_app.command("show")
-def config_show(
-    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], overrides: Overrides = None
-) -> None:
+def config_show(config: ConfigArg, overrides: Overrides = None) -> None:
     """Print the resolved, validated config (defaults filled in, overrides applied)."""
     from rnnctl.config import dump_yaml, load_config
 
     with user_errors():
         out.print(dump_yaml(load_config(config, overrides or []).to_dict()), end="", markup=False)
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """List the configs shipped with rnnctl: the name to train or copy, and what it trains."""
+    from rnnctl import views
+    from rnnctl.config import describe, shipped_configs
+
+    with user_errors():
+        views.config_list(out, [(name, describe(path)) for name, path in shipped_configs().items()])
+
+
+@config_app.command("cp")
+def config_cp(
+    name: Annotated[str, typer.Argument(help="A shipped config's name, e.g. names_gru (see `rnnctl config list`).")],
+    dest: Annotated[
+        Optional[Path], typer.Argument(help="File or folder to copy it to; default: ./NAME.yaml. Never overwritten.")
+    ] = None,
+) -> None:
+    """Copy a shipped config into a file of your own to edit (an existing file is never overwritten)."""
+    from rnnctl.config import copy_shipped
+
+    with user_errors():
+        out.print(f"copied {name} to {copy_shipped(name, dest)}", markup=False, soft_wrap=True)
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -166,3 +166,14 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
             f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s, fmt_duration(r.get("duration")),
         )  # fmt: skip
     console.print(table)
+
+
+def config_list(console: Console, configs: list[tuple[str, str]]) -> None:
+    """The shipped configs: name (what `train` and `config cp` take) and description."""
+    table = Table(box=None, header_style="bold")
+    table.add_column("config", no_wrap=True)
+    table.add_column("description")
+    for name, description in configs:
+        table.add_row(name, Text(description))
+    console.print(table)
+    console.print("train one with `rnnctl train NAME`; copy it to edit with `rnnctl config cp NAME`", soft_wrap=True)
