@@ -21,6 +21,7 @@ from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
 
 from rnnctl import inference, training
 from rnnctl.config import load_config
+from rnnctl.errors import ConfigError
 from rnnctl.models import CharLM
 from rnnctl.tasks import get_task
 from rnnctl.tasks.charlm import CharLMModel, StreamSplit
@@ -267,6 +268,19 @@ def test_train_on_empty_text_is_refused(cli, tmp_path, isolated):
     result = cli("train", CHARLM_TINY, "--set", f"data.path={empty}")
     assert_one_line_error(result, str(empty), "no text")
     assert run_dirs(isolated) == []
+
+
+def test_max_chars_reads_the_beginning_of_the_text(tmp_path):
+    text = gen_text(3000, seed=5)
+    path = write_text(tmp_path / "t.txt", text)
+    task = get_task("charlm")
+    cut = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}", "data.max_chars=1000"]))
+    assert cut.derived["characters"] == {"train": 900, "val": 100}
+    assert cut.meta["vocab"] == sorted(set(text[:1000]))
+    whole = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}"]))  # the shipped 20,000 > 3,000: all of it
+    assert sum(whole.derived["characters"].values()) == len(text) > 1000
+    with pytest.raises(ConfigError, match=r"data\.max_chars: Input should be greater than or equal to 2"):
+        load_config(CHARLM_TINY, ["data.max_chars=1"])
 
 
 def test_eval_charlm_run_on_val(cli, char_run, isolated):
