@@ -55,13 +55,13 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     console.print(f"saved: {saved}", soft_wrap=True)
 
 
-def stream_samples(stream: TextIO, seed: str, samples: Iterator[Iterator[str]], num: int) -> None:
-    """Each sample as it is generated: the seed, then one character at a time."""
+def stream_samples(stream: TextIO, prompt: str, samples: Iterator[Iterator[str]], num: int) -> None:
+    """Each sample as it is generated: the prompt, then one character at a time."""
     for i, chars in enumerate(samples):
         first = next(chars, "")  # a bad argument raises here, before anything is printed
         if num > 1:
             stream.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
-        stream.write(seed + first)
+        stream.write(prompt + first)
         for ch in chars:
             stream.write(ch)
             stream.flush()

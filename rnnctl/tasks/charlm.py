@@ -129,7 +129,7 @@ class CharLMTask:
     ) -> Iterator[str]:
         """The seed's characters must all be in the run's vocabulary; yields generated characters."""
         if not seed:
-            raise RunError("--seed: give at least one character to start from")
+            raise RunError("--prompt: give at least one character to start from")
         if not MIN_TEMPERATURE <= temperature < math.inf:  # nan compares false both ways
             raise RunError(
                 f"--temperature {temperature:g}: expected a finite number > 0, at least {MIN_TEMPERATURE:g} "
@@ -141,7 +141,7 @@ class CharLMTask:
             shown = " ".join(repr(c) for c in missing[:20]) + (
                 f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             )
-            raise RunError(f"--seed: characters not in the run's vocabulary: {shown}")
+            raise RunError(f"--prompt: characters not in the run's vocabulary: {shown}")
         vocab = meta["vocab"]
         for idx in model.generate([stoi[ch] for ch in seed], length, temperature, top_k, generator):
             yield vocab[idx]
