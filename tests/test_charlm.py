@@ -291,7 +291,7 @@ def test_max_chars_reads_the_beginning_of_the_text(tmp_path):
     cut = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}", "data.max_chars=1000"]))
     assert cut.derived["characters"] == {"train": 900, "val": 100}
     assert cut.meta["vocab"] == sorted(set(text[:1000]))
-    whole = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}"]))  # the shipped 20,000 > 3,000: all of it
+    whole = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}"]))  # the shipped 10,000 > 3,000: all of it
     assert sum(whole.derived["characters"].values()) == len(text) > 1000
     with pytest.raises(ConfigError, match=r"data\.max_chars: Input should be greater than or equal to 2"):
         load_config(CHARLM_TINY, ["data.max_chars=1"])
