@@ -14,7 +14,7 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from rnnctl.errors import RnnctlError, RunFileWarning
 
@@ -22,6 +22,45 @@ try:  # recent typer carries its own copy of click
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover
     from click.exceptions import UsageError
+
+
+class Option(TyperOption):
+    """An option as `--help` shows it: its METAVAR, none for a flag (typer writes `<bool>`), and a default that
+    would break the line (a newline) escaped as Python writes it: '\\n'."""
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and self.metavar is None else super().display_type_rich(ctx)
+
+    def _get_default_string(self, *, ctx, show_default_is_str, default_value):
+        if isinstance(default_value, str) and not default_value.isprintable():
+            return repr(default_value)
+        return super()._get_default_string(
+            ctx=ctx, show_default_is_str=show_default_is_str, default_value=default_value
+        )
+
+
+class Argument(TyperArgument):
+    """An argument as `--help` shows it: its METAVAR alone (typer adds `<path>`, `<list[str]>`), `...` after
+    one that repeats."""
+
+    def display_type_rich(self, ctx):
+        return "..." if self.nargs != 1 and self.metavar is not None else None
+
+
+def readable(params: list) -> list:
+    """typer's own parameters as the readable kinds above: every command's, and the options typer adds
+    (--help, --install-completion, --show-completion), which no declaration reaches."""
+    for p in params:
+        if type(p) is TyperOption:
+            p.__class__ = Option  # a subclass that only changes how help shows it
+        elif type(p) is TyperArgument:
+            p.__class__ = Argument
+    return params
+
+
+class Command(TyperCommand):
+    def get_params(self, ctx):
+        return readable(super().get_params(ctx))
 
 
 class App(TyperGroup):
@@ -37,6 +76,9 @@ class App(TyperGroup):
         with usage_errors():
             return super().invoke(ctx)
 
+    def get_params(self, ctx):
+        return readable(super().get_params(ctx))
+
 
 HELP = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
@@ -44,10 +86,11 @@ app = typer.Typer(
     help="Train, evaluate and sample recurrent neural networks from YAML experiment configs.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    add_completion=False,
     context_settings=HELP,
 )
-config_app = typer.Typer(help="Inspect experiment configs.", no_args_is_help=True, context_settings=HELP)
+config_app = typer.Typer(
+    cls=App, help="List, copy and inspect experiment configs.", no_args_is_help=True, context_settings=HELP
+)
 app.add_typer(config_app, name="config")
 
 
@@ -74,9 +117,14 @@ if not out.is_terminal:
 err = Console(stderr=True, highlight=False)
 
 Overrides = Annotated[
-    Optional[list[str]], typer.Option("--set", help="Override a config key: --set model.cell=lstm (repeatable).")
+    Optional[list[str]],
+    typer.Option("--set", metavar="KEY=VALUE", help="Override a config key: --set model.cell=lstm (repeatable)."),
 ]
-RunRef = Annotated[str, typer.Argument(help="Run id, run folder path, or 'latest'.")]
+RunRef = Annotated[str, typer.Argument(metavar="RUN", help="Run id, run folder path, or 'latest'.")]
+ConfigArg = Annotated[
+    Path, typer.Argument(metavar="CONFIG", help="Experiment config: a YAML file, or a shipped config's name.")
+]
+Checkpoint = Annotated[str, typer.Option(metavar="best|last", help="Which checkpoint of the run.")]
 
 
 def finite(text: str) -> float:
@@ -186,24 +234,35 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
         warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="CONFIG", help="Experiment config: a YAML file or a shipped config's name; not with --resume."
+        ),
+    ] = None,
     overrides: Overrides = None,
     name: Annotated[
-        Optional[str], typer.Option(help="Run name (folder suffix); default: the config's name or file stem.")
+        Optional[str],
+        typer.Option(metavar="NAME", help="Run name (folder suffix); default: the config's name or file stem."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch output; only the final summary.")] = False,
     resume: Annotated[
-        Optional[str], typer.Option(help="Continue this run (id, path or 'latest') from its last checkpoint.")
+        Optional[str],
+        typer.Option(metavar="RUN", help="Continue this run (id, path or 'latest') from its last checkpoint."),
     ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="With --resume: train up to this many epochs in all.")] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option(metavar="N", help="With --resume: train up to this many epochs in all.")
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: take over a run whose lock holder stopped its heartbeat.")
     ] = False,
     nproc: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Train on this many processes of this machine (torchrun); one GPU each on CUDA."),
+        typer.Option(
+            min=1, metavar="N", help="Train on this many processes of this machine (torchrun); one GPU each on CUDA."
+        ),
     ] = None,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
@@ -237,12 +296,13 @@ def train(
             views.summary(out, result)
 
 
-@app.command("eval")
+@app.command("eval", cls=Command)
 def eval_(
     run: RunRef = "latest",
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    checkpoint: Checkpoint = "best",
     split: Annotated[
-        Optional[str], typer.Option(help="test or val; default: test, or val for a task without a test split.")
+        Optional[str],
+        typer.Option(metavar="test|val", help="The split; default: test, or val for a task without a test split."),
     ] = None,
 ) -> None:
     """Re-evaluate a saved run on a split and save the result in its folder."""
@@ -255,18 +315,21 @@ def eval_(
         views.eval_report(out, loaded.dir, report, saved)
 
 
-@app.command()
+@app.command(cls=Command)
 def predict(
     run: RunRef,
-    inputs: Annotated[Optional[list[str]], typer.Argument(help="Inputs to classify, e.g. surnames or reviews.")] = None,
+    inputs: Annotated[
+        Optional[list[str]], typer.Argument(metavar="INPUT", help="Inputs to classify, e.g. surnames or reviews.")
+    ] = None,
     file: Annotated[
-        Optional[Path], typer.Option("--file", help="Also classify each non-blank line of this file.")
+        Optional[Path], typer.Option("--file", metavar="PATH", help="Also classify each non-blank line of this file.")
     ] = None,
-    top: Annotated[int, typer.Option(min=1, help="How many classes to show per input.")] = 3,
+    top: Annotated[int, typer.Option(min=1, metavar="N", help="How many classes to show per input.")] = 3,
     horizon: Annotated[
-        Optional[int], typer.Option(help="Series runs: forecast this many steps past the end of the data.")
+        Optional[int],
+        typer.Option(metavar="N", help="Series runs: forecast this many steps past the end of the data."),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    checkpoint: Checkpoint = "best",
 ) -> None:
     """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
     from rnnctl import views
@@ -289,41 +352,62 @@ def predict(
         views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
 
 
-@app.command()
+@app.command(cls=Command)
 def sample(
+    ctx: typer.Context,
     run: Annotated[
         Optional[str],
-        typer.Argument(help="Run id, path or 'latest'; default: the newest completed language-model run."),
+        typer.Argument(
+            metavar="RUN", help="Run id, path or 'latest'; default: the newest completed language-model run."
+        ),
     ] = None,
-    seed: Annotated[
-        str, typer.Option("--seed", help="Text to start from; the model reads it before generating.")
+    prompt: Annotated[
+        str, typer.Option("--prompt", metavar="TEXT", help="Text to start from; the model reads it before generating.")
     ] = "\n",
-    length: Annotated[int, typer.Option(min=0, help="Characters to generate per sample.")] = 500,
+    old_prompt: Annotated[
+        Optional[str], typer.Option("--seed", metavar="TEXT", hidden=True, help="The old name of --prompt.")
+    ] = None,
+    length: Annotated[int, typer.Option(min=0, metavar="N", help="Characters to generate per sample.")] = 500,
     temperature: Annotated[
-        float, typer.Option(parser=finite, help="Softmax temperature (> 0): lower is more conservative.")
+        float, typer.Option(parser=finite, metavar="T", help="Softmax temperature (> 0): lower is more conservative.")
     ] = 1.0,
-    top_k: Annotated[int, typer.Option(min=0, help="Sample among the k most likely characters only; 0: all.")] = 0,
-    num: Annotated[int, typer.Option(min=1, help="How many samples.")] = 1,
+    top_k: Annotated[
+        int, typer.Option(min=0, metavar="K", help="Sample among the k most likely characters only; 0: all.")
+    ] = 0,
+    num: Annotated[int, typer.Option(min=1, metavar="N", help="How many samples.")] = 1,
     rng_seed: Annotated[
         Optional[int],
-        typer.Option(min=0, max=2**32 - 1, help="Seed for the sampler: the same seed gives the same text."),
+        typer.Option(
+            min=0, max=2**32 - 1, metavar="N", help="Seed for the sampler: the same seed gives the same text."
+        ),
     ] = None,
-    checkpoint: Annotated[str, typer.Option(help="best or last.")] = "best",
+    checkpoint: Checkpoint = "best",
 ) -> None:
     """Generate text from a character language model, streaming it to the terminal."""
     from rnnctl import views
+    from rnnctl.errors import RunError
     from rnnctl.inference import LoadedRun, latest_language_model_run
 
     with user_errors():
+        if old_prompt is not None:  # `--seed` was the prompt's name; it read like --rng-seed
+            if ctx.get_parameter_source("prompt").name != "DEFAULT":
+                raise RunError("--seed is the old name of --prompt: give --prompt alone")
+            err.print(
+                "note: --seed is now --prompt (the text to start from); --rng-seed seeds the sampler",
+                markup=False,
+                soft_wrap=True,
+            )
+            prompt = old_prompt
         loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
-        views.stream_samples(sys.stdout, seed, loaded.samples(seed, length, temperature, top_k, num, rng_seed), num)
+        views.stream_samples(sys.stdout, prompt, loaded.samples(prompt, length, temperature, top_k, num, rng_seed), num)
 
 
-@app.command()
+@app.command(cls=Command)
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Two or more run ids, paths, or 'latest'.")],
+    runs: Annotated[list[str], typer.Argument(metavar="RUN", help="Two or more run ids, paths, or 'latest'.")],
     metric: Annotated[
-        Optional[str], typer.Option(help="A metrics column, e.g. val_acc; default: the first run's.")
+        Optional[str],
+        typer.Option(metavar="COLUMN", help="A metrics column, e.g. val_acc; default: the first run's."),
     ] = None,
 ) -> None:
     """Overlay several runs' curves (by epoch and by training time) and tabulate best and final values."""
@@ -334,22 +418,31 @@ def compare(
         views.comparison(out, *compare_runs(runs, metric))
 
 
-@app.command()
+@app.command(cls=Command)
 def sweep(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --resume.")] = None,
-    grid: Annotated[
-        Optional[list[str]], typer.Option("--grid", help="key=v1,v2,...: a swept config key (repeatable).")
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(
+            metavar="CONFIG", help="Experiment config: a YAML file or a shipped config's name; not with --resume."
+        ),
     ] = None,
-    jobs: Annotated[int, typer.Option(min=1, help="Members trained at once (the CPU threads are split).")] = 1,
+    grid: Annotated[
+        Optional[list[str]],
+        typer.Option("--grid", metavar="KEY=V1,V2", help="A swept config key and its values (repeatable)."),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Members trained at once (the CPU threads are split).")
+    ] = 1,
     resume: Annotated[
-        Optional[str], typer.Option(help="Finish the members of this sweep that did not complete.")
+        Optional[str], typer.Option(metavar="SWEEP", help="Finish the members of this sweep that did not complete.")
     ] = None,
     devices: Annotated[
         Optional[str],
-        typer.Option(help="cuda:0,cuda:1,... or auto (every GPU): one member per device at a time."),
+        typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto (every GPU): one member per device at a time."),
     ] = None,
     metric: Annotated[
-        Optional[str], typer.Option(help="The validation metric that ranks the groups; default: the task's.")
+        Optional[str],
+        typer.Option(metavar="METRIC", help="The validation metric that ranks the groups; default: the task's."),
     ] = None,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
@@ -376,9 +469,12 @@ def sweep(
             raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 def search(
-    config: Annotated[Optional[Path], typer.Argument(help="Experiment config (YAML); not with --show.")] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="CONFIG", help="Experiment config: a YAML file or a shipped config's name."),
+    ] = None,
     space: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -388,14 +484,22 @@ def search(
             "also a search: section of the config).",
         ),
     ] = None,
-    trials: Annotated[int, typer.Option(min=1, help="The study's total number of trials, over all its workers.")] = 20,
-    jobs: Annotated[int, typer.Option(min=1, help="Trials run at once here (worker processes; threads split).")] = 1,
+    trials: Annotated[
+        int, typer.Option(min=1, metavar="N", help="The study's total number of trials, over all its workers.")
+    ] = 20,
+    jobs: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Trials run at once here (worker processes; threads split).")
+    ] = 1,
     metric: Annotated[
-        Optional[str], typer.Option(help="The validation metric to optimize, e.g. val_acc; default: the task's.")
+        Optional[str],
+        typer.Option(metavar="METRIC", help="The validation metric to optimize, e.g. val_acc; default: the task's."),
     ] = None,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none: stop poor trials early.")] = "median",
+    pruner: Annotated[
+        str, typer.Option(metavar="median|hyperband|none", help="Stop poor trials early (none: never).")
+    ] = "median",
     study: Annotated[
-        Optional[str], typer.Option(help="The study's name; the same name continues it. Default: the config's stem.")
+        Optional[str],
+        typer.Option(metavar="NAME", help="The study's name; the same name continues it. Default: the config's stem."),
     ] = None,
     storage: Annotated[
         Optional[str],
@@ -409,7 +513,9 @@ def search(
     timeout: Annotated[
         Optional[str], typer.Option(metavar="DURATION", help="Start no new trial after this long: 90s, 30m, 2h.")
     ] = None,
-    devices: Annotated[Optional[str], typer.Option(help="cuda:0,cuda:1,... or auto: one worker per device.")] = None,
+    devices: Annotated[
+        Optional[str], typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto: one worker per device.")
+    ] = None,
     show: Annotated[
         Optional[str], typer.Option(metavar="STUDY", help="Print a study's trials and best result again.")
     ] = None,
@@ -441,7 +547,7 @@ def search(
         views.study_summary(out, searches.summarize(found))
 
 
-@app.command("search-worker", hidden=True)
+@app.command("search-worker", hidden=True, cls=Command)
 def search_worker(
     folder: Path,
     trials: Annotated[int, typer.Option()],
@@ -461,13 +567,19 @@ def search_worker(
                         lambda t: views.trial_line(out, t, metric_name))  # fmt: skip
 
 
-@app.command()
+@app.command(cls=Command)
 def runs(
-    task: Annotated[Optional[str], typer.Option(help="Only runs of this task.")] = None,
+    task: Annotated[Optional[str], typer.Option(metavar="TASK", help="Only runs of this task.")] = None,
     status: Annotated[
-        Optional[str], typer.Option(help="Only runs with this status (completed, interrupted, ...).")
+        Optional[str],
+        typer.Option(metavar="STATUS", help="Only runs with this status (completed, interrupted, ...)."),
     ] = None,
-    sort: Annotated[str, typer.Option(help="created, best (best validation metric first) or duration.")] = "created",
+    sort: Annotated[
+        str,
+        typer.Option(
+            metavar="created|best|duration", help="Order: by start, best validation metric first, or duration."
+        ),
+    ] = "created",
 ) -> None:
     """List run folders: id, task, status, epochs, best validation metric, test metric, duration."""
     from rnnctl import views
@@ -477,10 +589,35 @@ def runs(
         views.run_list(out, list_runs(task=task, status=status, sort=sort), filtered=bool(task or status))
 
 
-@config_app.command("show")
-def config_show(
-    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")], overrides: Overrides = None
+@config_app.command("list", cls=Command)
+def config_list() -> None:
+    """List the configs shipped with rnnctl: the name to train or copy, and what it trains."""
+    from rnnctl import views
+    from rnnctl.config import describe, shipped_configs
+
+    with user_errors():
+        views.config_list(out, [(name, describe(path)) for name, path in shipped_configs().items()])
+
+
+@config_app.command("cp", cls=Command)
+def config_cp(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="A shipped config's name, e.g. names_gru (see `rnnctl config list`).")
+    ],
+    dest: Annotated[
+        Optional[Path],
+        typer.Argument(metavar="DEST", help="File or folder to copy it to; default: ./NAME.yaml. Never overwritten."),
+    ] = None,
 ) -> None:
+    """Copy a shipped config into a file of your own to edit (an existing file is never overwritten)."""
+    from rnnctl.config import copy_shipped
+
+    with user_errors():
+        out.print(f"copied {name} to {copy_shipped(name, dest)}", markup=False, soft_wrap=True)
+
+
+@config_app.command("show", cls=Command)
+def config_show(config: ConfigArg, overrides: Overrides = None) -> None:
     """Print the resolved, validated config (defaults filled in, overrides applied)."""
     from rnnctl.config import dump_yaml, load_config
 

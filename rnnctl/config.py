@@ -1,4 +1,5 @@
-"""The experiment config: typed sections, YAML loading and dotted `key=value` overrides.
+"""The experiment config: typed sections, YAML loading and dotted `key=value` overrides, and the configs
+shipped inside the package (rnnctl/configs), found by name.
 
 Validated once, here, at the edge: past `load_config` code reads `cfg.train.lr`, never a dict.
 Each task contributes its own `data` and `model` sections (subclasses of the bases below), so
@@ -11,7 +12,8 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from pathlib import Path
+from importlib import resources
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -120,8 +122,8 @@ def _config_class(spec: Any) -> type[Config]:
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config file, apply `key=value` overrides, validate."""
-    path = Path(path)
+    """Read a YAML config file (or the shipped config of that name), apply `key=value` overrides, validate."""
+    path = config_path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -146,6 +148,75 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raw.pop("search", None)  # the space of `rnnctl search` (search.py reads it); a run itself ignores it
     raw.setdefault("name", path.stem)
     return validate(apply_overrides(raw, overrides), source=str(path))
+
+
+# -- the configs shipped with rnnctl -----------------------------------------------------------------
+
+
+def shipped_configs() -> dict[str, Path]:
+    """The configs inside the package by name, top level first: `names_gru`, ..., `smoke/names_tiny` (the
+    path under rnnctl/configs without `.yaml`)."""
+    root = Path(str(resources.files("rnnctl") / "configs"))
+    names = {p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*.yaml")}
+    return {name: names[name] for name in sorted(names, key=lambda n: (n.count("/"), n))}
+
+
+def describe(path: Path) -> str:
+    """A config's one-line description: the first line of its leading comment ('' without one)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        if text := line.lstrip("#").strip():
+            return text
+    return ""
+
+
+def shipped_config(name: str) -> Path:
+    """The shipped config called `name` (`.yaml` may be added); a ConfigError names the closest one."""
+    shipped = shipped_configs()
+    path = shipped.get(name.removesuffix(".yaml"))
+    if path is None:
+        raise ConfigError(
+            f"unknown config {clip(name)}{_suggest(name[:100], shipped)}; `rnnctl config list` shows them"
+        )
+    return path
+
+
+def config_path(ref: str | Path) -> Path:
+    """The file a CONFIG argument means: the path when something is there, else the shipped config of that name."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    shipped = shipped_configs()
+    name = str(ref).removesuffix(".yaml")
+    if name in shipped:
+        return shipped[name]
+    close = difflib.get_close_matches(name[:100], list(shipped), n=1, cutoff=0.6)
+    hint = (
+        f"did you mean the shipped config '{close[0]}'?" if close else "nor a shipped config: see `rnnctl config list`"
+    )
+    raise ConfigError(f"{path}: config file not found ({hint})")
+
+
+def copy_shipped(name: str, dest: Path | None = None) -> Path:
+    """Copy a shipped config as it is (comments kept) to `dest` (a file or a folder; default ./NAME.yaml) and
+    return where; an existing file is never overwritten."""
+    src = shipped_config(name)
+    file_name = f"{PurePosixPath(name).name.removesuffix('.yaml')}.yaml"
+    dest = Path(file_name) if dest is None else dest / file_name if dest.is_dir() else dest
+    try:
+        f = dest.open("xb")  # exclusive: fails rather than replace a file, even one made a moment ago
+    except FileExistsError:
+        raise ConfigError(f"{dest} exists: not overwritten (give another DEST, or remove it first)") from None
+    except OSError as e:
+        raise ConfigError(f"{dest}: cannot write: {e.strerror or e}") from None
+    try:
+        with f:
+            f.write(src.read_bytes())
+    except OSError as e:  # a full disk: no half a config left behind
+        dest.unlink(missing_ok=True)
+        raise ConfigError(f"{dest}: cannot write: {e.strerror or e}") from None
+    return dest
 
 
 def _cut(match: re.Match) -> str:

@@ -17,17 +17,20 @@ import sys
 import zlib
 from http.client import HTTPException
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 
 import torch
 import torch.hub
 
-from rnnctl.errors import DataError
+from rnnctl.errors import DataError, clip
 
 DATA_ENV = "RNNCTL_DATA"
 CACHE = Path("data")  # the download cache, relative to the current folder, when $RNNCTL_DATA is not set
 TIMEOUT_S = 30  # a silent network fails after this long instead of hanging
+
+
+PACKAGED = "packaged:"  # a config's path `packaged:NAME[/FILE]`: a data set shipped inside rnnctl
 
 
 def packaged(dataset: str) -> Path:
@@ -35,13 +38,34 @@ def packaged(dataset: str) -> Path:
     return Path(str(resources.files("rnnctl") / "datasets" / dataset))
 
 
+def packaged_sets() -> list[str]:
+    return sorted(p.name for p in packaged("").iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
+
+
+def user_path(path: str, key: str) -> Path:
+    """A path from a config (`key` names it in errors): a file or folder that must exist, or `packaged:NAME`
+    (`packaged:NAME/FILE`), a data set shipped inside rnnctl, wherever it is installed."""
+    if not path.startswith(PACKAGED):
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise DataError(f"{key}: {p} does not exist")
+        return p
+    name, _, rest = path.removeprefix(PACKAGED).partition("/")
+    inside = PurePosixPath(rest)
+    if (
+        name not in packaged_sets()
+        or inside.is_absolute()
+        or ".." in inside.parts
+        or not (packaged(name) / rest).exists()
+    ):
+        raise DataError(f"{key}: no packaged data {clip(path)} (packaged data sets: {', '.join(packaged_sets())})")
+    return packaged(name) / rest
+
+
 def locate(dataset: str, path: str | None) -> Path:
     """Where a task reads its data: `data.path` if given, else $RNNCTL_DATA/<dataset>, else the packaged copy."""
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DataError(f"data.path: {p} does not exist")
-        return p
+        return user_path(path, "data.path")
     root = os.environ.get(DATA_ENV)
     if root:
         p = Path(root).expanduser() / dataset

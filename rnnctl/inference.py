@@ -105,7 +105,7 @@ class LoadedRun:
 
     def _instead(self) -> str:
         if isinstance(self.task, Samples):
-            return "it generates text: use `rnnctl sample RUN --seed TEXT`"
+            return "it generates text: use `rnnctl sample RUN --prompt TEXT`"
         if isinstance(self.task, Forecasts):
             return "it forecasts: use `rnnctl predict RUN --horizon N`"
         return "`rnnctl eval RUN` shows how well it fits"

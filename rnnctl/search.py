@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rnnctl.callbacks import Callback, Point
-from rnnctl.config import apply_overrides, dump_yaml, load_config, load_yaml
+from rnnctl.config import apply_overrides, config_path, dump_yaml, load_config, load_yaml
 from rnnctl.errors import ConfigError, DivergedError, RunError, StorageError, Terminated
 from rnnctl.runs import HOST, atomic_write, read_json, runs_root, safe_name
 
@@ -327,6 +327,7 @@ def create(
 
     from rnnctl.tasks import get_task
 
+    config = config_path(config)  # a file, or a shipped config's name
     cfg = load_config(config, overrides)  # the file itself is valid
     text = config.read_text(encoding="utf-8")
     raw = load_yaml(text) or {}

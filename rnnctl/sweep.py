@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnctl.config import load_config
+from rnnctl.config import config_path, load_config
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.runs import FolderLock, RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
 
@@ -53,6 +53,7 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
 
 
 def create(config: Path, grid_items: list[str]) -> Path:
+    config = config_path(config)  # a file, or a shipped config's name
     grid = parse_grid(grid_items)
     if not grid:
         raise ConfigError("sweep: give at least one --grid key=v1,v2")

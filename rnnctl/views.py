@@ -55,13 +55,13 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     console.print(f"saved: {saved}", soft_wrap=True)
 
 
-def stream_samples(stream: TextIO, seed: str, samples: Iterator[Iterator[str]], num: int) -> None:
-    """Each sample as it is generated: the seed, then one character at a time."""
+def stream_samples(stream: TextIO, prompt: str, samples: Iterator[Iterator[str]], num: int) -> None:
+    """Each sample as it is generated: the prompt, then one character at a time."""
     for i, chars in enumerate(samples):
         first = next(chars, "")  # a bad argument raises here, before anything is printed
         if num > 1:
             stream.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
-        stream.write(seed + first)
+        stream.write(prompt + first)
         for ch in chars:
             stream.write(ch)
             stream.flush()
@@ -218,3 +218,14 @@ def study_summary(console: Console, s: dict[str, Any]) -> None:
         console.print(f"best: trial {b['number']}, {metric} {b['value']:.4f}; config: {s['best_yaml']}", soft_wrap=True)
     if s["plots"]:
         console.print(f"plots: {', '.join(str(p) for p in s['plots'])}", soft_wrap=True)
+
+
+def config_list(console: Console, configs: list[tuple[str, str]]) -> None:
+    """The shipped configs: name (what `train` and `config cp` take) and description."""
+    table = Table(box=None, header_style="bold")
+    table.add_column("config", no_wrap=True)
+    table.add_column("description")
+    for name, description in configs:
+        table.add_row(name, Text(description))
+    console.print(table)
+    console.print("train one with `rnnctl train NAME`; copy it to edit with `rnnctl config cp NAME`", soft_wrap=True)

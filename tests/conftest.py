@@ -248,6 +248,6 @@ def assert_lm_trains_and_samples(cli, tmp_path: Path, cell: str) -> None:
     tiny = CONFIGS / "smoke" / "charlm_tiny.yaml"
     result = cli("train", tiny, "--set", f"data.path={text}", "--set", f"model.cell={cell}", "--set", "model.layers=2")
     assert result.exit_code == 0, result.output
-    result = cli("sample", "--seed", "the ", "--length", "20", "--rng-seed", "1")
+    result = cli("sample", "--prompt", "the ", "--length", "20", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip()) >= 20

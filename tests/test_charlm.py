@@ -21,6 +21,7 @@ from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
 
 from rnnctl import inference, training
 from rnnctl.config import load_config
+from rnnctl.errors import ConfigError
 from rnnctl.models import CharLM
 from rnnctl.tasks import get_task
 from rnnctl.tasks.charlm import CharLMModel, StreamSplit
@@ -146,8 +147,8 @@ def test_train_writes_a_language_model_run(char_run):
     assert "completed" in char_run.stdout and "2/2 epochs" in char_run.stdout
 
 
-def test_sample_prints_seed_then_length_characters(cli, char_run):
-    result = cli("sample", char_run.dir, "--seed", "ab", "--length", "50", "--rng-seed", "1")
+def test_sample_prints_the_prompt_then_length_characters(cli, char_run):
+    result = cli("sample", char_run.dir, "--prompt", "ab", "--length", "50", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.startswith("ab")
@@ -156,12 +157,24 @@ def test_sample_prints_seed_then_length_characters(cli, char_run):
     assert set(generated) <= char_run.vocab, set(generated) - char_run.vocab
 
 
+def test_the_old_seed_option_still_sets_the_prompt_with_a_note(cli, char_run):
+    """`--seed` was the prompt's name and read like the sampler's seed (--rng-seed): it still works, and says so."""
+    new = cli("sample", char_run.dir, "--prompt", "ab", "--length", "30", "--rng-seed", "2")
+    old = cli("sample", char_run.dir, "--seed", "ab", "--length", "30", "--rng-seed", "2")
+    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout and new.stderr == ""
+    assert old.stderr.splitlines() == [
+        "note: --seed is now --prompt (the text to start from); --rng-seed seeds the sampler"
+    ]
+    both = cli("sample", char_run.dir, "--seed", "ab", "--prompt", "cd")
+    assert_one_line_error(both, "--seed is the old name of --prompt: give --prompt alone")
+
+
 # -- 2. sampling: determinism, --num, the default run --------------------------------------------
 
 
 def test_sample_same_rng_seed_same_text_other_seed_differs(cli, char_run):
     def sample(seed: int) -> str:
-        result = cli("sample", char_run.dir, "--seed", "the ", "--length", "200", "--rng-seed", seed)
+        result = cli("sample", char_run.dir, "--prompt", "the ", "--length", "200", "--rng-seed", seed)
         assert result.exit_code == 0, result.output
         return result.stdout
 
@@ -172,7 +185,7 @@ def test_sample_same_rng_seed_same_text_other_seed_differs(cli, char_run):
 
 
 def test_sample_num_prints_headed_samples(cli, char_run):
-    result = cli("sample", char_run.dir, "--seed", "a", "--length", "30", "--num", "3", "--rng-seed", "0")
+    result = cli("sample", char_run.dir, "--prompt", "a", "--length", "30", "--num", "3", "--rng-seed", "0")
     assert result.exit_code == 0, result.output
     headers = re.findall(r"^--- sample (\d)/(\d) ---$", result.stdout, flags=re.M)
     assert headers == [("1", "3"), ("2", "3"), ("3", "3")]
@@ -203,8 +216,8 @@ def test_sample_default_is_newest_completed_language_model(cli, char_run, names_
     assert "names" in newest.name and json.loads((newest / "run.json").read_text())["status"] == "completed"
 
     assert inference.latest_language_model_run() == str(good)
-    default = cli("sample", "--seed", "ab", "--length", "40", "--rng-seed", "3")
-    explicit = cli("sample", good.name, "--seed", "ab", "--length", "40", "--rng-seed", "3")
+    default = cli("sample", "--prompt", "ab", "--length", "40", "--rng-seed", "3")
+    explicit = cli("sample", good.name, "--prompt", "ab", "--length", "40", "--rng-seed", "3")
     assert default.exit_code == 0, default.output
     assert default.stdout == explicit.stdout and len(default.stdout) == 43
 
@@ -212,8 +225,10 @@ def test_sample_default_is_newest_completed_language_model(cli, char_run, names_
 # -- 3. bad input: one line `error: ...`, exit code 1 --------------------------------------------
 
 
-def test_sample_seed_outside_vocabulary(cli, char_run):
-    line = assert_one_line_error(cli("sample", char_run.dir, "--seed", "aZ~b"), "vocabulary", "'Z'", "'~'")
+def test_sample_prompt_outside_vocabulary(cli, char_run):
+    line = assert_one_line_error(
+        cli("sample", char_run.dir, "--prompt", "aZ~b"), "--prompt", "vocabulary", "'Z'", "'~'"
+    )
     assert "'a'" not in line and "'b'" not in line
 
 
@@ -226,7 +241,7 @@ def test_sample_temperature_must_be_a_positive_finite_number(cli, char_run, temp
 
 
 def test_the_smallest_temperature_samples_greedily(cli, char_run):
-    texts = {cli("sample", char_run.dir, "--seed", "a", "--length", "30", "--temperature", "1e-6", "--rng-seed", s).stdout
+    texts = {cli("sample", char_run.dir, "--prompt", "a", "--length", "30", "--temperature", "1e-6", "--rng-seed", s).stdout
              for s in ("1", "2", "3")}  # fmt: skip
     assert len(texts) == 1  # the argmax every step, whatever the seed
 
@@ -267,6 +282,19 @@ def test_train_on_empty_text_is_refused(cli, tmp_path, isolated):
     result = cli("train", CHARLM_TINY, "--set", f"data.path={empty}")
     assert_one_line_error(result, str(empty), "no text")
     assert run_dirs(isolated) == []
+
+
+def test_max_chars_reads_the_beginning_of_the_text(tmp_path):
+    text = gen_text(3000, seed=5)
+    path = write_text(tmp_path / "t.txt", text)
+    task = get_task("charlm")
+    cut = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}", "data.max_chars=1000"]))
+    assert cut.derived["characters"] == {"train": 900, "val": 100}
+    assert cut.meta["vocab"] == sorted(set(text[:1000]))
+    whole = task.prepare(load_config(CHARLM_TINY, [f"data.path={path}"]))  # the shipped 10,000 > 3,000: all of it
+    assert sum(whole.derived["characters"].values()) == len(text) > 1000
+    with pytest.raises(ConfigError, match=r"data\.max_chars: Input should be greater than or equal to 2"):
+        load_config(CHARLM_TINY, ["data.max_chars=1"])
 
 
 def test_eval_charlm_run_on_val(cli, char_run, isolated):

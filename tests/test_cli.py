@@ -361,8 +361,8 @@ USAGE_ERRORS = {
     "unknown-option": (["sample", "--tmperature", "1"], ["no such option: --tmperature", "--temperature"]),
     "unknown-command": (["trian", "x.yaml"], ["no such command 'trian'", "'train'"]),
     "unknown-subcommand": (["config", "shw"], ["no such command 'shw'", "'show'"]),
-    "missing-argument": (["compare"], ["missing argument 'runs'"]),
-    "missing-config": (["config", "show"], ["missing argument 'config'"]),
+    "missing-argument": (["compare"], ["missing argument 'RUN'"]),
+    "missing-config": (["config", "show"], ["missing argument 'CONFIG'"]),
     "missing-option-value": (["predict", "latest", "--top"], ["'--top' requires an argument"]),
     "extra-argument": (["runs", "extra"], ["unexpected extra argument", "extra"]),
 }
@@ -436,6 +436,82 @@ def test_version_and_short_help(cli):
     for args in (["-h"], ["train", "-h"], ["config", "-h"]):
         result = cli(*args)
         assert result.exit_code == 0 and "Usage" in result.stdout, args
+
+
+# -- help, completion ----------------------------------------------------------------------------
+
+
+def command_paths() -> list[list[str]]:
+    """Every command and group of the app, as the words that name it: [], ["train"], ["config", "cp"], ..."""
+    import typer.main
+
+    from rnnctl.cli import app
+
+    def walk(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+PANEL_ROW = {  # at 1,000 columns (conftest) every parameter is one row of its panel, opening like this
+    "Arguments": re.compile(r"│ (\*)?\s+[A-Z][A-Z_]*\s"),
+    "Options": re.compile(r"│ (\*)?\s*--?[a-z]"),
+}
+
+
+@pytest.mark.parametrize("path", command_paths(), ids=lambda p: " ".join(p) or "rnnctl")
+def test_help_of_every_command_reads_as_words(cli, path):
+    result = cli(*path, "--help")
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert text.lstrip().startswith(f"Usage: root {' '.join(path)}".rstrip()), text
+    assert not re.search(r"<[a-z][\w \[\]|,]*>", text), text  # typer's <list[str]>, <bool>, <int range>, <path>
+    for line in text.splitlines():
+        if "[default:" in line:
+            assert re.search(r"\[default: [^\]]+\]", line), line  # whole on its line: a newline default is '\n'
+    panel = None
+    for line in text.splitlines():
+        if line.startswith("╭─ "):
+            panel = line.split()[1]
+        elif line.startswith("╰"):
+            panel = None
+        elif panel in PANEL_ROW:
+            assert PANEL_ROW[panel].match(line), (panel, line)  # no row broken in two, no type column of its own
+            assert line.rstrip().endswith("│"), line
+
+
+def test_sample_help_shows_the_prompt_and_its_newline_default(cli):
+    text = cli("sample", "--help").stdout
+    prompt = next(line for line in text.splitlines() if "--prompt" in line)
+    assert "TEXT" in prompt and "[default: '\\n']" in prompt, prompt
+    assert "--seed" not in text and "--rng-seed" in text  # the old name works but is not offered
+    train = cli("train", "--help").stdout
+    assert re.search(r"--set\s+KEY=VALUE", train) and re.search(r"--quiet\s+-q\s+No per-epoch", train), train
+
+
+def test_shell_completion(cli, monkeypatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rnnctl = Path(sys.executable).with_name("rnnctl")
+    if not rnnctl.exists():
+        pytest.skip("needs the installed `rnnctl` script")
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}  # the shell as an argument
+    shown = subprocess.run([rnnctl, "--show-completion", "bash"], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "_rnnctl_completion" in shown.stdout and "complete " in shown.stdout, shown
+    env.update(_RNNCTL_COMPLETE="complete_bash", COMP_WORDS="rnnctl config ", COMP_CWORD="2")
+    done = subprocess.run([rnnctl], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["list", "cp", "show"], done
+    env.update(COMP_WORDS="rnnctl sample --", COMP_CWORD="2")
+    options = subprocess.run([rnnctl], env=env, capture_output=True, text=True, timeout=60).stdout.split()
+    assert "--prompt" in options and "--rng-seed" in options and "--seed" not in options
+    # the completion options keep usage errors to one line
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
+    assert_one_line_error(cli("--show-completion", "nosuchshell"), "'--show-completion'", "nosuchshell")
 
 
 def test_runs_with_a_filter_that_matches_nothing(cli, copy_run):

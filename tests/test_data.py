@@ -14,6 +14,7 @@ from rnnctl.tasks import get_task
 from rnnctl.tasks.classification import SequenceSplit, pad
 from rnnctl.tasks.names import NamesData
 from rnnctl.tasks.names import load_examples as _load_examples
+from rnnctl.tasks.text import Example, sample
 
 TASK = get_task("names")
 ROWS = gen_names(80, seed=5)
@@ -93,6 +94,40 @@ def tiny_config_for(path, *more):
     from rnnctl.config import load_config
 
     return load_config(TINY, [f"data.path={path}", *more])
+
+
+def test_max_examples_samples_each_split_by_class(names_files):
+    train = gen_names(240, seed=1)
+    examples = [Example(name, label, f"row {i}") for i, (name, label) in enumerate(train)]
+    class_id = {c: i for i, c in enumerate(sorted({label for _, label in train}))}
+    picked = sample(examples, class_id, 100, 3)
+    assert len(picked) == 100 and [e.label for e in picked].count("Slavic") == 25  # 60 of 240 -> 25 of 100
+    assert [examples.index(e) for e in picked] == sorted(examples.index(e) for e in picked)  # in file order
+    assert pairs(sample(examples, class_id, 100, 3)) == pairs(picked) != pairs(sample(examples, class_id, 100, 4))
+    assert sample(examples, class_id, 240, 3) is examples and sample(None, class_id, 5, 0) is None
+    cfg = tiny_config(names_files, "data.max_examples=100", "data.split_seed=3")
+    p = TASK.prepare(cfg)
+    assert p.derived["examples"] == {"train": 92, "val": 8, "test": 60}  # test (60 rows) is whole; val from the 100
+    assert TASK.prepare(cfg).splits["train"].labels.tolist() == p.splits["train"].labels.tolist()  # seeded
+
+
+def test_a_sample_keeps_every_class_then_goes_by_size():
+    rows = [Example(f"n{i}", label, "") for i, label in enumerate(["a"] * 70 + ["b"] * 25 + ["c"] * 5)]
+    labels = lambda n: sorted(e.label for e in sample(rows, {"a": 0, "b": 1, "c": 2}, n, 0))  # noqa: E731
+    assert labels(10) == ["a"] * 6 + ["b"] * 3 + ["c"]  # one each, then 7 as 69:24:4 -> 4.98, 1.73, 0.29 -> 5, 2, 0
+    assert labels(2) == ["a", "b"]  # too few for one of each: by size alone, 1.4 and 0.5 -> 1 and 1
+
+
+def test_packaged_data_by_name(tmp_path, names_files):
+    cfg = tiny_config_for("packaged:names", "data.test_path=packaged:names/names_test.csv.gz", "data.max_examples=200")
+    p = TASK.prepare(cfg)
+    assert p.derived["examples"]["test"] == 200 and p.derived["examples"]["train"] + p.derived["examples"]["val"] == 200
+    assert len(p.meta["classes"]) == 18 and set(p.splits["train"].labels.tolist()) == set(range(18))
+    for bad in ("packaged:nope", "packaged:names/nope.csv", "packaged:names/../airline", "packaged:/etc"):
+        with pytest.raises(DataError, match=r"data\.path: no packaged data .*\(packaged data sets: airline, names, "):
+            TASK.prepare(tiny_config_for(bad))
+    with pytest.raises(DataError, match=r"data\.test_path: .*names is not a file"):
+        TASK.prepare(tiny_config_for(names_files.train, "data.test_path=packaged:names"))
 
 
 def test_read_text_tolerates_bom_and_old_mac_newlines(tmp_path):

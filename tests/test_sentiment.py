@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 
 from rnnctl.cli import app
 from rnnctl.config import load_config
-from rnnctl.data import download, stratified_split
+from rnnctl.data import download, packaged, stratified_split
 from rnnctl.errors import DataError
 from rnnctl.models import Output
 from rnnctl.runs import load_checkpoint
@@ -39,7 +39,8 @@ from rnnctl.tasks.sentiment import ARCHIVE, read_archive, read_folder
 from rnnctl.tasks.text import WordTokenizer as Tokenizer
 from rnnctl.tasks.text import build_vocab, truncate
 
-SMOKE = CONFIGS / "smoke" / "sentiment_tiny.yaml"
+SMOKE = CONFIGS / "smoke" / "sentiment_tiny.yaml"  # as shipped it reads the packaged generated reviews
+IMDB = "data.path=null"  # the smoke config on IMDb: $RNNCTL_DATA/imdb, else downloaded
 TASK = get_task("sentiment")
 URL_IMDB = sentiment.URL
 
@@ -391,13 +392,13 @@ def test_rnnctl_data_folder_is_searched(corpus, monkeypatch, tmp_path):
     root = tmp_path / "datasets"
     shutil.copytree(corpus.acl, root / "imdb" / "aclImdb")
     monkeypatch.setenv("RNNCTL_DATA", str(root))
-    assert prepare().derived["examples"]["test"] == 40
+    assert prepare(IMDB).derived["examples"]["test"] == 40
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(corpus.archive, other / "imdb")  # a file where the folder should be: no download into it
     monkeypatch.setenv("RNNCTL_DATA", str(other))
     with pytest.raises(DataError, match=r"other/imdb is not a folder"):
-        prepare()
+        prepare(IMDB)
 
 
 def test_csv_with_three_classes_and_a_carved_test_split(tmp_path):
@@ -410,11 +411,30 @@ def test_csv_with_three_classes_and_a_carved_test_split(tmp_path):
         assert set(split.labels.tolist()) == {0, 1, 2}
 
 
+def test_packaged_reviews_are_the_generated_ones(tmp_path):
+    """rnnctl/datasets/reviews is what its README says: this file's generator, byte for byte."""
+    shipped = packaged("reviews")
+    made = [write_csv(tmp_path / f"reviews_{k}.csv.gz", gen_reviews(n, seed), gz=True) for k, n, seed in
+            (("train", 400, 1), ("test", 100, 2))]  # fmt: skip
+    for f in made:
+        assert (shipped / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_the_smoke_config_as_shipped_reads_the_packaged_reviews():
+    p = prepare()
+    assert p.meta["classes"] == ["neg", "pos"]
+    assert p.derived["examples"] == {"train": 360, "val": 40, "test": 100}
+    with pytest.raises(
+        DataError, match=r"data\.path: no packaged data 'packaged:nope' \(packaged data sets: .*reviews"
+    ):
+        prepare("data.path=packaged:nope")
+
+
 # -- the download, offline -----------------------------------------------------------------------
 
 
 def test_offline_error_says_where_to_put_the_files(cli, tmp_path, isolated):
-    result = cli("train", SMOKE)
+    result = cli("train", SMOKE, "--set", IMDB)
     folder = tmp_path / "empty-data" / "imdb"
     assert_one_line_error(
         result,
@@ -427,7 +447,9 @@ def test_offline_error_says_where_to_put_the_files(cli, tmp_path, isolated):
 
 def test_without_rnnctl_data_the_cache_is_data_in_the_current_folder(cli, tmp_path, monkeypatch):
     monkeypatch.delenv("RNNCTL_DATA")
-    assert_one_line_error(cli("train", SMOKE), f"folder in {tmp_path / 'data' / 'imdb'}, or set data.path")
+    assert_one_line_error(
+        cli("train", SMOKE, "--set", IMDB), f"folder in {tmp_path / 'data' / 'imdb'}, or set data.path"
+    )
 
 
 def test_download_once_then_read_from_the_cache(corpus, tmp_path, monkeypatch):
@@ -435,16 +457,18 @@ def test_download_once_then_read_from_the_cache(corpus, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download(payload, calls))
     monkeypatch.setattr(sentiment, "MD5", hashlib.md5(payload).hexdigest())
-    p = prepare()
+    p = prepare(IMDB)
     assert p.derived["examples"] == {"train": 108, "val": 12, "test": 40}
     assert (tmp_path / "empty-data" / "imdb" / ARCHIVE).read_bytes() == payload
-    prepare()
+    prepare(IMDB)
     assert len(calls) == 1 and calls[0][0] == URL_IMDB
 
 
 def test_damaged_download_is_deleted(cli, corpus, tmp_path, monkeypatch, isolated):
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download(corpus.archive.read_bytes()))
-    line = assert_one_line_error(cli("train", SMOKE), "md5 mismatch: expected 7c2ac02c03563afcf9b574c7e56c153a, got ")
+    line = assert_one_line_error(
+        cli("train", SMOKE, "--set", IMDB), "md5 mismatch: expected 7c2ac02c03563afcf9b574c7e56c153a, got "
+    )
     assert URL_IMDB in line
     assert list((tmp_path / "empty-data" / "imdb").iterdir()) == [] and run_dirs(isolated) == []
 

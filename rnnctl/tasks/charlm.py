@@ -1,7 +1,8 @@
 """charlm: a character language model trained with truncated BPTT (seed 002), sampled from a seed string.
 
-Data: any UTF-8 text file (`data.path`); tiny Shakespeare ships with the package. The vocabulary is
-every character of the file; the last `val_fraction` of the text is validation, never trained on.
+Data: any UTF-8 text file (`data.path`); tiny Shakespeare ships with the package. `data.max_chars` keeps
+only the beginning of the text (quick runs). The vocabulary is every character of the text read; the
+last `val_fraction` of it is validation, never trained on.
 Training cuts the text into `train.batch_size` contiguous streams read side by side in chunks of
 `data.bptt` characters; the training loop carries the hidden state from chunk to chunk and detaches it.
 """
@@ -26,6 +27,7 @@ MIN_TEMPERATURE = 1e-6  # float32 logits divided by less overflow to inf (1e-300
 
 class CharLMData(DataConfig):
     bptt: int = Field(100, ge=1)  # characters per truncated-BPTT chunk
+    max_chars: int | None = Field(None, ge=2)  # read only the first N characters of the text (quick runs); null: all
 
 
 class CharLMModel(ModelConfig):
@@ -85,6 +87,7 @@ class CharLMTask:
         if path.is_dir():
             path = path / "input.txt"
         text = read_text(path)
+        text = text[: data.max_chars]  # None: all of it
         if len(text) < 2:
             raise DataError(f"{path}: no text to learn from (expected a UTF-8 text file)")
         vocab = meta["vocab"] if meta else sorted(set(text))
@@ -126,7 +129,7 @@ class CharLMTask:
     ) -> Iterator[str]:
         """The seed's characters must all be in the run's vocabulary; yields generated characters."""
         if not seed:
-            raise RunError("--seed: give at least one character to start from")
+            raise RunError("--prompt: give at least one character to start from")
         if not MIN_TEMPERATURE <= temperature < math.inf:  # nan compares false both ways
             raise RunError(
                 f"--temperature {temperature:g}: expected a finite number > 0, at least {MIN_TEMPERATURE:g} "
@@ -138,7 +141,7 @@ class CharLMTask:
             shown = " ".join(repr(c) for c in missing[:20]) + (
                 f" and {len(missing) - 20} more" if len(missing) > 20 else ""
             )
-            raise RunError(f"--seed: characters not in the run's vocabulary: {shown}")
+            raise RunError(f"--prompt: characters not in the run's vocabulary: {shown}")
         vocab = meta["vocab"]
         for idx in model.generate([stoi[ch] for ch in seed], length, temperature, top_k, generator):
             yield vocab[idx]

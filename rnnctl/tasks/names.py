@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnctl.config import Config
-from rnnctl.data import locate, read_text
+from rnnctl.data import locate, read_text, user_path
 from rnnctl.errors import DataError
 from rnnctl.tasks.text import (
     CharTokenizer,
@@ -92,9 +92,9 @@ def load_examples(data: NamesData) -> tuple[list[Example], list[Example] | None,
 def _optional_file(key: str, path: str | None) -> Path | None:
     if path is None:
         return None
-    p = Path(path).expanduser()
+    p = user_path(path, key)
     if not p.is_file():
-        raise DataError(f"{key}: {p} does not exist")
+        raise DataError(f"{key}: {p} is not a file")
     return p
 
 

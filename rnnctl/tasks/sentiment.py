@@ -4,6 +4,7 @@ Data (`data.path`), any number of classes (the labels of the training data, sort
 - a CSV of `text,label` (gzip or plain, header or not); the test split from `data.test_path`, else carved;
 - a folder holding one `*train*.csv(.gz)` and one `*test*.csv(.gz)` (like ../shared/datasets/imdb);
 - the extracted `aclImdb/` folder or the `aclImdb_v1.tar.gz` archive, read in place (`unsup/` ignored);
+- `packaged:reviews`: a small generated corpus shipped with rnnctl, for smoke runs;
 - null: $RNNCTL_DATA/imdb if set, else ./data/imdb, holding any of the above; when it holds nothing,
   the archive is downloaded there once (md5-checked) and read from then on.
 
@@ -26,7 +27,7 @@ import torch
 from pydantic import Field
 
 from rnnctl.config import Config, Section
-from rnnctl.data import cache_dir, download
+from rnnctl.data import cache_dir, download, user_path
 from rnnctl.errors import DataError, clip
 from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks.base import Prepared
@@ -146,9 +147,9 @@ def load_examples(data: SentimentData) -> tuple[list[Example], list[Example] | N
     source = find_source(data.path)
     test_file = None
     if data.test_path is not None:
-        test_file = Path(data.test_path).expanduser()
+        test_file = user_path(data.test_path, "data.test_path")
         if not test_file.is_file():
-            raise DataError(f"data.test_path: {test_file} does not exist")
+            raise DataError(f"data.test_path: {test_file} is not a file")
     train, test = read_source(source, data.header)
     if test_file is not None:
         test = _read_csv(test_file, data.header)
@@ -161,10 +162,7 @@ def load_examples(data: SentimentData) -> tuple[list[Example], list[Example] | N
 def find_source(path: str | None) -> Path:
     """data.path if given; else the imdb folder of $RNNCTL_DATA or ./data, downloading the archive into it."""
     if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DataError(f"data.path: {p} does not exist")
-        return p
+        return user_path(path, "data.path")
     folder = cache_dir(DATASET)
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{folder} is not a folder (expected the data folder of imdb, or set data.path)")

@@ -1,6 +1,7 @@
 """Text classification: one pipeline under names (characters) and sentiment (words).
 
-text,label examples from the task's layouts -> classes from the training split -> a test and a validation
+text,label examples from the task's layouts -> classes from the training split -> a sample of each split when
+`data.max_examples` asks for one (stratified, seeded; quick runs on big data) -> a test and a validation
 split carved (stratified, seeded) where the data has none -> tokens (characters or words) -> a vocabulary
 from the training split -> padded id tensors, bucketed by length -> a recurrent classifier. A task says
 where its examples come from, how it tokenizes, and which facts it reports; the rest is here.
@@ -40,6 +41,7 @@ class TextData(DataConfig):
     split_seed: int = 0  # the val/test carve, fixed apart from train.seed so runs compare on equal splits
     header: Literal["auto", "yes", "no"] = "auto"  # auto: the first CSV row is a header if it reads like one
     bucket: bool = True  # batch texts of similar length together: little padding, faster epochs
+    max_examples: int | None = Field(None, ge=1)  # at most this many of each split: a stratified sample (split_seed)
 
 
 @dataclass
@@ -122,6 +124,23 @@ def carve(examples: list[Example], class_id: dict[str, int], fraction: float, se
     labels = torch.tensor([class_id[e.label] for e in examples])
     keep, held = stratified_split(labels, fraction, seed)
     return [examples[i] for i in keep.tolist()], [examples[i] for i in held.tolist()]
+
+
+def sample(examples: list[Example] | None, class_id: dict[str, int], n: int, seed: int) -> list[Example] | None:
+    """`n` of the examples, in their order, seeded: one of each class (when n allows), the rest in proportion to
+    the classes' sizes, rounded by largest remainders. `n` or fewer (or None) come back as they are."""
+    if examples is None or len(examples) <= n:
+        return examples
+    labels = np.array([class_id[e.label] for e in examples])
+    counts = np.bincount(labels, minlength=len(class_id))
+    quota = (counts > 0).astype(np.int64) if n >= (counts > 0).sum() else np.zeros_like(counts)
+    share = (counts - quota) * (n - quota.sum()) / (counts - quota).sum()
+    rounded = np.floor(share).astype(np.int64)
+    rounded[np.argsort(rounded - share, kind="stable")[: n - quota.sum() - rounded.sum()]] += 1
+    quota += rounded
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in enumerate(quota.tolist())]
+    return [examples[i] for i in np.sort(np.concatenate(picked)).tolist()]
 
 
 def _few(items: list[str], n: int = 6) -> str:
@@ -268,6 +287,8 @@ class TextClassificationTask(ABC):
                 raise DataError(
                     f"{e.where}: label {clip(e.label)} does not occur in the training data ({_few(classes)})"
                 )
+        if data.max_examples is not None:  # quick runs on big data: a sample of each split the data has
+            train, val, test = (sample(x, class_id, data.max_examples, data.split_seed) for x in (train, val, test))
         if test is None:
             train, test = carve(train, class_id, data.test_fraction, data.split_seed)
         if val is None:
