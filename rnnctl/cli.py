@@ -549,11 +549,11 @@ def search(
 
 @app.command("search-worker", hidden=True, cls=Command)
 def search_worker(
-    folder: Path,
-    trials: Annotated[int, typer.Option()],
-    index: Annotated[int, typer.Option()] = 0,
-    timeout: Annotated[Optional[str], typer.Option()] = None,
-    device: Annotated[Optional[str], typer.Option()] = None,
+    folder: Annotated[Path, typer.Argument(metavar="STUDY_FOLDER", help="The study's folder.")],
+    trials: Annotated[int, typer.Option(metavar="N", help="The study's total number of trials.")],
+    index: Annotated[int, typer.Option(metavar="N", help="This worker's number (seeds its sampler).")] = 0,
+    timeout: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Start no trial after this.")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="The device of its trials.")] = None,
 ) -> None:
     """One worker process of `rnnctl search --jobs N`: runs the study's trials until it has enough."""
     from rnnctl import search as searches
