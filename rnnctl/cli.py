@@ -444,26 +444,44 @@ def sweep(
         Optional[str],
         typer.Option(metavar="METRIC", help="The validation metric that ranks the groups; default: the task's."),
     ] = None,
+    storage: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="URL|FILE",
+            help="An Optuna storage (as for search): every machine given the same --storage and --study trains "
+            "members of one sweep. Default: SQLite in the sweep folder.",
+        ),
+    ] = None,
+    study: Annotated[
+        Optional[str],
+        typer.Option(metavar="NAME", help="Name the sweep (folder runs/sweeps/NAME); the same name joins it."),
+    ] = None,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import sweep as sweeps
     from rnnctl import views
     from rnnctl.errors import ConfigError
+    from rnnctl.training import stop_signals
 
     with user_errors():
         slots = sweeps.parse_devices(devices)  # before any sweep folder exists
         if metric is not None and not metric.startswith("val_"):
             raise ConfigError(f"--metric {metric}: a sweep ranks its groups on validation: give a val_* metric")
         if resume is not None:
-            if config is not None or grid:
-                raise ConfigError("--resume finishes a sweep as it was declared: give no CONFIG or --grid")
+            if config is not None or grid or storage or study:
+                raise ConfigError(
+                    "--resume finishes a sweep as it was declared: give no CONFIG, --grid, --storage or --study"
+                )
             folder = sweeps.resolve_sweep(resume)
         else:
             if config is None:
                 raise ConfigError("give a CONFIG and --grid key=v1,v2 to sweep, or --resume SWEEP")
-            folder = sweeps.create(config, grid or [])
+            folder = sweeps.create(config, grid or [], storage, study)
         out.print(f"sweep {folder}", soft_wrap=True)
-        summary = sweeps.run(folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots, metric=metric)
+        with stop_signals():
+            summary = sweeps.run(
+                folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots, metric=metric
+            )
         views.sweep_summary(out, summary)
         if summary["failed"]:
             raise typer.Exit(1)

@@ -19,6 +19,7 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import itertools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from rnnctl.callbacks import Callback, Point
 from rnnctl.config import apply_overrides, config_path, dump_yaml, load_config, load_yaml
-from rnnctl.errors import ConfigError, DivergedError, RunError, StorageError, Terminated
+from rnnctl.errors import ConfigError, RnnctlError, RunError, StorageError, Terminated
 from rnnctl.runs import HOST, atomic_write, read_json, runs_root, safe_name
 
 if TYPE_CHECKING:
@@ -46,10 +47,24 @@ HEARTBEAT_ENV = "RNNCTL_SEARCH_HEARTBEAT"  # seconds between a running trial's h
 HEARTBEAT = 10
 MAX_RETRIES = 3  # a trial whose worker died is queued again at most this often
 MAX_TRIALS = 100_000
+MAX_FAILED_IN_A_ROW = 5  # a search worker stops after this many failed trials in a row
 MAXIMIZED = ("acc", "accuracy", "f1", "r2", "precision", "recall", "auc")  # other metrics are minimized
 PRUNERS = ("median", "hyperband", "none")
 STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "waiting"}
 SKIPPED = "rnnctl_skipped"  # system attr of a trial asked for after the study had its N trials: not a trial
+
+
+NAME_VALUE = 24  # characters of each key and value in a sweep member's name
+NAME_MAX = 100  # characters of the whole name: a run folder's name stays far below 255 bytes
+
+
+def member_name(i: int, values: dict[str, str]) -> str:
+    """Sweep member i's run name, e.g. `003-cell=lstm-path=b-y.csv`: ASCII letters, digits and `-_.=` only,
+    each value cut to its last NAME_VALUE characters (a path's end tells members apart). The index keeps
+    names unique; sweep.json keeps the full values."""
+    parts = (f"{key.split('.')[-1][:NAME_VALUE]}={value[-NAME_VALUE:]}" for key, value in values.items())
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", "-".join(parts))
+    return re.sub(r"-{2,}", "-", f"{i:03d}-{slug}")[:NAME_MAX].rstrip("-.")
 
 
 def studies_root() -> Path:
@@ -190,7 +205,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
     interval = heartbeat()
     try:
-        with _quiet():
+        with quiet():
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
             if "://" in url:
                 kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
@@ -248,11 +263,12 @@ def _JournalStorage(backend, interval, callback):
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Optuna's INFO logs and experimental-feature warnings are not for rnnctl's users."""
+def quiet() -> Iterator[None]:
+    """Optuna's logs (a failed trial's traceback: rnnctl reports it in one line) and experimental-feature
+    warnings are not for rnnctl's users."""
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", category=FutureWarning, module="optuna")
@@ -279,8 +295,22 @@ class Study:
         return self.folder / "config.yaml"
 
     @property
+    def grid(self) -> dict[str, list[str]] | None:
+        """A sweep's grid (every combination is one trial), or None for a search."""
+        return self.spec.get("grid")
+
+    @property
     def space(self) -> list[Param]:
+        if self.grid is not None:
+            return [Param(k, "choice", choices=tuple(v)) for k, v in self.grid.items()]
         return [parse_param(k, v, f"{self.folder / 'study.json'}: space.{k}") for k, v in self.spec["space"].items()]
+
+    def run_name(self, number: int, values: dict[str, str]) -> str:
+        """A trial's run name: `trial-0007`; a sweep member's from its index and values (`003-cell=lstm`)."""
+        if self.grid is None:
+            return f"trial-{number:04d}"
+        members = [dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values())]
+        return member_name(members.index(values), values)
 
     @property
     def runs(self) -> Path:
@@ -289,13 +319,17 @@ class Study:
     def storage_url(self) -> str:
         return self.spec["storage"] or f"sqlite:///{(self.folder / 'study.db').resolve()}"
 
+    def open(self) -> optuna.storages.BaseStorage:
+        """The study's storage, opened once per process (opening a database storage checks its schema)."""
+        if self._storage is None:
+            self._storage = open_storage(self.storage_url())
+        return self._storage
+
     def load(self, sampler=None, pruner=None) -> optuna.Study:
         import optuna
 
-        if self._storage is None:  # one connection pool per process: opening a database storage checks its schema
-            self._storage = open_storage(self.storage_url())
-        storage = self._storage
-        with _quiet():
+        storage = self.open()
+        with quiet():
             try:
                 return optuna.load_study(study_name=self.name, storage=storage, sampler=sampler, pruner=pruner)
             except KeyError:
@@ -365,9 +399,8 @@ def create(
         atomic_write(folder / "config.yaml", spec["config_text"])
         atomic_write(folder / "study.json", json.dumps({**spec, "created": dt.datetime.now().isoformat()}, indent=2))
         study = Study(folder, read_json(folder / "study.json"))
-    study._storage = open_storage(study.storage_url())
-    with _quiet():
-        s = optuna.create_study(study_name=name, storage=study._storage, direction=goal, load_if_exists=True)
+    with quiet():
+        s = optuna.create_study(study_name=name, storage=study.open(), direction=goal, load_if_exists=True)
         stored = s.user_attrs.get("rnnctl")
         mine = {k: spec[k] for k in ("config_text", "space", "metric", "direction")}
         if stored is None:
@@ -426,15 +459,16 @@ class Objective:
 
         from rnnctl import loop
 
-        if self._surplus(trial):
+        values = {p.key: p.suggest(trial) for p in self.space}
+        if not self._needed(trial):
             trial.study.stop()
             trial.storage.set_trial_system_attr(trial._trial_id, SKIPPED, True)
             raise _Skipped()
-        values = {p.key: p.suggest(trial) for p in self.space}
         overrides = [f"{k}={v}" for k, v in values.items()]
         if self.device:
             overrides.append(f"train.device={self.device}")
-        name = f"trial-{trial.number:04d}"
+            trial.set_user_attr("device", self.device)
+        name = self.study.run_name(trial.number, values)
         cfg = load_config(self.study.config, [*overrides, f"name={name}"])
         command = " ".join(["rnnctl train", str(self.study.config), *(f"--set {o}" for o in overrides), "--name", name])
         trial.set_user_attr("host", HOST)
@@ -448,6 +482,13 @@ class Objective:
             # same command later trains them (Optuna marks this trial failed on the way out)
             trial.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
             raise
+        except (ConfigError, StorageError):
+            raise  # the same for every trial (a --metric the task lacks) or the machine's (a full disk): stop
+        except RnnctlError as e:  # this trial's own failure (diverged, its data missing): the others go on
+            trial.set_user_attr("error", str(e).splitlines()[0][:500])
+            self.on_trial({"number": trial.number, "status": "failed", "value": None, "params": trial.params,
+                           "seconds": time.perf_counter() - t0, "run": pruning.run, "error": str(e)})  # fmt: skip
+            raise _Failed() from None
         seconds = time.perf_counter() - t0
         value = _best(pruning.values, self.study.spec["direction"])
         self.on_trial({"number": trial.number, "status": result["status"], "value": value, "params": trial.params,
@@ -456,19 +497,52 @@ class Objective:
             raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned', {}).get('epoch')}")
         return value
 
-    def _surplus(self, trial: optuna.Trial) -> bool:
-        """Workers ask for trials at once: one asked after the study's N trials were all finished or under way
-        is not run, so that `--trials N` is the study's total however many workers share it."""
+    def _needed(self, trial: optuna.Trial) -> bool:
+        """Workers ask for trials at once. A search's trial asked for after the study's N trials were all
+        finished or under way is not run, so that `--trials N` is the study's total however many workers
+        share it. A sweep's trial is not run when another trial has its grid point (the grid sampler hands
+        a point out again once every point is taken); a queued one (a retry) always runs."""
         import optuna
 
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-        others = trial.study.get_trials(deepcopy=False, states=states)
+        state = optuna.trial.TrialState
+        if self.study.grid is not None:
+            if "fixed_params" in trial.storage.get_trial_system_attrs(trial._trial_id):
+                return True
+            if {k: str(v) for k, v in trial.params.items()} in self.study.spec.get("done", []):
+                return False  # trained before the sweep was a study
+            taken = (state.COMPLETE, state.PRUNED, state.RUNNING, state.FAIL)
+            others = trial.study.get_trials(deepcopy=False, states=taken)
+            return not any(
+                t.number != trial.number and t.params == trial.params and not t.system_attrs.get(SKIPPED)
+                for t in others
+            )
+        others = trial.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING))
         before = [t for t in others if t.number < trial.number and not t.system_attrs.get(SKIPPED)]
-        return len(before) >= self.trials
+        return len(before) < self.trials
+
+
+class _FailuresInARow:
+    """Stops a worker whose trials all fail (data that every trial lacks): a search counts only finished
+    trials towards its N, so it would otherwise ask for failing trials forever."""
+
+    def __init__(self, limit: int):
+        self.limit, self.failed = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.system_attrs.get(SKIPPED):
+            return
+        self.failed = self.failed + 1 if trial.state.name == "FAIL" else 0
+        if self.failed >= self.limit:
+            why = trial.user_attrs.get("error") or "see the trials' run folders"
+            raise RunError(f"{self.limit} trials in a row failed; the last: {why}")
 
 
 class _Skipped(Exception):
     """A trial asked for after the study had its N: failed on purpose, hidden from the results."""
+
+
+class _Failed(Exception):
+    """A trial's run failed for a reason of its own (recorded in the trial): the study goes on."""
 
 
 def _best(values: list[float], goal: str) -> float:
@@ -502,22 +576,32 @@ def worker(
 
     from rnnctl.tasks import get_task
 
-    epochs = load_config(study.config).train.epochs
-    with _quiet():
-        probe = study.load()
-        seed = (load_config(study.config).train.seed * 7919 + len(probe.trials) * 31 + index) % 2**32
-        sampler = optuna.samplers.TPESampler(seed=seed)  # a resumed study samples anew, not the same values
-        s = study.load(sampler=sampler, pruner=make_pruner(study.spec["pruner"], epochs, trials))
-        if finished(s) >= trials:
-            return
-        get_task(load_config(study.config).task)  # the task imports before any trial's clock starts
+    cfg = load_config(study.config)
+    state = optuna.trial.TrialState
+    with quiet():
+        if study.grid is not None:  # a sweep: every combination once, in Optuna's grid order
+            sampler = optuna.samplers.GridSampler(study.grid, seed=0)
+            s = study.load(sampler=sampler, pruner=optuna.pruners.NopPruner())
+            if sampler.is_exhausted(s) and not s.get_trials(deepcopy=False, states=(state.WAITING,)):
+                return
+            callbacks = []  # the grid sampler stops the study when every point is taken
+        else:
+            seed = (cfg.train.seed * 7919 + len(study.load().trials) * 31 + index) % 2**32
+            sampler = optuna.samplers.TPESampler(seed=seed)  # a resumed study samples anew, not the same values
+            s = study.load(sampler=sampler, pruner=make_pruner(study.spec["pruner"], cfg.train.epochs, trials))
+            if finished(s) >= trials:
+                return
+            callbacks = [
+                optuna.study.MaxTrialsCallback(trials, states=(state.COMPLETE, state.PRUNED)),
+                _FailuresInARow(MAX_FAILED_IN_A_ROW),
+            ]
+        get_task(cfg.task)  # the task imports before any trial's clock starts
         s.optimize(
             Objective(study, trials, device, on_trial),
             timeout=timeout,
-            catch=(DivergedError, _Skipped),  # a diverged trial fails and the study goes on
-            callbacks=[optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,
-                                                                       optuna.trial.TrialState.PRUNED))],
-        )  # fmt: skip
+            catch=(_Failed, _Skipped),  # a trial that failed on its own is recorded; the study goes on
+            callbacks=callbacks,
+        )
 
 
 def run(
@@ -601,7 +685,7 @@ def _last_error(logs: Path, i: int) -> str | None:
 def _done_trials(study: Study) -> list:
     import optuna
 
-    with _quiet():
+    with quiet():
         s = study.load()
         done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
         return [t for t in s.get_trials(deepcopy=False, states=done) if not t.system_attrs.get(SKIPPED)]
@@ -614,6 +698,7 @@ def trial_row(t) -> dict[str, Any]:
     return {
         "number": t.number, "status": STATES.get(t.state.name, t.state.name.lower()), "value": t.value,
         "params": dict(t.params), "seconds": seconds, "run": t.user_attrs.get("run"), "host": t.user_attrs.get("host"),
+        "error": t.user_attrs.get("error"), "device": t.user_attrs.get("device"),
     }  # fmt: skip
 
 
@@ -625,7 +710,7 @@ def summarize(study: Study) -> dict[str, Any]:
     returns what the CLI shows."""
     from rnnctl import plots
 
-    with _quiet():
+    with quiet():
         s = study.load()
         trials = [t for t in s.get_trials(deepcopy=False) if not t.system_attrs.get(SKIPPED)]
     rows = [trial_row(t) for t in trials]

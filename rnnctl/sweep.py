@@ -1,8 +1,11 @@
-"""Sweeps: every combination of a grid of config values, each trained as its own run, in parallel processes.
+"""Sweeps: every combination of a grid of config values, each trained as its own run.
 
-A sweep folder `runs/sweeps/<time>-<config>/` holds sweep.json (config, grid, members and their state),
-the members' run folders under runs/, one log per member, and the summary (summary.json, summary.png).
-Members run as `rnnctl train` subprocesses, so one that fails is reported and the others go on.
+A sweep is an Optuna study with a grid sampler, run by search.py's machinery: its trials are the members,
+`--jobs N` worker processes share it here, and every machine given the same `--study` and `--storage`
+joins it. A sweep folder `runs/sweeps/<time>-<config>/` (or `runs/sweeps/<study>/`) holds sweep.json
+(config, grid, members and their state), study.json (how its trials run), the storage study.db unless
+--storage names another, the members' run folders under runs/, the workers' logs, and the summary
+(summary.json, summary.png). A member that fails is recorded and the others go on.
 """
 
 from __future__ import annotations
@@ -10,35 +13,17 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import queue
-import re
 import shutil
 import statistics
-import subprocess
-import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 from rnnctl.config import config_path, load_config
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.runs import FolderLock, RunFolder, atomic_write, new_folder, read_json, runs_root, safe_name, sweeps_root
-
+from rnnctl.search import member_name  # noqa: F401  (a sweep member's run name; tests and callers use it here)
 
 MAX_MEMBERS = 1000  # combinations in one sweep
-NAME_VALUE = 24  # characters of each key and value in a member's name
-NAME_MAX = 100  # characters of the whole name: a run folder's and a log's name stay far below 255 bytes
-
-
-def member_name(i: int, values: dict[str, str]) -> str:
-    """Member i's run name and log file stem, e.g. `003-cell=lstm-path=b-y.csv`: ASCII letters, digits and
-    `-_.=` only, each value cut to its last NAME_VALUE characters (a path's end tells members apart). The
-    index keeps names unique; sweep.json keeps the full values."""
-    parts = (f"{key.split('.')[-1][:NAME_VALUE]}={value[-NAME_VALUE:]}" for key, value in values.items())
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", "-".join(parts))
-    return re.sub(r"-{2,}", "-", f"{i:03d}-{slug}")[:NAME_MAX].rstrip("-.")
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -52,7 +37,11 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
     return grid
 
 
-def create(config: Path, grid_items: list[str]) -> Path:
+def create(config: Path, grid_items: list[str], storage: str | None = None, study: str | None = None) -> Path:
+    """The sweep folder and its study; with `study`, the folder runs/sweeps/<study>/ and the Optuna study of
+    that name, joined when they exist (the same command on another machine with the same --storage)."""
+    from rnnctl.tasks import get_task
+
     config = config_path(config)  # a file, or a shipped config's name
     grid = parse_grid(grid_items)
     if not grid:
@@ -67,15 +56,53 @@ def create(config: Path, grid_items: list[str]) -> Path:
         except ConfigError as e:
             what = " ".join(f"{k}={v}" for k, v in m.items())
             raise ConfigError(f"--grid {what}: {str(e).splitlines()[0]}") from None
-    folder = new_folder(sweeps_root(), config.stem, what="sweep")
-    shutil.copy(config, folder / "config.yaml")
-    state = {
-        "config": str(config.resolve()),
-        "grid": grid,
-        "members": [{"set": m, "status": "pending"} for m in members],
-    }
-    atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+    if study is not None and (safe_name(study) != study or study.startswith(".")):
+        raise ConfigError(f"--study {study!r}: use letters, digits and -_. only")
+    text = config.read_text(encoding="utf-8")
+    if study is not None and (sweeps_root() / study / "sweep.json").is_file():
+        folder = sweeps_root() / study
+        old = read_json(folder / "sweep.json")
+        if old["grid"] != grid or (folder / "config.yaml").read_text(encoding="utf-8") != text:
+            raise ConfigError(f"sweep {study!r} ({folder}) has another config or grid: give another --study")
+    else:
+        folder = sweeps_root() / study if study else new_folder(sweeps_root(), config.stem, what="sweep")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(config, folder / "config.yaml")
+        state = {
+            "config": str(config.resolve()),
+            "grid": grid,
+            "members": [{"set": m, "status": "pending"} for m in members],
+        }
+        atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+    task = get_task(load_config(config).task)
+    _study(folder, grid, study or folder.name, storage, f"val_{task.monitor}", task.monitor_mode)
     return folder
+
+
+def _study(folder: Path, grid: dict[str, list[str]], name: str, storage: str | None, metric: str, mode: str):
+    """study.json (what search.py needs to run the members as trials) and the Optuna study itself."""
+    import optuna
+
+    from rnnctl import search
+
+    spec = {"name": name, "grid": grid, "metric": metric, "direction": "maximize" if mode == "max" else "minimize",
+            "pruner": "none", "storage": storage}  # fmt: skip
+    if not (folder / "study.json").is_file():
+        atomic_write(folder / "study.json", json.dumps(spec, indent=2) + "\n")
+    found = search.resolve_study(str(folder))
+    with search.quiet():
+        s = optuna.create_study(
+            study_name=found.name, storage=found.open(), direction=spec["direction"], load_if_exists=True
+        )
+        mine = {"grid": grid, "config_text": (folder / "config.yaml").read_text(encoding="utf-8")}
+        stored = s.user_attrs.get("rnnctl_sweep")
+        if stored is None:
+            s.set_user_attr("rnnctl_sweep", mine)
+        elif stored != mine:
+            raise ConfigError(
+                f"study {found.name!r} in {search.shown_url(found.storage_url())} is another sweep: give another --study"
+            )
+    return found
 
 
 def parse_devices(spec: str | None) -> list[str] | None:
@@ -108,57 +135,67 @@ def run(
     devices: list[str] | None = None,
     metric: str | None = None,
 ) -> dict[str, Any]:
-    """Train every member not yet completed, `jobs` at a time, each with cpu_count // jobs threads; with
-    `devices`, one member per device at a time (`--set train.device=...`). The sweep folder is locked for
-    the while: a second `sweep --resume` of the same sweep gets one line instead of training members twice."""
-    state = read_json(folder / "sweep.json")
-    todo = [i for i, m in enumerate(state["members"]) if m["status"] != "completed"]
-    slots: queue.Queue[str | None] = queue.Queue()
-    for device in devices or [None] * jobs:
-        slots.put(device)
-    jobs = slots.qsize()
-    threads = max((os.cpu_count() or 1) // jobs, 1)
-    lock = threading.Lock()
+    """Train every member not yet completed as a trial of the sweep's study: `jobs` worker processes (or
+    one per device) each with cpu_count // jobs threads. A member that failed before (or that sweep.json
+    says is not completed) is queued again. The sweep folder is locked for the while: a second
+    `sweep --resume` of the same sweep gets one line instead of training members twice."""
+    from rnnctl import search
 
-    def save() -> None:
-        atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+    with FolderLock(folder, what="sweep"):
+        state = read_json(folder / "sweep.json")
+        if not (folder / "study.json").is_file():  # a sweep from before sweeps were studies
+            from rnnctl.tasks import get_task
 
-    def train(i: int) -> None:
-        member = state["members"][i]
-        name = member_name(i, member["set"])
-        cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(folder / "config.yaml"), "--quiet", "--name", name]
-        for k, v in member["set"].items():
-            cmd += ["--set", f"{k}={v}"]
-        device = slots.get()
-        if device is not None:
-            cmd += ["--set", f"train.device={device}"]
-        env = {
-            **os.environ,
-            "RNNCTL_RUNS": str(folder / "runs"),
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-        }
-        log = folder / "logs" / f"{name}.log"
-        log.parent.mkdir(exist_ok=True)
-        try:
-            with log.open("w", encoding="utf-8") as f:
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-        finally:
-            slots.put(device)
-        # the member's folder is the newest one with its (unique) name; parallel members make others
-        new = sorted((folder / "runs").glob(f"*-{safe_name(name)}")) if (folder / "runs").exists() else []
-        error = next((ln[7:] for ln in log.read_text(encoding="utf-8").splitlines() if ln.startswith("error: ")), None)
-        with lock:
-            member.update(status="completed" if rc == 0 else "failed", run=new[-1].name if new else None, exit_code=rc)
-            member["error"] = None if rc == 0 else (error or f"exit code {rc}, see {log}")
-            if device is not None:
-                member["device"] = device
-            save()
-            on_member(member)
+            task = get_task(load_config(folder / "config.yaml").task)
+            _study(folder, state["grid"], folder.name, None, f"val_{task.monitor}", task.monitor_mode)
+        study = search.resolve_study(str(folder))
+        s = study.load()
+        record = {json.dumps(m["set"], sort_keys=True): m for m in state["members"]}
+        tried = _latest_trials(s)
+        again = []
+        for key, m in record.items():
+            t = tried.get(key)
+            if m["status"] != "completed" and t is not None and t.state.is_finished():
+                again.append(m["set"])  # the grid sampler hands out each point once: queue it by hand
+            elif m["status"] == "completed" and t is None:
+                done = study.spec.setdefault("done", [])  # trained before the study existed: not again
+                if m["set"] not in done:
+                    done.append(m["set"])
+        for values in again:
+            s.enqueue_trial(values, skip_if_exists=False)
+        atomic_write(folder / "study.json", json.dumps(study.spec, indent=2) + "\n")
 
-    with FolderLock(folder, what="sweep"), ThreadPoolExecutor(max_workers=jobs) as pool:
-        list(pool.map(train, todo))
+        def on_trial(t: dict[str, Any]) -> None:
+            m = record.get(json.dumps({k: str(v) for k, v in t["params"].items()}, sort_keys=True))
+            if m is None:
+                return
+            m.update(status="completed" if t["status"] == "completed" else "failed", run=t.get("run"))
+            m["error"] = (
+                None if t["status"] == "completed" else (t.get("error") or f"trial {t['number']} {t['status']}")
+            )
+            if t.get("device"):
+                m["device"] = t["device"]
+            m["elsewhere"] = bool(t.get("run")) and not (folder / "runs" / t["run"]).is_dir()  # another machine's
+            atomic_write(folder / "sweep.json", json.dumps(state, indent=2) + "\n")
+            on_member(m)
+
+        search.run(study, len(record), jobs, None, devices, on_trial)
+        for key, t in _latest_trials(study.load()).items():  # trials of other machines and workers
+            m = record.get(key)
+            if m is not None and t.state.is_finished() and m["status"] == "pending":
+                on_trial(search.trial_row(t))
     return summarize(folder, metric)
+
+
+def _latest_trials(s) -> dict[str, Any]:
+    """The newest trial of each grid point (a retry after a failure is newer), by its values."""
+    from rnnctl.search import SKIPPED
+
+    latest: dict[str, Any] = {}
+    for t in s.get_trials(deepcopy=False):
+        if t.params and not t.system_attrs.get(SKIPPED):
+            latest[json.dumps({k: str(v) for k, v in t.params.items()}, sort_keys=True)] = t
+    return latest
 
 
 def summarize(folder: Path, metric: str | None = None) -> dict[str, Any]:
@@ -172,12 +209,16 @@ def summarize(folder: Path, metric: str | None = None) -> dict[str, Any]:
     keys = [k for k in state["grid"] if k != "train.seed"]
     groups: dict[str, list[float]] = {}
     tests: dict[str, list[float]] = {}
+    elsewhere = 0
     goal = None
     curves = []
     for m in state["members"]:
         if m["status"] != "completed" or not m.get("run"):
             continue
         member = RunFolder(folder / "runs" / m["run"])
+        if not member.exists():
+            elsewhere += 1
+            continue  # trained by another machine of a shared sweep: its run folder is there
         info, rows = member.info(), member.rows()
         best = info.get("best") or {}
         monitored = best.get("metric", "val_loss")
@@ -206,7 +247,10 @@ def summarize(folder: Path, metric: str | None = None) -> dict[str, Any]:
     ]  # fmt: skip
     rows.sort(key=lambda r: -r["mean"] if goal == "maximize" else r["mean"])  # the best group first
     failed = [{"set": m["set"], "error": m.get("error")} for m in state["members"] if m["status"] == "failed"]
-    summary = {"metric": metric, "direction": goal, "groups": rows, "failed": failed, "members": len(state["members"])}
+    summary = {
+        "metric": metric, "direction": goal, "groups": rows, "failed": failed, "members": len(state["members"]),
+        "elsewhere": elsewhere,  # completed members whose runs another machine of a shared sweep holds
+    }  # fmt: skip
     if curves:
         plots.compare(curves, metric, folder / "summary.png")
     atomic_write(folder / "summary.json", json.dumps(summary, indent=2, default=lambda x: None) + "\n")

@@ -118,7 +118,8 @@ def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], 
 def sweep_member(console: Console, m: dict[str, Any]) -> None:
     what = escape(", ".join(f"{k}={v}" for k, v in m["set"].items()))  # a value's "[...]" is not rich markup
     if m["status"] == "completed":
-        console.print(f"  [green]done[/]   {what} -> {m['run']}", soft_wrap=True)
+        where = " (trained by another machine)" if m.get("elsewhere") else ""
+        console.print(f"  [green]done[/]   {what} -> {m['run']}{where}", soft_wrap=True)
     else:
         console.print(f"  [red]failed[/] {what}: {escape(str(m['error']))}", soft_wrap=True)
 
@@ -133,8 +134,10 @@ def sweep_summary(console: Console, s: dict[str, Any]) -> None:
         table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}", shown)
     console.print(table)
     done = s["members"] - len(s["failed"])
+    there = f" ({s['elsewhere']} by other machines, not in this summary)" if s.get("elsewhere") else ""
     console.print(
-        f"{done}/{s['members']} members completed; summary: {s['dir']}/summary.json, summary.png", soft_wrap=True
+        f"{done}/{s['members']} members completed{there}; summary: {s['dir']}/summary.json, summary.png",
+        soft_wrap=True,
     )
     if s["failed"]:
         console.print(f"{len(s['failed'])} failed: finish them with `rnnctl sweep --resume {s['dir']}`", soft_wrap=True)

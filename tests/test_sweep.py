@@ -16,7 +16,12 @@ def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated,
     (folder,) = (isolated / "sweeps").iterdir()
     state = json.loads((folder / "sweep.json").read_text())
     statuses = {(m["set"]["data.path"] == str(missing), m["set"]["train.seed"]): m["status"] for m in state["members"]}
-    assert statuses == {(False, "1"): "completed", (False, "2"): "completed", (True, "1"): "failed", (True, "2"): "failed"}
+    assert statuses == {
+        (False, "1"): "completed",
+        (False, "2"): "completed",
+        (True, "1"): "failed",
+        (True, "2"): "failed",
+    }
     assert all("names.csv" in m["error"] for m in state["members"] if m["status"] == "failed")
     runs = sorted(p.name for p in (folder / "runs").iterdir())
     assert len(runs) == 2 and len({m["run"] for m in state["members"] if m["run"]}) == 2  # one folder each
@@ -72,6 +77,7 @@ def _sweep_config(where, files, epochs: int = 1):
 def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, tmp_path, isolated):
     from conftest import make_names_files
 
+    from rnnctl.runs import safe_name
     from rnnctl.sweep import member_name
 
     a, b = make_names_files(tmp_path / "a"), make_names_files(tmp_path / "b" / "[x] y")
@@ -83,11 +89,11 @@ def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, t
     state = json.loads((folder / "sweep.json").read_text())
     assert [m["set"]["data.path"] for m in state["members"]] == paths  # the full values
     assert [m["status"] for m in state["members"]] == ["completed", "completed"]
-    logs = sorted(p.name for p in (folder / "logs").iterdir())  # 000-path=...-a-names_train.csv.log
-    assert logs == [f"{member_name(i, m['set'])}.log" for i, m in enumerate(state["members"])], logs
-    assert logs[0].endswith("-a-names_train.csv.log") and logs[1].endswith("-x-y-names_train.csv.log"), logs
-    runs = {m["run"] for m in state["members"]}
-    assert len(runs) == 2 and all((folder / "runs" / r / "run.json").is_file() for r in runs)
+    runs = [m["run"] for m in state["members"]]  # <time>-000-path=...-a-names_train.csv
+    names = [safe_name(member_name(i, m["set"])) for i, m in enumerate(state["members"])]
+    assert [r.split("-", 2)[2] for r in runs] == names, runs
+    assert runs[0].endswith("-a-names_train.csv") and runs[1].endswith("-x-y-names_train.csv"), runs
+    assert len(set(runs)) == 2 and all((folder / "runs" / r / "run.json").is_file() for r in runs)
     summary = json.loads((folder / "summary.json").read_text())
     assert sorted(g["group"] for g in summary["groups"]) == sorted(f"data.path={p}" for p in paths)
     assert f"data.path={b.train}" in result.stdout  # "[x]" is shown as it is, not taken for rich markup
@@ -156,3 +162,49 @@ def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_two_processes_share_one_sweep_through_a_journal_file(names_files, isolated, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import optuna
+
+    config = _sweep_config(tmp_path, names_files)
+    journal = tmp_path / "shared" / "sweep.log"
+    args = ["sweep", config, "--grid", "train.seed=1,2,3,4", "--storage", journal, "--study", "grid"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rnnctl.cli", *map(str, args)],
+            env={**os.environ, "RNNCTL_RUNS": str(tmp_path / f"machine-{i}"), "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    trials = [t for t in optuna.load_study(study_name="grid", storage=storage).trials if t.state.name == "COMPLETE"]
+    assert sorted(t.params["train.seed"] for t in trials) == ["1", "2", "3", "4"]  # each member once, over both
+    ran = [len(list((tmp_path / f"machine-{i}" / "sweeps" / "grid" / "runs").iterdir())) for i in range(2)]
+    assert sum(ran) == 4 and min(ran) >= 1, ran
+    assert all("by other machines" in out and "Traceback" not in out for out in outputs), outputs
+
+
+def test_a_sweep_from_before_sweeps_were_studies_resumes_only_what_is_left(cli, names_files, isolated):
+    config = _sweep_config(isolated.parent, names_files)
+    assert cli("sweep", config, "--grid", "train.seed=1,2").exit_code == 0
+    (folder,) = (isolated / "sweeps").iterdir()
+    (folder / "study.json").unlink()  # what an older rnnctl left: sweep.json and the runs, no study
+    (folder / "study.db").unlink()
+    state = json.loads((folder / "sweep.json").read_text())
+    state["members"][1].update(status="pending", run=None)
+    (folder / "sweep.json").write_text(json.dumps(state))
+    result = cli("sweep", "--resume", str(folder))
+    assert result.exit_code == 0, result.output
+    state = json.loads((folder / "sweep.json").read_text())
+    assert [m["status"] for m in state["members"]] == ["completed", "completed"]
+    assert len(list((folder / "runs").iterdir())) == 3  # member 1 again, member 0 not
