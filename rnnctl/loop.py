@@ -149,8 +149,10 @@ class Trainer:
             with stop_signals():
                 self.clock = time.perf_counter() - self.elapsed_before
                 self._emit("on_start")
-                for lg in self.loggers:
-                    lg.start({**self.info, "dir": str(self.run.path), "monitor": self.best["metric"]})
+                sizes = {name: len(split) for name, split in self.data.splits.items()}
+                start = {"dir": str(self.run.path), "monitor": self.best["metric"], "config": self.cfg.to_dict()}
+                for lg in self.loggers:  # what will run, from the record and the data's own facts
+                    lg.start({**self.info, **start, "derived": self.data.derived, "sizes": sizes})
                 try:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
                         self._train_epoch()
@@ -181,7 +183,7 @@ class Trainer:
         def on_batch(done: int, total: int) -> None:
             self._set_lr(self.step + done)  # for the next step
             for lg in self.loggers:
-                lg.progress(done, total)
+                lg.progress(done, total, meter.compute)  # the running metrics, read when a logger asks
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 self._validation(self.step + done, meter, fraction=done / total)  # a row inside a long epoch
                 self.model.train()
@@ -222,6 +224,7 @@ class Trainer:
         step_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         """Validate, then record it everywhere: at an epoch's end, or inside it (`fraction` of it done)."""
+        self.phase("validate", f"validating epoch {self.epoch}")
         meter = self.task.meter(self.data.meta)
         val = evaluate(
             self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True
@@ -263,6 +266,11 @@ class Trainer:
             row.update(samples_per_s=epoch_stats["samples_per_s"], epoch_time=time.perf_counter() - epoch_stats["t0"])
         row["elapsed"] = time.perf_counter() - self.clock
         return row
+
+    def phase(self, name: str, text: str) -> None:
+        """Tell the loggers what the run does besides training (validate; the callbacks: test, plot)."""
+        for lg in self.loggers:
+            lg.phase(name, text)
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:

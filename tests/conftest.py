@@ -19,6 +19,8 @@ import pytest
 import torch
 import torch.hub
 
+from rnnctl.loggers import Logger
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "smoke" / "names_tiny.yaml"
@@ -208,23 +210,8 @@ def assert_one_line_error(result, *needles: str) -> str:
 # -- loggers for in-process training tests ---------------------------------------------------------
 
 
-class QuietLogger:
-    """The loop's Logger protocol, doing nothing: subclass and override what a test watches."""
-
-    def start(self, info):
-        pass
-
-    def progress(self, done, total):
-        pass
-
-    def steps(self, rows):
-        pass
-
-    def epoch(self, row):
-        pass
-
-    def finish(self, summary):
-        pass
+class QuietLogger(Logger):
+    """The loop's Logger protocol, doing nothing (its defaults): subclass and override what a test watches."""
 
 
 class CtrlCAtEpoch(QuietLogger):
