@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -315,11 +315,19 @@ def train(cfg: Config, command: str, loggers: list[Logger], root=None) -> dict[s
     return Trainer.start(cfg, command, loggers, root).fit()
 
 
-def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False) -> dict[str, Any]:
+def resume(
+    ref: str,
+    epochs: int | None,
+    command: str,
+    loggers: list[Logger],
+    force: bool = False,
+    using: Callable[[RunFolder, str | None, int | None], None] | None = None,
+) -> dict[str, Any]:
     """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
     epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
     before its first checkpoint starts over in its own folder. Under torchrun every rank reads the run (a
-    shared file system) and rank 0 alone locks and writes it."""
+    shared file system) and rank 0 alone locks and writes it. `using(run, checkpoint, epoch)` hears on rank 0
+    which run and checkpoint (None: none yet) it goes on from, once they are known to work."""
     run = RunFolder.resolve(ref, latest="started")  # `latest` here: the newest run, whatever its state
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
@@ -356,6 +364,8 @@ def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], fo
     lock = held[0] if held else NoLock()
     try:
         trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers)
+        if using is not None and trainer.world.main:
+            using(run, "last" if ckpt else None, ckpt["epoch"] if ckpt else None)
     except BaseException:
         lock.release()
         raise

@@ -146,7 +146,8 @@ def test_eval_latest_on_val_with_last_checkpoint(cli, copy_run):
     last_row = json.loads((copy_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["acc"] == pytest.approx(last_row["val_acc"], abs=1e-9)
     assert report["loss"] == pytest.approx(last_row["val_loss"], abs=1e-5)
-    assert "Traceback" not in result.output and result.stderr == ""
+    assert "Traceback" not in result.output
+    assert result.stderr == f"using run {copy_run.name}, checkpoint last.pt (epoch 3)\n"  # stdout is the report
     assert result.exit_code == 0, result.output
     assert f"accuracy {report['acc']:.4f}" in result.stdout
     assert f"saved: {saved}" in result.stdout
