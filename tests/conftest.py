@@ -194,12 +194,16 @@ def cli():
 
 
 def assert_one_line_error(result, *needles: str) -> str:
-    """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback."""
+    """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback. A run that
+    failed after it began training (`train --resume`) said first which run it goes on from: that line is
+    not the error."""
     assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}"  # not an uncaught exception
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     err = result.stderr
     assert "Traceback" not in result.output
     lines = [line for line in err.splitlines() if line.strip()]
+    if len(lines) == 2 and lines[0].startswith("using run "):
+        lines = lines[1:]
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), err
     for n in needles:

@@ -12,11 +12,35 @@ import pytest
 from conftest import CONFIGS, TINY, assert_one_line_error, run_dirs
 
 from rnnctl import plots
-from rnnctl.runs import RunFolder, command_settings
+from rnnctl.runs import command_settings
 
 
 def best_epoch(run: Path) -> int:
     return json.loads((run / "run.json").read_text())["best"]["epoch"]
+
+
+@pytest.fixture(scope="module")
+def lstm_run(trained_run, tmp_path_factory) -> Path:
+    """The session's run again with `--set model.cell=lstm --set train.seed=2`, once per module: copy it."""
+    from typer.testing import CliRunner
+
+    from rnnctl.cli import app
+
+    base = tmp_path_factory.mktemp("lstm-run")
+    args = ["train", str(TINY), *trained_run.files.set_args(), "--set", "model.cell=lstm", "--set", "train.seed=2"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RNNCTL_RUNS", str(base))
+        mp.setattr(sys, "argv", ["rnnctl", *args])  # what run.json records as the command
+        result = CliRunner().invoke(app, [*args, "-q"])
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(base)
+    return run
+
+
+@pytest.fixture
+def lstm(lstm_run, isolated) -> Path:
+    isolated.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copytree(lstm_run, isolated / lstm_run.name))
 
 
 @pytest.fixture
@@ -43,7 +67,9 @@ def test_eval_and_predict_say_which_run_and_checkpoint(cli, copy_run):
     assert result.stderr == f"using run {copy_run.name}, checkpoint last.pt (epoch 3)\n"
     assert result.stdout.splitlines()[1].split()[0] == "Petrovski"  # the table alone on stdout
     # a command that fails says only why
-    assert_one_line_error(cli("predict", copy_run.name, "Smith", "--checkpoint", "middle"), "--checkpoint")
+    failed = cli("predict", copy_run.name, "Smith", "--checkpoint", "middle")
+    assert_one_line_error(failed, "--checkpoint")
+    assert "using" not in failed.stderr
 
 
 def test_resume_says_which_run_and_checkpoint(cli, copy_run):
@@ -70,7 +96,9 @@ def test_sample_and_forecast_say_which_run_and_keep_stdout_data(cli, tmp_path, i
     assert result.exit_code == 0, result.output
     assert result.stderr == f"using run {lm.name}, checkpoint best.pt (epoch {best_epoch(lm)})\n"
     assert result.stdout.startswith("the ") and len(result.stdout) == len("the ") + 20 + 1  # the text alone
-    assert_one_line_error(cli("predict", lm.name, "Smith"), "does not classify")  # no `using` line either
+    failed = cli("predict", lm.name, "Smith")
+    assert_one_line_error(failed, "does not classify")
+    assert "using" not in failed.stderr  # it used nothing
 
     series = cli("train", CONFIGS / "smoke" / "series_tiny.yaml", "-q")
     assert series.exit_code == 0, series.output
@@ -98,9 +126,7 @@ def test_command_settings(command, settings):
     assert command_settings(command) == settings
 
 
-def test_runs_shows_what_each_run_changed(cli, train, copy_run, trained_run, isolated):
-    train(TINY, *trained_run.files.set_args(), "--set", "model.cell=lstm", "--set", "train.seed=2", "-q")
-    (lstm,) = [r for r in run_dirs(isolated) if r != copy_run]
+def test_runs_shows_what_each_run_changed(cli, train, copy_run, lstm, trained_run):
     train("--resume", copy_run.name, "--epochs", "4", "-q")
     listed = cli("runs").stdout
     line = next(line.rstrip() for line in listed.splitlines() if line.startswith(lstm.name))
@@ -112,9 +138,7 @@ def test_runs_shows_what_each_run_changed(cli, train, copy_run, trained_run, iso
     assert "changes" in listed.splitlines()[0]
 
 
-def test_compare_shows_what_differs_and_labels_the_curves_with_it(cli, train, copy_run, trained_run, monkeypatch):
-    train(TINY, *trained_run.files.set_args(), "--set", "model.cell=lstm", "--set", "train.seed=2", "-q")
-    lstm = RunFolder.resolve("latest").path
+def test_compare_shows_what_differs_and_labels_the_curves_with_it(cli, copy_run, lstm, monkeypatch):
     drawn = []
     compare = plots.compare
     monkeypatch.setattr(
@@ -132,23 +156,22 @@ def test_compare_shows_what_differs_and_labels_the_curves_with_it(cli, train, co
     assert saved["labels"] == drawn[0] == ["cell=gru, seed=0", "cell=lstm, seed=2"]
 
 
-def test_result_tables_fit_80_columns(cli, train, copy_run, trained_run, monkeypatch):
+def test_result_tables_fit_80_columns(cli, copy_run, lstm, monkeypatch):
     from rich.console import Console
 
     from rnnctl import cli as cli_module
 
     terminal = Console(width=80, force_terminal=True, color_system=None, highlight=False)
     monkeypatch.setattr(cli_module, "out", terminal)
-    train(TINY, *trained_run.files.set_args(), "--set", "model.cell=lstm", "-q")
     lines = cli("runs").stdout.splitlines()
     assert not any("…" in line or len(line) > 80 for line in lines), lines
     header = lines[0].split()
     assert header[:2] == ["id", "status"] and header[-3:] == ["val", "test", "changes"], header  # task, epochs go
-    lstm = RunFolder.resolve("latest").id
-    start, column = lines.index(next(line for line in lines if line.startswith(lstm))), lines[0].index("changes")
+    start, column = lines.index(next(line for line in lines if line.startswith(lstm.name))), lines[0].index("changes")
     assert "acc 0." in lines[start]  # the best validation accuracy, whole
-    assert "".join(line[column:].strip() for line in lines[start:]).endswith("model.cell=lstm")  # wrapped, not cut
-    compared = cli("compare", copy_run.name, lstm).stdout
+    changes = "".join(line[column:] for line in lines[start:]).replace(" ", "")  # wrapped, not cut
+    assert changes.endswith("names_test.csvmodel.cell=lstmtrain.seed=2"), changes
+    compared = cli("compare", copy_run.name, lstm.name).stdout
     tables = [line for line in compared.splitlines() if not line.startswith("plot and table: ")]  # a path: soft-wrapped
     assert "…" not in compared and all(len(line) <= 80 for line in tables), compared
     assert "best val_acc" in compared and "model.cell=lstm" in compared
