@@ -98,7 +98,9 @@ class FinalTest(Callback):
             return
         ckpt = trainer.run.load_checkpoint("best")
         trainer.model.load_state_dict(ckpt["model"])
+        best = trainer.run.checkpoint_path("best").name
         for split in splits:
+            trainer.phase("test", f"testing {best} (epoch {ckpt['epoch']}) on the {split} split")
             report, _ = evaluate_and_save(
                 trainer.task, trainer.model, trainer.data.meta, trainer.data.splits[split], trainer.device,
                 trainer.cfg.train.batch_size, trainer.run, split, "best", ckpt["epoch"],
@@ -113,6 +115,7 @@ class Plots(Callback):
     def on_finish(self, trainer: Trainer, status: str) -> None:
         from rnnctl import plots
 
+        trainer.phase("plot", "drawing the plots")
         plots.write_all(trainer.run)
 
 

@@ -280,7 +280,8 @@ def train(
         if resume is not None:
             if config is not None or overrides or name:
                 raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
-            result = loop.resume(resume, epochs, command=command, loggers=loggers, force=force)
+            using = lambda run, ckpt, epoch: views.using(err, run, ckpt, epoch)  # noqa: E731
+            result = loop.resume(resume, epochs, command=command, loggers=loggers, force=force, using=using)
         else:
             if config is None:
                 raise ConfigError("give a CONFIG file to train, or --resume RUN to continue a run")
@@ -312,6 +313,7 @@ def eval_(
     with user_errors():
         loaded = LoadedRun(run, checkpoint)
         report, saved = loaded.evaluate(split)
+        views.using(err, *loaded.used)
         views.eval_report(out, loaded.dir, report, saved)
 
 
@@ -341,7 +343,10 @@ def predict(
         if horizon is not None:
             if inputs or file is not None:
                 raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS or --file with it")
-            views.forecast(out, LoadedRun(run, checkpoint).forecast(horizon))
+            loaded = LoadedRun(run, checkpoint)
+            result = loaded.forecast(horizon)
+            views.using(err, *loaded.used)
+            views.forecast(out, result)
             return
         inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
         if not inputs:
@@ -349,7 +354,10 @@ def predict(
                 "nothing to predict: give INPUT arguments, --file with one input per line, "
                 "or --horizon N for a series run"
             )
-        views.predictions(out, LoadedRun(run, checkpoint).predict(inputs, top))
+        loaded = LoadedRun(run, checkpoint)
+        rows = loaded.predict(inputs, top)
+        views.using(err, *loaded.used)
+        views.predictions(out, rows)
 
 
 @app.command(cls=Command)
@@ -399,7 +407,8 @@ def sample(
             )
             prompt = old_prompt
         loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
-        views.stream_samples(sys.stdout, prompt, loaded.samples(prompt, length, temperature, top_k, num, rng_seed), num)
+        samples = loaded.samples(prompt, length, temperature, top_k, num, rng_seed)
+        views.stream_samples(sys.stdout, prompt, samples, num, before=lambda: views.using(err, *loaded.used))
 
 
 @app.command(cls=Command)
@@ -415,7 +424,9 @@ def compare(
     from rnnctl.inference import compare_runs
 
     with user_errors():
-        views.comparison(out, *compare_runs(runs, metric))
+        metric, rows, folder = compare_runs(runs, metric)
+        err.print(f"using runs {', '.join(r['id'] for r in rows)}", markup=False, soft_wrap=True)
+        views.comparison(out, metric, rows, folder)
 
 
 @app.command(cls=Command)

@@ -9,7 +9,7 @@ import torch
 from rnnctl.runs import now
 from rnnctl.config import validate
 from rnnctl.errors import ConfigError, RnnctlError, RunError
-from rnnctl.runs import RunFolder, all_runs, compare_folder, runs_root, write_json
+from rnnctl.runs import RunFolder, all_runs, compare_folder, flatten, plain, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
 from rnnctl.training import evaluate, pick_device
@@ -61,6 +61,11 @@ class LoadedRun:
     @property
     def dir(self):
         return self.run.path
+
+    @property
+    def used(self) -> tuple[RunFolder, str, int]:
+        """The run, the checkpoint and its epoch: what a command says it used."""
+        return self.run, self.checkpoint_name, self.ckpt["epoch"]
 
     def evaluate(self, split: str | None) -> tuple[dict[str, Any], Any]:
         data = self.task.prepare(self.cfg, meta=self.meta)
@@ -153,8 +158,34 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
             "test": test.get(metric.removeprefix("val_")), "epochs": info.get("epochs_done"),
             "duration": info.get("duration"), "status": info.get("status"),
         })  # fmt: skip
-        curves.append((run.id, rows))
+        curves.append(rows)
+    differs = config_differences([run.config() for run in runs])
+    for i, row in enumerate(table):
+        row["differs"] = " ".join(f"{key}={values[i]}" for key, values in differs.items())
+    labels = legend_labels([r["id"] for r in table], differs)
     out = compare_folder(len(runs))
-    plots.compare(curves, metric, out / "compare.png")
-    write_json(out / "compare.json", {"metric": metric, "runs": table})
+    plots.compare(list(zip(labels, curves)), metric, out / "compare.png")
+    write_json(out / "compare.json", {"metric": metric, "differs": differs, "labels": labels, "runs": table})
     return metric, table, out
+
+
+def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The config keys whose values are not the same in every run (`-`: a run without the key), each with
+    its values in run order; the name (the folder's suffix) and what the data determined left out."""
+    flat = [flatten({k: v for k, v in c.items() if k not in ("derived", "name")}) for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    values = {k: [plain(f[k]) if k in f else "-" for f in flat] for k in keys}
+    return {k: v for k, v in values.items() if len(set(v)) > 1}
+
+
+def legend_labels(ids: list[str], differs: dict[str, list[str]], most: int = 3) -> list[str]:
+    """What tells each run apart (`cell=lstm, seed=2`; a key shortened to its last part where that stays
+    unique), or its id where nothing or not enough does."""
+    short = {k: k.rsplit(".", 1)[-1] for k in differs}
+    names = {k: s if list(short.values()).count(s) == 1 else k for k, s in short.items()}
+    keys = list(differs)[:most]
+    more = f" (+{len(differs) - most})" if len(differs) > most else ""
+    labels = [", ".join(f"{names[k]}={differs[k][i]}" for k in keys) + more for i in range(len(ids))]
+    if not keys or len(set(labels)) < len(labels):
+        return [f"{run_id}: {label}" if label else run_id for run_id, label in zip(ids, labels)]
+    return labels

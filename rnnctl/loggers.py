@@ -6,44 +6,51 @@ live.py), so no two of them can disagree.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from rnnctl.errors import ConfigError
 from rnnctl.runs import RunFolder
 
+Running = Callable[[], dict[str, float]]  # the current epoch's training metrics so far
+
 
 class Logger(Protocol):
-    def start(self, info: dict[str, Any]) -> None: ...
+    """What the loop tells whoever watches, in this order: start, then per epoch progress (per batch),
+    phase (validating), steps and epoch (its row), and at the end phase (testing, plotting) and finish.
+    A logger subclasses it to inherit a no-op for each event it does not watch."""
 
-    def progress(self, done: int, total: int) -> None: ...  # batches done in the current epoch
+    def start(self, info: dict[str, Any]) -> None:
+        """run.json's record, plus `dir`, `monitor`, `config`, `derived` (the data's facts), `sizes` (per split)."""
 
-    def steps(self, rows: list[dict[str, Any]]) -> None: ...  # every optimizer step of an epoch: loss, grad_norm
+    def progress(self, done: int, total: int, running: Running | None = None) -> None:
+        """`done` of `total` batches of the current epoch; `running()` reads the epoch's training metrics
+        so far back from the device: call it now and then, not at every batch."""
 
-    def epoch(self, row: dict[str, Any]) -> None: ...
+    def phase(self, name: str, text: str) -> None:
+        """The run does something other than training: `validate`, `test` (the best checkpoint) or `plot`;
+        `text` says it in words. Training again is the next `progress`."""
 
-    def finish(self, summary: dict[str, Any]) -> None: ...
+    def steps(self, rows: list[dict[str, Any]]) -> None:
+        """Every optimizer step of an epoch: step, loss, grad_norm."""
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """One metrics row: the end of an epoch, or a `train.eval_every` point inside one (`partial`)."""
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """The run ended (completed, interrupted or failed); may be called once more than needed."""
 
 
-class MetricsFiles:
+class MetricsFiles(Logger):
     """The disk logger: metrics.jsonl (and .csv) gets each row, steps.csv each epoch's steps."""
 
     def __init__(self, run: RunFolder):
         self.run = run
-
-    def start(self, info: dict[str, Any]) -> None:
-        pass
-
-    def progress(self, done: int, total: int) -> None:
-        pass
 
     def steps(self, rows: list[dict[str, Any]]) -> None:
         self.run.append_steps(rows)
 
     def epoch(self, row: dict[str, Any]) -> None:
         self.run.append_row(row)
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        pass
 
 
 # -- TensorBoard ---------------------------------------------------------------------------------
@@ -71,7 +78,7 @@ def tag(key: str) -> str:
     return f"run/{key}"
 
 
-class TensorBoardLog:
+class TensorBoardLog(Logger):
     """TensorBoard event files (`log.tensorboard: true`, extra `rnnctl[tensorboard]`)."""
 
     def __init__(self, run: RunFolder, resume_step: int | None = None):
@@ -89,9 +96,6 @@ class TensorBoardLog:
         command = info.get("command", "")
         text = f"`{command}`\n\n" + "\n".join("    " + line for line in config.splitlines())  # markdown code block
         self.writer.add_text("config", text, self.last_step)
-
-    def progress(self, done: int, total: int) -> None:
-        pass
 
     def steps(self, rows: list[dict[str, Any]]) -> None:
         for r in rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -157,8 +157,10 @@ class Trainer:
             with stop_signals():
                 self.clock = time.perf_counter() - self.elapsed_before
                 self._emit("on_start")
-                for lg in self.loggers:
-                    lg.start({**self.info, "dir": str(self.run.path), "monitor": self.best["metric"]})
+                sizes = {name: len(split) for name, split in self.data.splits.items()}
+                start = {"dir": str(self.run.path), "monitor": self.best["metric"], "config": self.cfg.to_dict()}
+                for lg in self.loggers:  # what will run, from the record and the data's own facts
+                    lg.start({**self.info, **start, "derived": self.data.derived, "sizes": sizes})
                 try:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
                         self._train_epoch()
@@ -191,7 +193,7 @@ class Trainer:
         def on_batch(done: int, total: int) -> None:
             self._set_lr(self.step + done)  # for the next step
             for lg in self.loggers:
-                lg.progress(done, total)
+                lg.progress(done, total, meter.compute)  # the running metrics, read when a logger asks
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 self._validation(self.step + done, meter, fraction=done / total)  # a row inside a long epoch
                 self.model.train()
@@ -232,6 +234,7 @@ class Trainer:
         step_rows: list[dict[str, Any]] | None = None,
     ) -> None:
         """Validate, then record it everywhere: at an epoch's end, or inside it (`fraction` of it done)."""
+        self.phase("validate", f"validating epoch {self.epoch}")
         meter = self.task.meter(self.data.meta)
         val = evaluate(
             self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True
@@ -275,6 +278,11 @@ class Trainer:
             row.update(samples_per_s=epoch_stats["samples_per_s"], epoch_time=time.perf_counter() - epoch_stats["t0"])
         row["elapsed"] = time.perf_counter() - self.clock
         return row
+
+    def phase(self, name: str, text: str) -> None:
+        """Tell the loggers what the run does besides training (validate; the callbacks: test, plot)."""
+        for lg in self.loggers:
+            lg.phase(name, text)
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -321,11 +329,19 @@ def train(
     return Trainer.start(cfg, command, loggers, root, callbacks).fit()
 
 
-def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False) -> dict[str, Any]:
+def resume(
+    ref: str,
+    epochs: int | None,
+    command: str,
+    loggers: list[Logger],
+    force: bool = False,
+    using: Callable[[RunFolder, str | None, int | None], None] | None = None,
+) -> dict[str, Any]:
     """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
     epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
     before its first checkpoint starts over in its own folder. Under torchrun every rank reads the run (a
-    shared file system) and rank 0 alone locks and writes it."""
+    shared file system) and rank 0 alone locks and writes it. `using(run, checkpoint, epoch)` hears on rank 0
+    which run and checkpoint (None: none yet) it goes on from, once they are known to work."""
     run = RunFolder.resolve(ref, latest="started")  # `latest` here: the newest run, whatever its state
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
@@ -362,6 +378,8 @@ def resume(ref: str, epochs: int | None, command: str, loggers: list[Logger], fo
     lock = held[0] if held else NoLock()
     try:
         trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers)
+        if using is not None and trainer.world.main:
+            using(run, "last" if ckpt else None, ckpt["epoch"] if ckpt else None)
     except BaseException:
         lock.release()
         raise

@@ -22,6 +22,7 @@ import errno
 import io
 import json
 import os
+import shlex
 import socket
 import tempfile
 import threading
@@ -299,6 +300,26 @@ class RunFolder:
         if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
+
+    def changes(self) -> list[str]:
+        """What the run changed from the config file it was started from, `key=value` each: the keys set by
+        its command line (`--set`, `--epochs`, and its resumes' `--epochs`), valued as config.yaml resolved
+        them; a later setting of a key wins."""
+        try:
+            info = self.read_info()
+        except RunError:
+            return []
+        history = info.get("history") if isinstance(info.get("history"), list) else []
+        commands = [info.get("command"), *(h.get("command") for h in history if isinstance(h, dict))]
+        texts: dict[str, str] = {}
+        for command in commands:
+            if isinstance(command, str):
+                texts.update(command_settings(command))
+        config = self.config()
+        return [
+            f"{key}={plain(value)}" if (value := lookup(config, key)) is not MISSING else f"{key}={text}"
+            for key, text in texts.items()
+        ]
 
     # -- metrics.jsonl, metrics.csv, steps.csv ---------------------------------------------------
     # Appended as training goes: a crash mid-append can leave a torn last line. Readers skip it and say so;
@@ -595,6 +616,62 @@ def _alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
+# -- what runs differ in --------------------------------------------------------------------------
+
+MISSING = object()
+
+
+def command_settings(command: str) -> list[tuple[str, str]]:
+    """The config keys an rnnctl command line sets, in order: `--set key=value` and `--epochs N`."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return []
+    out = []
+    for i, word in enumerate(words):
+        for option in ("--set", "--epochs"):
+            if word == option and i + 1 < len(words):
+                text = words[i + 1]
+            elif word.startswith(option + "="):
+                text = word[len(option) + 1 :]
+            else:
+                continue
+            key, sep, value = ("train.epochs", "=", text) if option == "--epochs" else text.partition("=")
+            if sep and key.strip():
+                out.append((key.strip(), value))
+    return out
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """A dotted key's value in a nested config, or MISSING."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"cell": "gru"}} -> {"model.cell": "gru"}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def plain(value: Any) -> str:
+    """A config value as it would be written after `--set key=`: null, true, 0.003, lstm, [1, 2]."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 # -- many runs -----------------------------------------------------------------------------------
 
 
@@ -629,7 +706,7 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
     """run.json of every run, filtered; sorted by start, by best validation metric (best first), or duration."""
     if sort not in ("created", "best", "duration"):
         raise RunError(f"--sort {sort!r}: expected created, best or duration")
-    infos = [r.info() for r in all_runs()]
+    infos = [{**r.info(), "changes": r.changes()} for r in all_runs()]
     infos = [
         i for i in infos if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
     ]

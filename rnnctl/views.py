@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from rnnctl.live import fmt_duration
+from rnnctl.live import Col, fit_table, fmt_duration
 from rnnctl.runs import RunFolder
+
+
+PIPE_WIDTH = 10_000  # not a terminal: a table row stays on one line, every column kept
+
+
+def print_table(console: Console, cols: list[Col]) -> None:
+    """On a terminal, the columns that fit its width (a number is never cut); elsewhere every column, one
+    line a row, however long (a pipe or a log file has no width to fit)."""
+    if console.is_terminal:
+        console.print(fit_table(console.width, cols))
+        return
+    options = console.options.update(width=PIPE_WIDTH)
+    for line in console.render_lines(fit_table(PIPE_WIDTH, cols), options, pad=False):
+        text = Text.assemble(*((seg.text, seg.style) for seg in line))
+        text.rstrip()
+        console.print(text, soft_wrap=True)
 
 
 def _metrics(d: dict[str, Any]) -> str:
@@ -30,6 +46,15 @@ def summary(console: Console, s: dict[str, Any]) -> None:
         console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]", soft_wrap=True)
     plots = [p.name for p in RunFolder(Path(s["dir"])).plots()]
     console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
+
+
+def using(console: Console, run: RunFolder, checkpoint: str | None, epoch: int | None) -> None:
+    """Which run and checkpoint a command works from (on stderr: stdout may be data)."""
+    if checkpoint is None:
+        text = f"using run {run.id}, no checkpoint yet: training starts over"
+    else:
+        text = f"using run {run.id}, checkpoint {run.checkpoint_path(checkpoint).name} (epoch {epoch})"
+    console.print(text, markup=False, soft_wrap=True)
 
 
 def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
@@ -55,10 +80,15 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     console.print(f"saved: {saved}", soft_wrap=True)
 
 
-def stream_samples(stream: TextIO, prompt: str, samples: Iterator[Iterator[str]], num: int) -> None:
-    """Each sample as it is generated: the prompt, then one character at a time."""
+def stream_samples(
+    stream: TextIO, prompt: str, samples: Iterator[Iterator[str]], num: int, before: Callable[[], None] | None = None
+) -> None:
+    """Each sample as it is generated: the prompt, then one character at a time; `before()` once the first
+    character came (a bad argument raises first, before anything is printed)."""
     for i, chars in enumerate(samples):
-        first = next(chars, "")  # a bad argument raises here, before anything is printed
+        first = next(chars, "")
+        if i == 0 and before is not None:
+            before()
         if num > 1:
             stream.write(f"{'' if i == 0 else chr(10)}--- sample {i + 1}/{num} ---\n")
         stream.write(prompt + first)
@@ -102,16 +132,29 @@ def forecast(console: Console, result: dict[str, Any]) -> None:
 
 
 def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], out: Path) -> None:
-    table = Table(box=None, header_style="bold")
-    for col in ("id", "task", "parameters", f"best {metric}", "epoch", f"final {metric}", "test", "duration"):
-        table.add_column(col, no_wrap=True, justify="left" if col in ("id", "task") else "right")
-    for r in table_rows:
-        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        table.add_row(
-            r["id"], str(r["task"]), f"{r['parameters']:,}" if r["parameters"] else "-", fmt(r["best"]),
-            str(r["best_epoch"]), fmt(r["final"]), fmt(r["test"]), fmt_duration(r["duration"]),
-        )  # fmt: skip
-    console.print(table)
+    """The runs' best and final values, then what differs between their configs."""
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    rows = table_rows
+    cols = [
+        Col("id", [r["id"] for r in rows], 0, "left"),
+        Col("task", [str(r["task"]) for r in rows], 7, "left"),
+        Col("parameters", [f"{r['parameters']:,}" if r["parameters"] else "-" for r in rows], 6),
+        Col(f"best {metric}", [fmt(r["best"]) for r in rows], 1),
+        Col("epoch", [str(r["best_epoch"]) for r in rows], 4),
+        Col(f"final {metric}", [fmt(r["final"]) for r in rows], 3),
+        Col("test", [fmt(r["test"]) for r in rows], 2),
+        Col("duration", [fmt_duration(r["duration"]) for r in rows], 5),
+    ]
+    print_table(console, cols)
+    if any(r["differs"] for r in rows):
+        console.print("what differs:")
+        cols = [
+            Col("id", [r["id"] for r in rows], 0, "left"),
+            Col("config", [r["differs"] for r in rows], 1, "left", True),
+        ]
+        print_table(console, cols)
+    else:
+        console.print("the configs are the same")
     console.print(f"plot and table: {out}/compare.png, {out}/compare.json", soft_wrap=True)
 
 
@@ -144,13 +187,10 @@ def sweep_summary(console: Console, s: dict[str, Any]) -> None:
 
 
 def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = False) -> None:
+    """One row per run; on a narrow terminal the least needed columns go (duration, task, epochs first)."""
     if not runs:
         console.print("no runs match" if filtered else "no runs yet (train one with `rnnctl train CONFIG`)")
         return
-    table = Table(box=None, header_style="bold")
-    table.add_column("id", no_wrap=True, min_width=max(len(r["id"]) for r in runs))  # ids are copied from here whole
-    for col in ("task", "status", "epochs", "best val", "test", "duration"):
-        table.add_column(col, justify="right" if col in ("epochs", "duration") else "left", no_wrap=True)
     colors = {
         "completed": "green",
         "running": "cyan",
@@ -159,18 +199,25 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
         "died": "red",
         "unreadable": "red",
     }
+    best_s, test_s = [], []
     for r in runs:
         best = r.get("best") if isinstance(r.get("best"), dict) else {}
         test = r.get("test") if isinstance(r.get("test"), dict) else {}
         metric = str(best.get("metric") or "val_").removeprefix("val_")  # the metric that picked the best epoch
-        best_s = f"{metric} {best['value']:.4f} @{best['epoch']}" if best.get("epoch") is not None else "-"
-        test_s = f"{metric} {test[metric]:.4f}" if metric in test else "-"
-        status = r.get("status", "?")
-        table.add_row(
-            r["id"], r.get("task", "?"), f"[{colors.get(status, 'white')}]{status}[/]",
-            f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}", best_s, test_s, fmt_duration(r.get("duration")),
-        )  # fmt: skip
-    console.print(table)
+        best_s.append(f"{metric} {best['value']:.4f} @{best['epoch']}" if best.get("epoch") is not None else "-")
+        test_s.append(f"{metric} {test[metric]:.4f}" if metric in test else "-")
+    statuses = [str(r.get("status", "?")) for r in runs]
+    cols = [
+        Col("id", [r["id"] for r in runs], 0, "left"),  # ids are copied from here whole
+        Col("task", [str(r.get("task", "?")) for r in runs], 6, "left"),
+        Col("status", [Text(s, style=colors.get(s, "white")) for s in statuses], 1, "left"),
+        Col("epochs", [f"{r.get('epochs_done', 0)}/{r.get('epochs', '?')}" for r in runs], 5),
+        Col("best val", best_s, 2, "left"),
+        Col("test", test_s, 3, "left"),
+        Col("duration", [fmt_duration(r.get("duration")) for r in runs], 7),
+        Col("changes", [" ".join(r.get("changes") or []) or "-" for r in runs], 4, "left", wraps=True),
+    ]
+    print_table(console, cols)
 
 
 STATUS_COLORS = {"completed": "green", "pruned": "yellow", "failed": "red", "running": "cyan", "waiting": "white"}

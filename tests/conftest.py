@@ -19,6 +19,8 @@ import pytest
 import torch
 import torch.hub
 
+from rnnctl.loggers import Logger
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
 TINY = CONFIGS / "smoke" / "names_tiny.yaml"
@@ -192,12 +194,16 @@ def cli():
 
 
 def assert_one_line_error(result, *needles: str) -> str:
-    """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback."""
+    """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback. A run that
+    failed after it began training (`train --resume`) said first which run it goes on from: that line is
+    not the error."""
     assert isinstance(result.exception, SystemExit), f"crashed: {result.exception!r}"  # not an uncaught exception
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     err = result.stderr
     assert "Traceback" not in result.output
     lines = [line for line in err.splitlines() if line.strip()]
+    if len(lines) == 2 and lines[0].startswith("using run "):
+        lines = lines[1:]
     assert len(lines) == 1, err
     assert lines[0].startswith("error: "), err
     for n in needles:
@@ -208,23 +214,8 @@ def assert_one_line_error(result, *needles: str) -> str:
 # -- loggers for in-process training tests ---------------------------------------------------------
 
 
-class QuietLogger:
-    """The loop's Logger protocol, doing nothing: subclass and override what a test watches."""
-
-    def start(self, info):
-        pass
-
-    def progress(self, done, total):
-        pass
-
-    def steps(self, rows):
-        pass
-
-    def epoch(self, row):
-        pass
-
-    def finish(self, summary):
-        pass
+class QuietLogger(Logger):
+    """The loop's Logger protocol, doing nothing (its defaults): subclass and override what a test watches."""
 
 
 class CtrlCAtEpoch(QuietLogger):

@@ -94,7 +94,7 @@ def test_train_prints_one_plain_line_per_epoch(trained_run):
     epoch_lines = [line for line in lines if line.startswith("epoch ")]
     assert [line.split()[1] for line in epoch_lines] == ["1/3", "2/3", "3/3"]
     assert all("val_acc" in line and "samples/s" in line for line in epoch_lines)
-    assert lines[0].startswith(f"run {trained_run.dir.name}: task names")
+    assert lines[0] == f"run {trained_run.dir.name} -> {trained_run.dir}"
     assert "\x1b[" not in trained_run.stdout  # no terminal escapes in a pipe
     assert any(line.startswith("completed in") and "3/3 epochs" in line for line in lines)
     assert f"run folder: {trained_run.dir}" in trained_run.stdout
@@ -146,7 +146,8 @@ def test_eval_latest_on_val_with_last_checkpoint(cli, copy_run):
     last_row = json.loads((copy_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert report["acc"] == pytest.approx(last_row["val_acc"], abs=1e-9)
     assert report["loss"] == pytest.approx(last_row["val_loss"], abs=1e-5)
-    assert "Traceback" not in result.output and result.stderr == ""
+    assert "Traceback" not in result.output
+    assert result.stderr == f"using run {copy_run.name}, checkpoint last.pt (epoch 3)\n"  # stdout is the report
     assert result.exit_code == 0, result.output
     assert f"accuracy {report['acc']:.4f}" in result.stdout
     assert f"saved: {saved}" in result.stdout
