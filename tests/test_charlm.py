@@ -161,9 +161,12 @@ def test_the_old_seed_option_still_sets_the_prompt_with_a_note(cli, char_run):
     """`--seed` was the prompt's name and read like the sampler's seed (--rng-seed): it still works, and says so."""
     new = cli("sample", char_run.dir, "--prompt", "ab", "--length", "30", "--rng-seed", "2")
     old = cli("sample", char_run.dir, "--seed", "ab", "--length", "30", "--rng-seed", "2")
-    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout and new.stderr == ""
+    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout
+    (used,) = new.stderr.splitlines()  # which run: nothing else on stderr
+    assert used.startswith(f"using run {char_run.dir.name}, checkpoint best.pt (epoch ")
     assert old.stderr.splitlines() == [
-        "note: --seed is now --prompt (the text to start from); --rng-seed seeds the sampler"
+        "note: --seed is now --prompt (the text to start from); --rng-seed seeds the sampler",
+        *new.stderr.splitlines(),
     ]
     both = cli("sample", char_run.dir, "--seed", "ab", "--prompt", "cd")
     assert_one_line_error(both, "--seed is the old name of --prompt: give --prompt alone")

@@ -92,7 +92,7 @@ def test_sample_and_forecast_say_which_run_and_keep_stdout_data(cli, tmp_path, i
     charlm = cli("train", CONFIGS / "smoke" / "charlm_tiny.yaml", "--set", f"data.path={text}", "-q")
     assert charlm.exit_code == 0, charlm.output
     (lm,) = run_dirs(isolated)
-    result = cli("sample", "--seed", "the ", "--length", "20", "--rng-seed", "1")
+    result = cli("sample", "--prompt", "the ", "--length", "20", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     assert result.stderr == f"using run {lm.name}, checkpoint best.pt (epoch {best_epoch(lm)})\n"
     assert result.stdout.startswith("the ") and len(result.stdout) == len("the ") + 20 + 1  # the text alone
