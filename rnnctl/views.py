@@ -198,6 +198,7 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
         "failed": "red",
         "died": "red",
         "unreadable": "red",
+        "pruned": "yellow",
     }
     best_s, test_s = [], []
     for r in runs:
@@ -217,6 +218,8 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
         Col("duration", [fmt_duration(r.get("duration")) for r in runs], 7),
         Col("changes", [" ".join(r.get("changes") or []) or "-" for r in runs], 4, "left", wraps=True),
     ]
+    if any(r.get("sweep") for r in runs):  # members of sweeps and search studies: which one
+        cols.insert(2, Col("sweep/study", [str(r.get("sweep") or "-") for r in runs], 4, "left"))
     print_table(console, cols)
 
 

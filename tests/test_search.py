@@ -69,6 +69,8 @@ def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, 
     # the trials are runs like any other: listed, evaluated by id, and the best config trains as is
     listed = cli("runs")
     assert listed.exit_code == 0 and listed.stdout.count("trial-") == 6, listed.stdout
+    assert "sweep/study" in listed.stdout and listed.stdout.count("names_tiny") >= 6  # listed with their study
+    assert "optim.lr=" in listed.stdout and "pruned" in listed.stdout  # their values, their status
     completed = next(t for t in study.trials if t.state.name == "COMPLETE")
     assert cli("eval", completed.user_attrs["run"]).exit_code == 0
     shown = cli("config", "show", folder / "best.yaml")
