@@ -130,21 +130,22 @@ def test_a_killed_worker_s_trial_is_failed_by_its_heartbeat_and_run_again(cli, n
     assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
 
 
-def test_sigterm_stops_the_search_and_the_same_command_finishes_it(names_files, isolated):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_the_search_and_queues_its_trials_again(names_files, isolated, jobs):
     env = _env(isolated)
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=40", "--space", "optim.lr=choice(0.01)"]
-    args += ["--trials", "1", "--pruner", "none", "--timeout", "1s"]
+    args += ["--trials", str(jobs), "--jobs", str(jobs), "--pruner", "none", "--timeout", "1s"]
     proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
     folder = isolated / "studies" / "names_tiny"
     deadline = time.time() + 120
-    while not list((folder / "runs").glob("*/metrics.jsonl")) and time.time() < deadline:
+    while len(list((folder / "runs").glob("*/metrics.jsonl"))) < jobs and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # to the search alone: it passes it on to its workers
     assert proc.wait(timeout=60) == 143
-    study = _study(folder, "names_tiny")
-    assert [t.state.name for t in study.trials] == ["FAIL", "WAITING"]  # the trial's values are queued again
-    (run,) = (folder / "runs").iterdir()
-    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    states = sorted(t.state.name for t in _study(folder, "names_tiny").trials)
+    assert states == ["FAIL"] * jobs + ["WAITING"] * jobs  # each trial's values are queued again
+    runs = list((folder / "runs").iterdir())
+    assert len(runs) == jobs and all(json.loads((r / "run.json").read_text())["status"] == "interrupted" for r in runs)
 
 
 def test_a_search_section_in_the_config_is_the_space(cli, names_files, isolated, tmp_path):
