@@ -216,7 +216,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             from optuna.storages.journal import JournalFileBackend
 
             Path(url).parent.mkdir(parents=True, exist_ok=True)
-            return _JournalStorage(JournalFileBackend(url), interval, retry)
+            return _journal_class()(JournalFileBackend(url), interval, retry)
     except ImportError as e:  # no driver: Optuna re-raises SQLAlchemy's ImportError without its name
         driver = " (pip install 'rnnctl[postgres]')" if url.startswith("postgres") else ""
         raise ConfigError(f"--storage {shown_url(url)}: the database driver is not installed{driver}: {e}") from None
@@ -244,7 +244,9 @@ def _journal_class():
             now, running = time.time(), optuna.trial.TrialState.RUNNING
             stale = []
             for t in self.get_all_trials(study_id, deepcopy=False, states=(running,)):
-                beat = t.system_attrs.get("rnnctl_heartbeat")
+                beat = t.system_attrs.get("rnnctl_heartbeat")  # none yet: the worker died as the trial began
+                if beat is None and t.datetime_start is not None:
+                    beat = t.datetime_start.timestamp()
                 if beat is not None and now - beat > 3 * self.interval:
                     stale.append(t._trial_id)
             return stale
@@ -256,10 +258,6 @@ def _journal_class():
             return self.callback
 
     return Journal
-
-
-def _JournalStorage(backend, interval, callback):
-    return _journal_class()(backend, interval, callback)
 
 
 @contextlib.contextmanager
