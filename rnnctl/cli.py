@@ -599,7 +599,8 @@ def search_worker(
 @app.command(cls=Command)
 def report(
     ref: Annotated[
-        str, typer.Argument(metavar="RUN|SWEEP|STUDY", help="A run (id, folder or 'latest'), a sweep or a study.")
+        str,
+        typer.Argument(metavar="REF", help="A run (id, folder or 'latest'), a sweep or a study, tried in that order."),
     ] = "latest",
     out_file: Annotated[
         Optional[Path],

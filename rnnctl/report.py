@@ -437,6 +437,18 @@ def member_values(folder: Path, run: str | None) -> tuple[Any, Any]:
     return best.get("value"), ", ".join(f"{k} {show(v)}" for k, v in test.items() if k != "n")
 
 
+def number(text: str) -> Any:
+    """A trials.csv cell: a number where it reads as one (shown to 4 digits), else the text."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def study_page(folder: Path, spec: dict[str, Any]) -> str:
     trials_csv = folder / "trials.csv"
     header: list[str] = []
@@ -444,7 +456,7 @@ def study_page(folder: Path, spec: dict[str, Any]) -> str:
     if trials_csv.is_file():
         header, *trials = list(csv.reader(io.StringIO(trials_csv.read_text(encoding="utf-8")))) or [[]]
     run_col = header.index("run") if "run" in header else None
-    shown = [[member_cell(folder, r[i]) if i == run_col and i < len(r) else v for i, v in enumerate(r)] for r in trials]
+    shown = [[member_cell(folder, v) if i == run_col else number(v) for i, v in enumerate(r)] for r in trials]
     best_yaml = folder / "best.yaml"
     space = spec.get("space") or {}
     sections = [
@@ -461,7 +473,7 @@ def study_page(folder: Path, spec: dict[str, Any]) -> str:
         ),
         section(
             "Trials",
-            table(header, shown, text=range(1, len(header)))
+            table(header, shown, text=[i for i, h in enumerate(header) if h in ("status", "run", "host")])
             if trials
             else note(f"no trials.csv yet: `rnnctl search --show {folder.name}` writes it"),
         ),
