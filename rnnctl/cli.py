@@ -597,6 +597,26 @@ def search_worker(
 
 
 @app.command(cls=Command)
+def report(
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="REF", help="A run (id, folder or 'latest'), a sweep or a study, tried in that order."),
+    ] = "latest",
+    out_file: Annotated[
+        Optional[Path],
+        typer.Option("--out", metavar="FILE", help="Where to write the page; default: report.html in its folder."),
+    ] = None,
+) -> None:
+    """Write one self-contained HTML page of a run, sweep or study (images embedded), and print its path."""
+    from rnnctl import report as reports
+
+    with user_errors():
+        kind, name, path = reports.write(ref, out_file)
+        err.print(f"using {kind} {name}", markup=False, soft_wrap=True)  # which one `latest` or a prefix named
+        out.print(str(path), markup=False, soft_wrap=True)
+
+
+@app.command(cls=Command)
 def runs(
     task: Annotated[Optional[str], typer.Option(metavar="TASK", help="Only runs of this task.")] = None,
     status: Annotated[

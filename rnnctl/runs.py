@@ -10,6 +10,7 @@ A run folder, `runs/<YYYYmmdd-HHMMSS>-<name>/`:
     eval/                results of evaluations (`<split>-<checkpoint>.json`)
     forecast/            `forecast-<N>.json/.csv/.png` of a series run
     plots/               PNG figures drawn from the files above
+    report.html          `rnnctl report`: the run on one self-contained page
     tensorboard/         TensorBoard events (`log.tensorboard: true`)
 """
 
@@ -45,6 +46,7 @@ CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of eac
     "task": str, "config": dict, "meta": dict, "model": dict, "optimizer": dict, "epoch": int, "step": int,
     "best": dict, "schedule": dict, "rng": dict,
 }  # fmt: skip
+REPORT = "report.html"  # `rnnctl report`'s page, in a run, sweep or study folder
 STATUSES = ("running", "completed", "failed", "interrupted")
 LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
 HEARTBEAT_S = 10.0  # a lock's holder rewrites its heartbeat this often
@@ -469,6 +471,15 @@ class RunFolder:
 
     def plots(self) -> list[Path]:
         return sorted((self.path / "plots").glob("*.png"))
+
+    def forecasts(self) -> list[Path]:
+        """forecast-<N>.json of every forecast written, shortest horizon first (its .png beside it)."""
+        found = (self.path / "forecast").glob("forecast-*.json")
+        return sorted(found, key=lambda p: (len(p.stem), p.stem))
+
+    @property
+    def report_path(self) -> Path:
+        return self._file(REPORT)
 
     @property
     def tensorboard_dir(self) -> Path:
