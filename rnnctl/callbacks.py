@@ -103,7 +103,7 @@ class FinalTest(Callback):
             trainer.phase("test", f"testing {best} (epoch {ckpt['epoch']}) on the {split} split")
             report, _ = evaluate_and_save(
                 trainer.task, trainer.model, trainer.data.meta, trainer.data.splits[split], trainer.device,
-                trainer.cfg.train.batch_size, trainer.run, split, "best", ckpt["epoch"],
+                trainer.cfg.train.batch_size, trainer.run, split, "best", ckpt["epoch"], trainer.precision,
             )  # fmt: skip
             if split == "test":
                 trainer.info["test"] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and k != "epoch"}
@@ -130,6 +130,7 @@ class RunRecord(Callback):
             "id": trainer.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
             "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
             "seed": cfg.train.seed, "device": str(trainer.device), "threads": torch.get_num_threads(),
+            "precision": cfg.train.precision, **trainer.math,  # tf32: whether TF32 math ran; deterministic: the mode
             "versions": versions(), "git_commit": git_commit(),
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
             "epochs": cfg.train.epochs, "epochs_done": 0, "best": dict(trainer.best),
@@ -144,7 +145,8 @@ class RunRecord(Callback):
         )
         info.update(
             status="running", epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
-            pid=os.getpid(), host=HOST,
+            pid=os.getpid(), host=HOST, device=str(trainer.device), precision=trainer.cfg.train.precision,
+            **trainer.math,
         )  # fmt: skip
         for key in ("finished", "duration", "stopped_early"):
             info.pop(key, None)

@@ -125,6 +125,9 @@ ConfigArg = Annotated[
     Path, typer.Argument(metavar="CONFIG", help="Experiment config: a YAML file, or a shipped config's name.")
 ]
 Checkpoint = Annotated[str, typer.Option(metavar="best|last", help="Which checkpoint of the run.")]
+Device = Annotated[
+    str, typer.Option(metavar="DEVICE", help="Where the model runs: auto (the best here), cpu, cuda, cuda:N or mps.")
+]
 
 
 def finite(text: str) -> float:
@@ -301,6 +304,7 @@ def train(
 def eval_(
     run: RunRef = "latest",
     checkpoint: Checkpoint = "best",
+    device: Device = "auto",
     split: Annotated[
         Optional[str],
         typer.Option(metavar="test|val", help="The split; default: test, or val for a task without a test split."),
@@ -311,7 +315,7 @@ def eval_(
     from rnnctl.inference import LoadedRun
 
     with user_errors():
-        loaded = LoadedRun(run, checkpoint)
+        loaded = LoadedRun(run, checkpoint, device)
         report, saved = loaded.evaluate(split)
         views.using(err, *loaded.used)
         views.eval_report(out, loaded.dir, report, saved)
@@ -332,6 +336,7 @@ def predict(
         typer.Option(metavar="N", help="Series runs: forecast this many steps past the end of the data."),
     ] = None,
     checkpoint: Checkpoint = "best",
+    device: Device = "auto",
 ) -> None:
     """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
     from rnnctl import views
@@ -343,7 +348,7 @@ def predict(
         if horizon is not None:
             if inputs or file is not None:
                 raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS or --file with it")
-            loaded = LoadedRun(run, checkpoint)
+            loaded = LoadedRun(run, checkpoint, device)
             result = loaded.forecast(horizon)
             views.using(err, *loaded.used)
             views.forecast(out, result)
@@ -354,7 +359,7 @@ def predict(
                 "nothing to predict: give INPUT arguments, --file with one input per line, "
                 "or --horizon N for a series run"
             )
-        loaded = LoadedRun(run, checkpoint)
+        loaded = LoadedRun(run, checkpoint, device)
         rows = loaded.predict(inputs, top)
         views.using(err, *loaded.used)
         views.predictions(out, rows)
@@ -390,6 +395,7 @@ def sample(
         ),
     ] = None,
     checkpoint: Checkpoint = "best",
+    device: Device = "auto",
 ) -> None:
     """Generate text from a character language model, streaming it to the terminal."""
     from rnnctl import views
@@ -406,7 +412,7 @@ def sample(
                 soft_wrap=True,
             )
             prompt = old_prompt
-        loaded = LoadedRun(run or latest_language_model_run(), checkpoint)
+        loaded = LoadedRun(run or latest_language_model_run(), checkpoint, device)
         samples = loaded.samples(prompt, length, temperature, top_k, num, rng_seed)
         views.stream_samples(sys.stdout, prompt, samples, num, before=lambda: views.using(err, *loaded.used))
 

@@ -26,6 +26,9 @@ from rnnctl.errors import ConfigError, clip
 from rnnctl.tasks import get_task, task_names
 
 
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")  # what train.device and --device accept
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .nan, .inf: errors, not values
 
@@ -86,7 +89,17 @@ class TrainConfig(Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast around forward and loss
+    tf32: bool = True  # CUDA only: TF32 matmuls and cuDNN kernels on GPUs that have them (Ampere+); off: IEEE fp32
+    deterministic: bool = False  # torch.use_deterministic_algorithms; on CUDA also cuBLAS workspace, no cuDNN autotune
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, name: str) -> str:
+        if not DEVICE.fullmatch(name):
+            raise ValueError(f"{clip(name)} is not a device (expected auto, cpu, cuda, cuda:N or mps)")
+        return name
 
 
 class LogConfig(Section):

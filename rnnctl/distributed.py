@@ -156,7 +156,7 @@ def _pack(obj: Any) -> bytes:
 
 
 def _unpack(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), weights_only=True)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # RNG states: CPU tensors
 
 
 def broadcast(obj: Any) -> Any:

@@ -12,7 +12,7 @@ from rnnctl.errors import ConfigError, RnnctlError, RunError
 from rnnctl.runs import RunFolder, all_runs, compare_folder, flatten, plain, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
-from rnnctl.training import evaluate, pick_device
+from rnnctl.training import Precision, evaluate, pick_device
 
 
 def evaluate_and_save(
@@ -26,9 +26,12 @@ def evaluate_and_save(
     split_name: str,
     checkpoint: str,
     epoch: int,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """The detailed report of one checkpoint on one split, written to the run's eval/; returns it and its path."""
-    report = evaluate(model, split, task.meter(meta, detailed=True), device, batch_size).report()
+    """The detailed report of one checkpoint on one split, written to the run's eval/; returns it and its path.
+    `precision`: the run's own during training (its final test); a saved run is evaluated in fp32."""
+    meter = task.meter(meta, detailed=True)
+    report = evaluate(model, split, meter, device, batch_size, precision=precision).report()
     report = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch, **report}
     return report, run.write_eval(split_name, checkpoint, report)
 
@@ -36,7 +39,10 @@ def evaluate_and_save(
 class LoadedRun:
     """A run folder's config, task and model, restored from one of its checkpoints."""
 
-    def __init__(self, ref: str, checkpoint: str = "best", device: str = "cpu"):
+    def __init__(self, ref: str, checkpoint: str = "best", device: str = "auto"):
+        """`device`: where the model runs (auto: the machine's best); checkpoints load on the CPU first, so a run
+        trained on a GPU loads on a machine without one."""
+        self.device = pick_device(device, "--device")
         self.run = RunFolder.resolve(ref)
         self.checkpoint_name = checkpoint
         self.ckpt = self.run.load_checkpoint(checkpoint)
@@ -46,7 +52,6 @@ class LoadedRun:
             raise RunError(str(e)) from None
         self.task = get_task(self.cfg.task)
         self.meta = self.ckpt["meta"]
-        self.device = pick_device(device)
         path = self.run.checkpoint_path(checkpoint)
         try:
             self.model = self.task.build_model(self.cfg, self.meta).to(self.device)

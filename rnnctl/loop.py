@@ -28,9 +28,11 @@ from rnnctl.training import (
     deferred_interrupt,
     evaluate,
     make_optimizer,
+    make_precision,
     pick_device,
     restore_rng,
     rng_states,
+    set_backends,
     set_seed,
     stop_signals,
     train_epoch,
@@ -54,6 +56,8 @@ class Trainer:
             check_installed()  # a missing extra is a one-line error before any run folder exists
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
+        self.precision = make_precision(cfg.train.precision, self.device)  # unsupported: an error before any folder
+        self.math = set_backends(self.device, cfg.train.tf32, cfg.train.deterministic)  # what run.json records
         self.data = self.task.prepare(cfg, meta)  # user data errors surface here, before any run folder exists
         for name, split in self.data.splits.items():
             if len(split) == 0:
@@ -147,6 +151,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "best": dict(self.best), "schedule": self.schedule.state_dict(),
             **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "rng": self.rng[0], "rng_ranks": self.rng,  # every rank's, so a resume on as many ranks is exact
+            **({"scaler": self.precision.scaler.state_dict()} if self.precision.scaler else {}),  # fp16's loss scale
         }  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------
@@ -202,7 +207,7 @@ class Trainer:
         try:
             out = train_epoch(
                 self.trained, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
-                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch,
+                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch, self.precision,
             )  # fmt: skip
         except DivergedError as e:
             kept = f"epoch {self.epoch - 1} in checkpoints/last.pt" if self.epoch > 1 else "none"
@@ -237,7 +242,7 @@ class Trainer:
         self.phase("validate", f"validating epoch {self.epoch}")
         meter = self.task.meter(self.data.meta)
         val = evaluate(
-            self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True
+            self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True, self.precision
         ).compute()
         self.rng = distributed.gather(rng_states(self.generator))  # every rank's random state, for checkpoints
         shows = self.world.main and isinstance(self.task, Previews)  # rank 0 alone shows anything
@@ -312,6 +317,8 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
         trainer.schedule.load_state_dict(ckpt["schedule"])
+        if trainer.precision.scaler is not None and "scaler" in ckpt:  # fp16: go on with the loss scale reached
+            trainer.precision.scaler.load_state_dict(ckpt["scaler"])
         for cb in trainer.callbacks:
             if cb.state_key:
                 cb.load_state_dict(ckpt[cb.state_key])

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import random
 import signal
 import subprocess
 import threading
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,8 +21,8 @@ import numpy as np
 import torch
 
 from rnnctl import __version__, distributed
-from rnnctl.config import OptimConfig
-from rnnctl.errors import ConfigError, DivergedError, Terminated
+from rnnctl.config import DEVICE, OptimConfig
+from rnnctl.errors import ConfigError, clip, DivergedError, Terminated
 from rnnctl.tasks.base import Meter, Split
 
 
@@ -30,18 +33,87 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, what: str = "train.device") -> torch.device:
+    """`auto` (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps; one that this machine lacks is a ConfigError
+    naming `what` (the config key, or the command's --device)."""
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"{what}: {clip(name)} is not a device (expected auto, cpu, cuda, cuda:N or mps)")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available (use auto or cpu)")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{what}: {name} requested but no CUDA device is available (use auto or cpu)")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{what}: {name} does not exist here ({torch.cuda.device_count()} CUDA devices)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device: mps requested but this machine has no MPS device (use auto or cpu)")
+        raise ConfigError(f"{what}: mps requested but this machine has no MPS device (use auto or cpu)")
     return torch.device(name)
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """How the forward pass and the loss run: fp32, or autocast to bf16/fp16 on the device. fp16 gradients
+    go through a GradScaler (they underflow in fp16 on any device); metrics are computed in fp32."""
+
+    name: str = "fp32"
+    device_type: str = "cpu"
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=DTYPES[self.name])
+
+
+def make_precision(name: str, device: torch.device) -> Precision:
+    """The precision `train.precision` asks for on this device; ConfigError where the device cannot run it."""
+    if name == "fp32":
+        return Precision(name, device.type)
+    supported = torch.amp.is_autocast_available(device.type)
+    if supported and device.type == "cuda" and name == "bf16":
+        supported = torch.cuda.is_bf16_supported()
+    if supported:  # torch warns and disables autocast for a dtype the device does not take
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                with torch.autocast(device.type, dtype=DTYPES[name]):
+                    pass
+            except (UserWarning, RuntimeError):
+                supported = False
+    if not supported:
+        raise ConfigError(f"train.precision: {name} is not supported on {device} (use fp32 or bf16)")
+    scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+    return Precision(name, device.type, scaler)
+
+
+def set_backends(device: torch.device, tf32: bool, deterministic: bool) -> dict[str, bool]:
+    """Process-wide math flags for a run, set every time (so one run's choice never leaks into the next in the
+    same process); returns what holds, for run.json: `tf32` only where a CUDA GPU has it (compute capability 8+)."""
+    cuda = device.type == "cuda"
+    if cuda and deterministic:  # PyTorch's reproducibility notes: cuBLAS needs a fixed workspace
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = cuda and not deterministic  # autotuning picks kernels by timing: not repeatable
+    if cuda:
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")  # "high": TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = tf32  # cuDNN's RNN and conv kernels
+    has_tf32 = cuda and torch.cuda.get_device_capability(device)[0] >= 8
+    return {"tf32": tf32 and has_tf32, "deterministic": deterministic}
+
+
+def fp32(out):
+    """A model's output with its logits and loss in fp32: what the meters and the loss sums read."""
+    loss = out.loss.float() if out.loss is not None else None
+    return out._replace(logits=out.logits.float(), loss=loss)
 
 
 def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
@@ -64,6 +136,7 @@ def train_epoch(
     grad_clip: float | None,
     grad_clip_value: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """One pass over the training split: the meter's metrics, per-step losses and gradient norms, steps, samples.
 
@@ -72,6 +145,8 @@ def train_epoch(
     losses and metrics are summed over ranks: the same optimisation on 1 or N processes.
     """
     world = distributed.world()
+    precision = precision or Precision(device_type=device.type)
+    scaler = precision.scaler
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total = split.num_batches(batch_size)
@@ -81,10 +156,17 @@ def train_epoch(
     for steps, batch in enumerate(split.batches(batch_size, generator), 1):
         part, weight, has_data = distributed.shard(batch, world)
         part = part.to(device)
-        out = model(**part.inputs, targets=part.targets, state=state)
+        with precision.autocast():
+            out = model(**part.inputs, targets=part.targets, state=state)
+        out = fp32(out)
         state = detach(out.state)  # truncated BPTT: carry the state, not its history
         optimizer.zero_grad(set_to_none=True)
-        (out.loss * weight if world.distributed else out.loss).backward()
+        loss = out.loss * weight if world.distributed else out.loss
+        if scaler is not None:  # fp16: scale the loss up so small gradients survive, then unscale before clipping
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
         grads = [p.grad for p in params if p.grad is not None]
         if grad_clip is not None:  # clipping by norm needs the total now; it is the norm before clipping
             norm = torch.nn.utils.get_total_norm(grads)
@@ -94,7 +176,11 @@ def train_epoch(
             norms.append(torch.stack(gradient_norms(grads)))
         if grad_clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, grad_clip_value)
-        optimizer.step()
+        if scaler is not None:
+            scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then backs off
+            scaler.update()
+        else:
+            optimizer.step()
         if has_data:
             meter.update(part, out)
         samples += batch.size
@@ -144,11 +230,18 @@ def detach(state):
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, split: Split, meter: Meter, device: torch.device, batch_size: int, sharded: bool = False
+    model: torch.nn.Module,
+    split: Split,
+    meter: Meter,
+    device: torch.device,
+    batch_size: int,
+    sharded: bool = False,
+    precision: Precision | None = None,
 ) -> Meter:
     """One pass in stored order. `sharded`: each rank takes its part of every batch and the meter's sums are
     added up over ranks, so every example counts exactly once."""
     world = distributed.world() if sharded else distributed.World()
+    precision = precision or Precision(device_type=device.type)
     model.eval()
     state = None
     for batch in split.batches(batch_size):
@@ -156,7 +249,9 @@ def evaluate(
         if not has_data:
             continue
         part = part.to(device)
-        out = model(**part.inputs, targets=part.targets, state=state)
+        with precision.autocast():
+            out = model(**part.inputs, targets=part.targets, state=state)
+        out = fp32(out)
         state = out.state
         meter.update(part, out)
     return distributed.reduce_meter(meter) if sharded else meter
