@@ -93,8 +93,10 @@ class TensorBoardLog(Logger):
         purge = resume_step + 1 if resume_step is not None else None
         self.writer: Any = SummaryWriter(log_dir=str(run.tensorboard_dir), purge_step=purge)
         self.last_step = resume_step or 0
+        self.config: dict[str, Any] | None = None
 
     def start(self, info: dict[str, Any]) -> None:
+        self.config = info["config"]  # the HParams view's hyperparameters, written at the end
         config = self.run.config_text()
         command = info.get("command", "")
         text = f"`{command}`\n\n" + "\n".join("    " + line for line in config.splitlines())  # markdown code block
@@ -119,11 +121,28 @@ class TensorBoardLog(Logger):
     def finish(self, summary: dict[str, Any]) -> None:
         if self.writer is None:
             return
+        metrics: dict[str, float] = {}
         for key, value in (summary.get("test") or {}).items():
             if not isinstance(value, bool) and isinstance(value, (int, float)) and key != "n":
-                self.writer.add_scalar(f"test/{key}", value, self.last_step)
+                metrics[f"test/{key}"] = value
+        best = summary.get("best") or {}
+        if isinstance(best.get("value"), (int, float)):
+            metrics[f"best/{best['metric']}"] = best["value"]  # the monitored validation metric at the best epoch
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, self.last_step)
+        if self.config is not None:
+            self._hparams(metrics)
         self.writer.close()
         self.writer = None
+
+    def _hparams(self, metrics: dict[str, float]) -> None:
+        """The HParams view: the config's scalars (dotted keys) against the test and best metrics. Written into
+        the run's own event files, so `tensorboard --logdir runs/` shows one row per run."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v for k, v in flatten(self.config).items() if isinstance(v, (bool, int, float, str))}
+        for part in hparams(values, metrics):  # the experiment, the session's start (the values), its end
+            self.writer.file_writer.add_summary(part)
 
 
 # -- MLflow --------------------------------------------------------------------------------------
