@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, QuietLogger, assert_one_line_error, run_dirs, tiny_config
 
 from rnnctl import loop
 from rnnctl.runs import RunFolder
@@ -64,6 +64,25 @@ def test_interrupted_is_killed_and_resume_goes_on_with_the_same_run(cli, names_f
     assert len(client.search_runs([got.info.experiment_id])) == 1
     steps = [m.step for m in client.get_metric_history(first, "val_acc")]
     assert sorted(set(steps)) == [r["step"] for r in RunFolder(run).rows()]  # every epoch, 1 to 4
+
+
+class FailAtEpoch(QuietLogger):
+    def epoch(self, row):
+        raise RuntimeError("boom")
+
+
+def test_a_failed_run_in_a_store_named_by_uri(names_files, isolated, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
+    (tmp_path / "shared").mkdir()
+    cfg = tiny_config(names_files, "train.epochs=2", "log.mlflow=true", f"log.mlflow_uri={uri}", "name=mine")
+    with pytest.raises(RuntimeError, match="boom"):
+        loop.train(cfg, command="fail", loggers=[FailAtEpoch()])
+    (run,) = run_dirs(isolated)
+    assert not (run / "mlflow").exists()  # the store is the one named
+    client, got = mlflow_run(run)
+    assert client.tracking_uri == uri and got.info.status == "FAILED" and got.data.tags["rnnctl.status"] == "failed"
+    assert client.get_experiment(got.info.experiment_id).name == "mine"
+    assert [m.step for m in client.get_metric_history(got.info.run_id, "val_acc")] == [RunFolder(run).rows()[0]["step"]]
 
 
 def test_missing_extra_is_one_line_and_no_run_folder(cli, names_files, isolated, monkeypatch):
