@@ -104,6 +104,8 @@ class TrainConfig(Section):
 
 class LogConfig(Section):
     tensorboard: bool = False  # also write TensorBoard event files to RUN/tensorboard (extra: rnnctl[tensorboard])
+    mlflow: bool = False  # also log params, metrics and status to MLflow (extra: rnnctl[mlflow])
+    mlflow_uri: str | None = Field(None, min_length=1)  # MLflow tracking URI; None: a store in RUN/mlflow
 
 
 class Config(Section):

@@ -19,7 +19,7 @@ from rnnctl import distributed
 from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, default_callbacks
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
-from rnnctl.loggers import Logger, MetricsFiles, TensorBoardLog, check_installed
+from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
 from rnnctl.runs import FolderLock, NoLock, RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
@@ -54,6 +54,8 @@ class Trainer:
         self.task = get_task(cfg.task)
         if cfg.log.tensorboard:
             check_installed()  # a missing extra is a one-line error before any run folder exists
+        if cfg.log.mlflow:
+            check_mlflow_installed()
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
         self.precision = make_precision(cfg.train.precision, self.device)  # unsupported: an error before any folder
@@ -108,7 +110,7 @@ class Trainer:
         if not self.world.main:
             self.run, self.lock = RunFolder(Path(path)), NoLock()
         self.loggers = [*self._disk_loggers(None), *loggers] if self.world.main else []
-        self.info = {**RunRecord.new(self, command), **processes} if self.world.main else {}
+        self.info = {**RunRecord.new(self, command), **self._trackers(), **processes} if self.world.main else {}
         return self
 
     @classmethod
@@ -133,16 +135,27 @@ class Trainer:
             return self
         kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
-        self.loggers = [*self._disk_loggers(self.step), *loggers]
-        self.info = {**RunRecord.resumed(self, run.read_info(), command), **processes}
+        record = run.read_info()
+        self.loggers = [*self._disk_loggers(self.step, record.get("mlflow")), *loggers]
+        self.info = {**RunRecord.resumed(self, record, command), **self._trackers(), **processes}
         return self
 
-    def _disk_loggers(self, resume_step: int | None) -> list[Logger]:
-        """The loggers that write into the run folder: metrics files always, TensorBoard when asked."""
+    def _disk_loggers(self, resume_step: int | None, mlflow_before: dict[str, Any] | None = None) -> list[Logger]:
+        """The loggers the run's config asks for: metrics files always, TensorBoard and MLflow when asked
+        (`mlflow_before`: run.json's record of the MLflow run a resumed run goes on with)."""
         loggers: list[Logger] = [MetricsFiles(self.run)]
         if self.cfg.log.tensorboard:
             loggers.append(TensorBoardLog(self.run, resume_step))
+        self.mlflow: MLflowLog | None = None
+        if self.cfg.log.mlflow:
+            experiment = self.cfg.name or self.cfg.task
+            self.mlflow = MLflowLog(self.run, self.cfg.log.mlflow_uri, experiment, mlflow_before)
+            loggers.append(self.mlflow)
         return loggers
+
+    def _trackers(self) -> dict[str, Any]:
+        """What run.json keeps of an outside tracker: the MLflow run that `train --resume` goes on with."""
+        return {"mlflow": self.mlflow.record} if self.mlflow is not None else {}
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {

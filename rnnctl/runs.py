@@ -12,6 +12,7 @@ A run folder, `runs/<YYYYmmdd-HHMMSS>-<name>/`:
     plots/               PNG figures drawn from the files above
     report.html          `rnnctl report`: the run on one self-contained page
     tensorboard/         TensorBoard events (`log.tensorboard: true`)
+    mlflow/              the local MLflow store (`log.mlflow: true` without `log.mlflow_uri`): mlflow.db, artifacts/
 """
 
 from __future__ import annotations
@@ -436,7 +437,7 @@ class RunFolder:
             raise RunError(f"{path}: epoch {ckpt['epoch']}, step {ckpt['step']}: expected counts >= 0")
         return ckpt
 
-    # -- eval/, forecast/, plots/, tensorboard/ --------------------------------------------------
+    # -- eval/, forecast/, plots/, tensorboard/, mlflow/ ----------------------------------------
 
     def eval_path(self, split: str, checkpoint: str) -> Path:
         return self.path / "eval" / f"{split}-{checkpoint}.json"
@@ -484,6 +485,14 @@ class RunFolder:
     @property
     def tensorboard_dir(self) -> Path:
         return self._file("tensorboard")
+
+    def mlflow_store(self) -> tuple[str, str]:
+        """The local MLflow store: its tracking URI (SQLite: MLflow 3 refuses a new file store) and the
+        artifact location, both under RUN/mlflow (created)."""
+        folder = self._file("mlflow")
+        with writing(folder):
+            folder.mkdir(exist_ok=True)
+        return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
 
 
 def _read_lines(path: Path) -> list[str]:

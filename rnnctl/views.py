@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
@@ -10,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from rnnctl.errors import RunError
 from rnnctl.live import Col, fit_table, fmt_duration
 from rnnctl.runs import RunFolder
 
@@ -42,10 +44,36 @@ def summary(console: Console, s: dict[str, Any]) -> None:
     if s.get("stopped_early"):
         line += f"; stopped early: no improvement in {s['stopped_early']['patience']} epochs"
     console.print(line, soft_wrap=True)
+    run = RunFolder(Path(s["dir"]))
     if s.get("test"):
         console.print(f"test (best checkpoint): [bold]{_metrics(s['test'])}[/]", soft_wrap=True)
-    plots = [p.name for p in RunFolder(Path(s["dir"])).plots()]
+        try:
+            note = naive_note(run.read_eval("test", "best") or {})
+        except RunError:  # the test report is broken: the summary above still stands
+            note = None
+        if note:
+            console.print(note, markup=False, soft_wrap=True)
+    plots = [p.name for p in run.plots()]
     console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
+
+
+NAIVE_NAMES = {"last": "last value", "seasonal": "a season back"}  # series.py's naive forecasts
+
+
+def naive_note(report: dict[str, Any]) -> str | None:
+    """One line when a naive forecast of the report (series) has a lower RMSE than the model: the model has
+    not learned more than holding the last value (or a season back) would give."""
+    model = report.get("rmse")
+    scored = [(m["rmse"], name) for name, m in (report.get("naive") or {}).items() if isinstance(m.get("rmse"), float)]
+    if not isinstance(model, float) or not math.isfinite(model) or not scored:
+        return None
+    rmse, name = min(scored)
+    if not rmse < model:
+        return None
+    return (
+        f"note: the naive forecast '{NAIVE_NAMES.get(name, name)}' (RMSE {rmse:.4g}) beats the model "
+        f"(RMSE {model:.4g}) on {report.get('split', 'test')}"
+    )
 
 
 def using(console: Console, run: RunFolder, checkpoint: str | None, epoch: int | None) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import CONFIGS, assert_one_line_error, run_dirs
 
-from rnnctl import loop, training
+from rnnctl import loop, training, views
 from rnnctl.config import ModelConfig
 from rnnctl.config import load_config
 from rnnctl.models import SequenceRegressor
@@ -36,6 +36,29 @@ def series_cfg(path: Path, *more: str):
 
 
 # -- the real CLI, end to end --------------------------------------------------------------------
+
+
+def test_summary_names_a_naive_forecast_that_beats_the_model(cli, tmp_path, isolated):
+    """One epoch at a tiny learning rate on absolute values: holding the last value forecasts far better."""
+    csv = monthly_csv(tmp_path / "air.csv")
+    more = ["train.epochs=1", "data.relative=false", "optim.lr=0.0001"]
+    result = cli("train", SERIES_TINY, "--set", f"data.path={csv}", *[a for m in more for a in ("--set", m)])
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    report = json.loads((run / "eval" / "test-best.json").read_text())
+    assert report["naive"]["last"]["rmse"] < report["rmse"]
+    (note,) = [line for line in result.stdout.splitlines() if line.startswith("note:")]
+    last, model = report["naive"]["last"]["rmse"], report["rmse"]
+    assert note == f"note: the naive forecast 'last value' (RMSE {last:.4g}) beats the model (RMSE {model:.4g}) on test"
+
+
+def test_no_note_when_the_model_wins_or_there_is_no_naive_forecast():
+    naive = {"last": {"rmse": 25.6, "mae": 20.0}, "seasonal": {"rmse": 30.1}}
+    assert views.naive_note({"split": "test", "rmse": 4.1, "naive": naive}) is None  # the model wins
+    assert views.naive_note({"split": "test", "acc": 0.4, "macro_f1": 0.3}) is None  # a classifier's report
+    assert views.naive_note({"split": "test", "rmse": float("nan"), "naive": naive}) is None  # a diverged model
+    beaten = views.naive_note({"split": "test", "rmse": 28.0, "naive": naive})
+    assert beaten == "note: the naive forecast 'last value' (RMSE 25.6) beats the model (RMSE 28) on test"
 
 
 def test_series_train_eval_predict_through_the_cli(cli, tmp_path, isolated):

@@ -70,3 +70,26 @@ def test_missing_extra_is_one_line_and_no_run_folder(cli, names_files, isolated,
     result = cli("train", TINY, *names_files.set_args(), "--set", "log.tensorboard=true")
     assert_one_line_error(result, "log.tensorboard", "rnnctl[tensorboard]")
     assert run_dirs(isolated) == []
+
+
+def test_hparams_view_holds_the_config_and_the_final_metrics(names_files, isolated):
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    loop.train(tiny_config(names_files, "train.epochs=2", "log.tensorboard=true"), command="tb", loggers=[])
+    (run,) = run_dirs(isolated)
+    acc = event_accumulator.EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")
+    data = {tag: HParamsPluginData.FromString(raw) for tag, raw in content.items()}
+    start = data["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["model.cell"].string_value == "gru" and start["task"].string_value == "names"
+    assert start["train.epochs"].number_value == 2 and start["optim.lr"].number_value == pytest.approx(0.01)
+    assert "train.grad_clip" not in start  # null: not a scalar
+    info = json.loads((run / "run.json").read_text())
+    best = f"best/{info['best']['metric']}"  # names monitors val_acc
+    experiment = data["_hparams_/experiment"].experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {f"test/{k}" for k in info["test"] if k != "n"} | {best}
+    got = scalars(run)  # the metrics' values: scalars at the last row's step, where the view reads them
+    last = RunFolder(run).rows()[-1]["step"]
+    assert got[best] == [(last, pytest.approx(info["best"]["value"], rel=1e-6))]
+    assert got["test/acc"] == [(last, pytest.approx(info["test"]["acc"], rel=1e-6))]
