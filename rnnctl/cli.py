@@ -170,6 +170,8 @@ def user_errors() -> Iterator[None]:
             err.print(message, markup=False, soft_wrap=True)  # one line, however narrow the terminal
         elif not shared:
             err.print(message.replace("error: ", f"error: rank {rank}: ", 1), markup=False, soft_wrap=True)
+        if rank is not None:
+            _leave(code)
         return typer.Exit(code)
 
     with warnings.catch_warnings():
@@ -178,7 +180,7 @@ def user_errors() -> Iterator[None]:
         try:
             yield
         except PeerFailed:
-            raise typer.Exit(1) from None  # rank 0 said why
+            _leave(1)  # rank 0 said why
         except RnnctlError as e:
             shared = not _training_started()  # before training every rank reads the same config and data
             raise fail("\n".join(f"error: {line}" for line in str(e).splitlines()), 1, shared) from None
@@ -195,10 +197,19 @@ def user_errors() -> Iterator[None]:
             if rank is None:
                 raise  # a bug: the traceback is what a report needs
             if _peer_gone(e):  # a collective broke because another rank failed: that rank names itself
-                raise typer.Exit(1) from None
+                _leave(1)
             raise fail(
                 f"error: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1
             ) from None
+
+
+def _leave(code: int) -> None:
+    """A torchrun rank that stops on a failure or a signal exits now, its record already written: a process
+    group torn down with a collective still pending (the peer is gone) can deadlock in its destructor
+    (gloo's thread waits for the GIL that the joining thread holds), and torchrun would wait on it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _stopped_summary(e: BaseException, rank: int | None) -> None:
@@ -298,6 +309,8 @@ def train(
             result = loop.train(cfg, command=command, loggers=loggers)
         if _is_main():  # under torchrun, rank 0 alone shows the outcome
             views.summary(out, result)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave(0)  # a torchrun rank ends here: no teardown of its process group (see distributed.hold)
 
 
 @app.command("eval", cls=Command)

@@ -90,6 +90,16 @@ def main_only(fn):
     return result
 
 
+_HELD: list[Any] = []
+
+
+def hold(ddp: Any) -> None:
+    """Keep a DDP model (its reducer holds the process group) alive until the rank exits with os._exit
+    (cli): freeing it tears the gloo group down in the main thread, GIL held, while a gloo thread may still
+    be finishing a collective whose tensors need the GIL to be freed: a deadlock seen under load."""
+    _HELD.append(ddp)
+
+
 def shutdown() -> None:
     """Leave the process group at the end of training; the rank stays known (rank 0 alone shows the result)."""
     if dist.is_available() and dist.is_initialized():

@@ -75,6 +75,7 @@ class Trainer:
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            distributed.hold(self.trained)  # freed only by the rank's exit (see distributed.hold)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         steps_per_epoch = self.data.splits["train"].num_batches(cfg.train.batch_size)
