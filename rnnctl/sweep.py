@@ -222,7 +222,8 @@ def summarize(folder: Path, metric: str | None = None) -> dict[str, Any]:
         info, rows = member.info(), member.rows()
         best = info.get("best") or {}
         monitored = best.get("metric", "val_loss")
-        metric = metric or monitored
+        if metric is None:  # the task's; a regressor's loss is in scaled units: rank by its MSE in the data's
+            metric = "val_mse" if monitored == "val_loss" and rows and "val_mse" in rows[0] else monitored
         goal = direction(metric, monitored.removeprefix("val_"), best.get("mode", "min"))
         if metric == monitored:
             value = best.get("value")

@@ -208,3 +208,17 @@ def test_a_sweep_from_before_sweeps_were_studies_resumes_only_what_is_left(cli, 
     state = json.loads((folder / "sweep.json").read_text())
     assert [m["status"] for m in state["members"]] == ["completed", "completed"]
     assert len(list((folder / "runs").iterdir())) == 3  # member 1 again, member 0 not
+
+
+def test_a_regression_sweep_ranks_by_its_error_in_the_data_s_units(cli, isolated):
+    from conftest import CONFIGS
+
+    config = CONFIGS / "smoke" / "sincos_tiny.yaml"
+    result = cli("sweep", config, "--grid", "train.seed=1", "--grid", "data.points=200")
+    assert result.exit_code == 0, result.output
+    (folder,) = (isolated / "sweeps").iterdir()
+    summary = json.loads((folder / "summary.json").read_text())
+    (run,) = (folder / "runs").iterdir()
+    best_mse = min(json.loads(line)["val_mse"] for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert summary["metric"] == "val_mse" and summary["direction"] == "minimize"  # not the scaled val_loss
+    assert abs(summary["groups"][0]["mean"] - best_mse) < 1e-12
