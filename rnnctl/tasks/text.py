@@ -199,6 +199,7 @@ def _flat(seqs: list[array]) -> np.ndarray:
 
 NGRAM_HASH = "crc32-splitmix64"  # in a checkpoint's meta: how its n-gram ids were made
 START, END, WHOLE = 0x3C, 0x3E, 0x57484F4C45  # the markers around a text, and the whole text's salt
+NGRAM_CHUNK = 2**20  # uint64 values per array (8 MB) while hashing, whatever the texts' length
 
 
 def ngram_settings(section: NgramConfig) -> dict[str, Any]:
@@ -233,7 +234,7 @@ def ngram_bags(
     long; `<s>`, `s`, `m`, ..., `<sm` ... for a name), plus the whole text when `whole`. Vectorized over rows,
     a loop over the few n-gram sizes: no Python per text."""
     n, buckets = settings["n"], settings["buckets"]
-    rows = max(1, 2**20 // (x.size(1) + 2))  # about 8 MB per uint64 array, whatever the text length
+    rows = max(1, NGRAM_CHUNK // (x.size(1) + 2))  # texts at a time
     ids, counts = [], []
     for start in range(0, len(x), rows):
         xs, ls = x[start : start + rows].numpy(), lengths[start : start + rows].numpy()
