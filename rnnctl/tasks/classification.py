@@ -19,7 +19,7 @@ class NgramConfig(Section):
     `buckets` rows of an embedding; their mean joins the pooled RNN features before the classifier."""
 
     n: int = Field(5, ge=1, le=16)  # the longest n-gram, in tokens (characters for names, words for sentiment)
-    buckets: int = Field(2**18, ge=1, le=2**24)  # embedding rows; n-grams beyond that share rows (collisions)
+    buckets: int = Field(2**16, ge=1, le=2**24)  # embedding rows; n-grams beyond that share rows (collisions)
     dim: int = Field(64, ge=1, le=4096)  # the bag's embedding size
     whole: bool = True  # the whole text is one more feature (a name seen in training)
     lowercase: bool = True  # n-grams of the lowercased tokens
