@@ -165,39 +165,33 @@ def test_prepare_tensorizes_the_bags_once_and_batches_carry_them(names_files):
     assert "ngrams" not in get_task("names").prepare(tiny_config(names_files)).meta  # off by default
 
 
-def test_train_eval_and_predict_through_the_cli(cli, names_files, isolated):
-    args = [a for o in SMALL for a in ("--set", o)]
-    result = cli("train", TINY, *names_files.set_args(), *args, "--set", "train.epochs=2")
-    assert result.exit_code == 0, result.output
-    (run,) = run_dirs(isolated)
-    derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]
+def test_train_eval_predict_and_resume_through_the_cli(cli, names_files, isolated):
+    """The option end to end; a 1-epoch run resumed to 2 equals a 2-epoch run (weights, Adam's moments and
+    the RNG of the n-gram dropout all come back from the checkpoint)."""
+    sets = [*SMALL, "model.ngrams.dropout=0.3", "train.epochs=2"]
+    for more in (["name=ref"], ["name=cut", "train.epochs=1"]):
+        result = cli("train", TINY, *names_files.set_args(), *[a for o in (*sets, *more) for a in ("--set", o)])
+        assert result.exit_code == 0, result.output
+    ref, cut = (next(d for d in run_dirs(isolated) if d.name.endswith(s)) for s in ("-ref", "-cut"))
+    derived = yaml.safe_load((ref / "config.yaml").read_text())["derived"]
     assert derived["ngrams"]["per_example"] > 10
-    ckpt = RunFolder(run).load_checkpoint("last")
+    ckpt = RunFolder(ref).load_checkpoint("last")
     assert ckpt["meta"]["ngrams"]["buckets"] == 1024 and ckpt["model"]["ngrams.weight"].shape == (1025, 8)
 
-    trained = json.loads((run / "run.json").read_text())["test"]
-    result = cli("eval", run.name)
+    trained = json.loads((ref / "run.json").read_text())["test"]
+    result = cli("eval", ref.name)
     assert result.exit_code == 0, result.output
-    report = json.loads((run / "eval" / "test-best.json").read_text())
+    report = json.loads((ref / "eval" / "test-best.json").read_text())
     assert report["acc"] == trained["acc"] and report["loss"] == pytest.approx(trained["loss"], abs=1e-6)
 
-    result = cli("predict", run.name, "McKolan", "Petrovski", "--top", "1")
+    result = cli("predict", ref.name, "McKolan", "Petrovski", "--top", "1")
     assert result.exit_code == 0, result.output
     assert "McKolan" in result.stdout and "Petrovski" in result.stdout
 
-
-def test_resume_continues_the_bag_where_it_stopped(names_files, isolated, cli):
-    """Weights, Adam's moments and the RNG of the n-gram dropout: 1 epoch + --resume to 2 is a 2-epoch run."""
-    from rnnctl import loop
-
-    for epochs, name in ((2, "ref"), (1, "cut")):
-        cfg = tiny_config(names_files, *SMALL, "model.ngrams.dropout=0.3", f"train.epochs={epochs}", f"name={name}")
-        loop.train(cfg, command=name, loggers=[])
-    ref, cut = (next(d for d in run_dirs(isolated) if d.name.endswith(s)) for s in ("-ref", "-cut"))
-    result = cli("train", "--resume", str(cut), "--epochs", "2")
+    result = cli("train", "--resume", cut.name, "--epochs", "2")
     assert result.exit_code == 0, result.output
     assert RunFolder(cut).rows()[-1]["val_loss"] == RunFolder(ref).rows()[-1]["val_loss"]
-    assert json.loads((cut / "run.json").read_text())["test"] == json.loads((ref / "run.json").read_text())["test"]
+    assert json.loads((cut / "run.json").read_text())["test"] == trained
 
 
 @pytest.mark.parametrize(
