@@ -195,12 +195,23 @@ class RecurrentClassifier(nn.Module):
         )  # fmt: skip
         self.drop = nn.Dropout(m.dropout)
         features = m.hidden_size * self.directions * (2 if m.pooling == "last+max" else 1)
+        self.ngrams = None
+        if m.ngrams is not None:  # fastText's bag beside the RNN: the mean of the text's hashed n-gram vectors
+            self.ngrams = nn.EmbeddingBag(m.ngrams.buckets + 1, m.ngrams.dim, mode="mean", padding_idx=0)
+            nn.init.zeros_(self.ngrams.weight)  # a bucket no training n-gram reaches adds nothing (random rows: noise)
+            self.ngram_dropout = m.ngrams.dropout  # so that the bag cannot memorise a name by one n-gram
+            features += m.ngrams.dim
         self.head = nn.Linear(features, num_classes)
 
     def forward(
-        self, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None = None, state=None
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state=None,
+        ngrams: torch.Tensor | None = None,
     ) -> Output:
-        # x: (B, T) token ids, 0 = padding; lengths: (B,)
+        # x: (B, T) token ids, 0 = padding; lengths: (B,); ngrams: (B, G) n-gram ids, 0 = padding
         emb = self.drop(self.embedding(x))  # (B, T, E)
         out = self.rnn(emb, lengths)  # (B, T, D*H); positions past a length are padding
         parts = []
@@ -213,6 +224,12 @@ class RecurrentClassifier(nn.Module):
             else:
                 summed = out.masked_fill(pad.unsqueeze(-1), 0.0).sum(dim=1)
                 parts.append(summed / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
+        if self.ngrams is not None:
+            if ngrams is None:
+                raise ValueError("this model reads n-gram ids beside the tokens (model.ngrams): pass ngrams=")
+            if self.training and self.ngram_dropout > 0:  # padding (0) is left out of the mean: no rescaling
+                ngrams = ngrams.masked_fill(torch.rand(ngrams.shape, device=ngrams.device) < self.ngram_dropout, 0)
+            parts.append(self.ngrams(ngrams))  # (B, dim): the mean of the kept n-grams' vectors
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
         loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         return Output(logits, loss)

@@ -9,8 +9,21 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from rnnctl.config import ModelConfig
+from rnnctl.config import ModelConfig, Section
 from rnnctl.models import Output
+
+
+class NgramConfig(Section):
+    """A bag of hashed token n-grams beside the recurrent encoder (fastText's features): every n-gram of 1 to
+    `n` tokens of the text between a start and an end marker, and the whole text, each hashed into one of
+    `buckets` rows of an embedding; their mean joins the pooled RNN features before the classifier."""
+
+    n: int = Field(5, ge=1, le=16)  # the longest n-gram, in tokens (characters for names, words for sentiment)
+    buckets: int = Field(2**16, ge=1, le=2**24)  # embedding rows; n-grams beyond that share rows (collisions)
+    dim: int = Field(64, ge=1, le=4096)  # the bag's embedding size
+    whole: bool = True  # the whole text is one more feature (a name seen in training)
+    lowercase: bool = True  # n-grams of the lowercased tokens
+    dropout: float = Field(0.0, ge=0, lt=1)  # share of a text's n-grams left out of its bag at each training step
 
 
 class ClassifierConfig(ModelConfig):
@@ -18,6 +31,7 @@ class ClassifierConfig(ModelConfig):
 
     pooling: Literal["last", "max", "mean", "last+max"] = "last"  # what the classifier sees: final states, or over time
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy against (1 - s) one-hot + s uniform
+    ngrams: NgramConfig | None = None  # hashed n-gram features beside the RNN; null: the RNN alone
 
 
 @dataclass
@@ -25,10 +39,12 @@ class SequenceBatch:
     x: torch.Tensor  # (B, T) token ids, 0 = padding, T = longest sequence in this batch
     lengths: torch.Tensor  # (B,) int64, kept on the CPU for pack_padded_sequence
     targets: torch.Tensor  # (B,) class ids
+    ngrams: torch.Tensor | None = None  # (B, G) hashed n-gram ids, 0 = padding (model.ngrams)
 
     @property
     def inputs(self) -> dict[str, torch.Tensor]:
-        return {"x": self.x, "lengths": self.lengths}
+        inputs = {"x": self.x, "lengths": self.lengths}
+        return inputs if self.ngrams is None else {**inputs, "ngrams": self.ngrams}
 
     @property
     def size(self) -> int:
@@ -38,11 +54,13 @@ class SequenceBatch:
 
     def select(self, start: int, stop: int) -> "SequenceBatch":
         lengths = self.lengths[start:stop]
-        return SequenceBatch(self.x[start:stop, : int(lengths.max())], lengths, self.targets[start:stop])
+        ngrams = None if self.ngrams is None else self.ngrams[start:stop]
+        return SequenceBatch(self.x[start:stop, : int(lengths.max())], lengths, self.targets[start:stop], ngrams)
 
     def to(self, device: torch.device) -> "SequenceBatch":
+        ngrams = None if self.ngrams is None else self.ngrams.to(device, non_blocking=True)
         return SequenceBatch(
-            self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True)
+            self.x.to(device, non_blocking=True), self.lengths, self.targets.to(device, non_blocking=True), ngrams
         )
 
 
@@ -54,8 +72,15 @@ class SequenceSplit:
     padding is computed and most batches skip packing. Evaluation batches always go by length.
     """
 
-    def __init__(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, bucket: bool = True):
-        self.x, self.lengths, self.labels, self.bucket = x, lengths, labels, bucket
+    def __init__(
+        self,
+        x: torch.Tensor,
+        lengths: torch.Tensor,
+        labels: torch.Tensor,
+        bucket: bool = True,
+        ngrams: tuple[torch.Tensor, torch.Tensor] | None = None,  # (N, G_max) bag ids, 0 = padding; (N,) counts
+    ):
+        self.x, self.lengths, self.labels, self.bucket, self.ngrams = x, lengths, labels, bucket, ngrams
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -86,7 +111,11 @@ class SequenceSplit:
     def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[SequenceBatch]:
         for idx in self.order(batch_size, generator):
             lengths = self.lengths[idx]
-            yield SequenceBatch(self.x[idx, : int(lengths.max())], lengths, self.labels[idx])
+            bags = None
+            if self.ngrams is not None:
+                ids, counts = self.ngrams
+                bags = ids[idx, : int(counts[idx].max())]
+            yield SequenceBatch(self.x[idx, : int(lengths.max())], lengths, self.labels[idx], bags)
 
 
 def pad(sequences: Sequence[Sequence[int]], dtype: torch.dtype = torch.int64) -> tuple[torch.Tensor, torch.Tensor]:

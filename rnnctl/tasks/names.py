@@ -21,6 +21,7 @@ from rnnctl.tasks.text import (
     Example,
     TextClassificationTask,
     TextData,
+    ngram_facts,
     read_examples,
 )
 
@@ -49,6 +50,7 @@ class NamesTask(TextClassificationTask):
             "num_classes": len(enc.meta["classes"]),
             "classes": enc.meta["classes"],
             "examples": {k: len(v) for k, v in enc.splits.items()},
+            **ngram_facts(enc.splits, enc.meta),
         }
 
     def read_input(self, n: int, text: str, tokenize: CharTokenizer) -> tuple[str, list[str]]:

@@ -39,6 +39,7 @@ from rnnctl.tasks.text import (
     TextData,
     WordTokenizer,
     epoch_padding,
+    ngram_facts,
     read_examples,
 )
 
@@ -123,7 +124,7 @@ class SentimentTask(TextClassificationTask):
         }
         if "embeddings" in meta:
             derived["embeddings"] = meta["embeddings"]
-        return derived
+        return {**derived, **ngram_facts(enc.splits, meta)}
 
     def build_model(self, cfg: Config, meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
         m: SentimentModel = cfg.model  # type: ignore[assignment]

@@ -10,6 +10,7 @@ where its examples come from, how it tokenizes, and which facts it reports; the 
 from __future__ import annotations
 
 import re
+import zlib
 from abc import ABC, abstractmethod
 from array import array
 from dataclasses import dataclass
@@ -22,9 +23,16 @@ from pydantic import Field
 
 from rnnctl.config import Config, DataConfig
 from rnnctl.data import read_csv, stratified_split
-from rnnctl.errors import DataError, clip
+from rnnctl.errors import DataError, RunError, clip
 from rnnctl.tasks.base import Prepared
-from rnnctl.tasks.classification import ClassificationMeter, ClassifierConfig, SequenceSplit, pad, top_k
+from rnnctl.tasks.classification import (
+    ClassificationMeter,
+    ClassifierConfig,
+    NgramConfig,
+    SequenceSplit,
+    pad,
+    top_k,
+)
 from rnnctl.models import RecurrentClassifier
 
 PAD, UNK = "<pad>", "<unk>"  # ids 0 and 1
@@ -206,6 +214,98 @@ def _flat(seqs: list[array]) -> np.ndarray:
     return np.frombuffer(b"".join(seqs), dtype=np.intc)
 
 
+# -- hashed n-grams (model.ngrams): from the vocabulary ids, once per split -----------------------
+
+NGRAM_HASH = "crc32-splitmix64"  # in a checkpoint's meta: how its n-gram ids were made
+START, END, WHOLE = 0x3C, 0x3E, 0x57484F4C45  # the markers around a text, and the whole text's salt
+NGRAM_CHUNK = 2**20  # uint64 values per array (8 MB) while hashing, whatever the texts' length
+
+
+def ngram_settings(section: NgramConfig) -> dict[str, Any]:
+    """What a checkpoint's meta keeps of `model.ngrams`, so that eval and predict hash texts as training did."""
+    return {"n": section.n, "buckets": section.buckets, "whole": section.whole, "lowercase": section.lowercase,
+            "hash": NGRAM_HASH}  # fmt: skip
+
+
+def token_codes(vocab: list[str], settings: dict[str, Any]) -> np.ndarray:
+    """A stable code per vocabulary id: the CRC-32 of the (lowercased) token. Hashes then depend neither on
+    the vocabulary's order nor on Python's per-process string hashing, and `A` and `a` share their n-grams."""
+    if settings.get("hash") != NGRAM_HASH:  # a checkpoint from an rnnctl that hashed otherwise
+        raise RunError(
+            f"model.ngrams: hashed with {clip(settings.get('hash'))}; this rnnctl hashes with {NGRAM_HASH!r}"
+        )
+    lowercase = settings["lowercase"]
+    return np.array([zlib.crc32((t.lower() if lowercase else t).encode("utf-8")) for t in vocab], dtype=np.uint64)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser (uint64, wrapping): each input bit flips about half the output bits."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def ngram_bags(
+    x: torch.Tensor, lengths: torch.Tensor, codes: np.ndarray, settings: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded vocabulary ids (N, T) -> each text's hashed n-gram ids in 1..buckets, left-aligned and 0-padded
+    (N, G) int32, and how many each text has (N,). The n-grams run over `<start> tokens <end>` (1 to n tokens
+    long; `<s>`, `s`, `m`, ..., `<sm` ... for a name), plus the whole text when `whole`. Vectorized over rows,
+    a loop over the few n-gram sizes: no Python per text."""
+    n, buckets = settings["n"], settings["buckets"]
+    rows = max(1, NGRAM_CHUNK // (x.size(1) + 2))  # texts at a time
+    ids, counts = [], []
+    for start in range(0, len(x), rows):
+        xs, ls = x[start : start + rows].numpy(), lengths[start : start + rows].numpy()
+        B, T = xs.shape
+        c = codes[xs]  # (B, T)
+        seq = np.concatenate([np.full((B, 1), START, np.uint64), c, np.zeros((B, 1), np.uint64)], axis=1)
+        seq[np.arange(B), ls + 1] = END  # (B, T + 2): <start> tokens <end>, then padding
+        hashes, valid = [], []
+        for k in range(1, min(n, T + 2) + 1):
+            W = T + 3 - k  # windows that start at 0 .. T + 2 - k
+            h = np.full((B, W), k, np.uint64)
+            for j in range(k):
+                h = _mix(h ^ seq[:, j : j + W])
+            hashes.append(h)
+            valid.append(np.arange(W)[None, :] <= (ls + 2 - k)[:, None])  # the window ends by <end>
+        if settings["whole"]:
+            h = np.full(B, WHOLE, np.uint64)
+            for j in range(T):
+                h = np.where(j < ls, _mix(h ^ c[:, j]), h)
+            hashes.append(h[:, None])
+            valid.append(np.ones((B, 1), bool))
+        h, ok = np.concatenate(hashes, axis=1), np.concatenate(valid, axis=1)
+        bag = np.where(ok, (h % np.uint64(buckets)).astype(np.int64) + 1, 0)
+        order = np.argsort(~ok, axis=1, kind="stable")  # the valid ids first, in their order
+        ids.append(torch.from_numpy(np.take_along_axis(bag, order, axis=1).astype(np.int32)))
+        counts.append(torch.from_numpy(ok.sum(axis=1)))
+    width = max((int(c.max()) for c in counts if len(c)), default=0)
+    out = torch.zeros(len(x), width, dtype=torch.int32)
+    row = 0
+    for part, count in zip(ids, counts):
+        out[row : row + len(part), : int(count.max())] = part[:, : int(count.max())]
+        row += len(part)
+    return out, (torch.cat(counts) if counts else torch.zeros(0)).to(torch.int64)
+
+
+def ngram_facts(splits: dict[str, SequenceSplit], meta: dict[str, Any]) -> dict[str, Any]:
+    """For `derived:` with model.ngrams: n-grams per training text, the buckets training fills, and the share of
+    each split's n-grams that land in a bucket some training n-gram trained."""
+    if "ngrams" not in meta:
+        return {}
+    ids, counts = splits["train"].ngrams
+    trained = torch.zeros(meta["ngrams"]["buckets"] + 1, dtype=torch.bool)
+    trained[ids.long()] = True
+    trained[0] = False
+    coverage = {}
+    for k, split in splits.items():
+        kept = split.ngrams[0][split.ngrams[0] > 0].long()
+        coverage[k] = round(float(trained[kept].float().mean()) if len(kept) else 0.0, 4)
+    return {"ngrams": {"per_example": round(float(counts.double().mean()), 1), "buckets_trained": int(trained.sum()),
+                       "coverage": coverage}}  # fmt: skip
+
+
 @dataclass
 class Encoded:
     """What the pipeline learned on the way, for a task's `derived` facts and pretrained vectors."""
@@ -310,15 +410,20 @@ class TextClassificationTask(ABC):
                 "max_len": max_len,
                 "truncate": mode,
             }
+            if cfg.model.ngrams is not None:
+                meta["ngrams"] = ngram_settings(cfg.model.ngrams)
         stoi = {t: i for i, t in enumerate(self.vocab(meta))}
         remap = torch.tensor([0] + [stoi.get(t, 1) for t in tokens], dtype=torch.int32)  # provisional -> vocab
+        codes = token_codes(self.vocab(meta), meta["ngrams"]) if "ngrams" in meta else None
         splits = {}
         for k, seqs in encoded.items():
             x, lengths = pad(
                 [truncate(s, meta.get("max_len"), meta.get("truncate", "head")) for s in seqs], torch.int32
             )
+            x = remap[x]
             labels = torch.tensor([class_id[e.label] for e in parts[k]], dtype=torch.int64)
-            splits[k] = SequenceSplit(remap[x], lengths, labels, data.bucket)
+            bags = None if codes is None else ngram_bags(x, lengths, codes, meta["ngrams"])
+            splits[k] = SequenceSplit(x, lengths, labels, data.bucket, bags)
         lengths = np.array([len(s) for s in encoded["train"]])
         return Encoded(meta, splits, counts, remap, lengths)
 
@@ -340,10 +445,14 @@ class TextClassificationTask(ABC):
             ids = [stoi.get(t, 1) for t in tokens]
             seqs.append(truncate(ids, meta.get("max_len"), meta.get("truncate", "head")))
             info.append(self.describe(shown, tokens, ids, stoi))
+        codes = token_codes(self.vocab(meta), meta["ngrams"]) if "ngrams" in meta else None
         device = next(model.parameters()).device
         model.eval()
         ranked = []
         for start in range(0, len(seqs), PREDICT_BATCH):
             x, lengths = pad(seqs[start : start + PREDICT_BATCH])
-            ranked += top_k(model(x.to(device), lengths).logits, meta["classes"], top)
+            inputs = {"x": x.to(device), "lengths": lengths}
+            if codes is not None:
+                inputs["ngrams"] = ngram_bags(x, lengths, codes, meta["ngrams"])[0].to(device)
+            ranked += top_k(model(**inputs).logits, meta["classes"], top)
         return [{**i, "top": r} for i, r in zip(info, ranked)]
