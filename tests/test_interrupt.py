@@ -34,7 +34,12 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen):
 def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(TINY), *names_files.set_args(), "--set", "train.epochs=500"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # RNNCTL_RUNS from the autouse fixture
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a terminal's Ctrl-C reaches a process whose SIGINT is the default; a child inherits an ignored SIGINT
+    # (a pytest-xdist worker's, once some test left it so), and Python then keeps ignoring it
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc)
         proc.send_signal(signal.SIGINT)
