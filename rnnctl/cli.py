@@ -125,6 +125,20 @@ ConfigArg = Annotated[
     Path, typer.Argument(metavar="CONFIG", help="Experiment config: a YAML file, or a shipped config's name.")
 ]
 Checkpoint = Annotated[str, typer.Option(metavar="best|last", help="Which checkpoint of the run.")]
+Target = Annotated[
+    str,
+    typer.Argument(
+        metavar="RUN|SWEEP|STUDY",
+        help="Run id, run folder path or 'latest'; or a sweep or study: its completed members as an ensemble.",
+    ),
+]
+TopMembers = Annotated[
+    Optional[int],
+    typer.Option(
+        "--top-members", min=1, metavar="K",
+        help="A sweep or study: ensemble only its K members best on the validation metric; default: all.",
+    ),
+]  # fmt: skip
 Device = Annotated[
     str, typer.Option(metavar="DEVICE", help="Where the model runs: auto (the best here), cpu, cuda, cuda:N or mps.")
 ]
@@ -315,28 +329,34 @@ def train(
 
 @app.command("eval", cls=Command)
 def eval_(
-    run: RunRef = "latest",
+    run: Target = "latest",
     checkpoint: Checkpoint = "best",
     device: Device = "auto",
     split: Annotated[
         Optional[str],
         typer.Option(metavar="test|val", help="The split; default: test, or val for a task without a test split."),
     ] = None,
+    top_members: TopMembers = None,
 ) -> None:
-    """Re-evaluate a saved run on a split and save the result in its folder."""
+    """Re-evaluate a saved run on a split and save the result in its folder; a sweep or study: its members
+    and their ensemble (mean probabilities, or mean predictions of a regressor)."""
     from rnnctl import views
-    from rnnctl.inference import LoadedRun
+    from rnnctl.ensemble import Ensemble, load
 
     with user_errors():
-        loaded = LoadedRun(run, checkpoint, device)
+        loaded = load(run, top_members, checkpoint, device)
         report, saved = loaded.evaluate(split)
+        if isinstance(loaded, Ensemble):
+            err.print(loaded.used(), markup=False, soft_wrap=True)
+            views.ensemble_report(out, loaded.folder, report, saved)
+            return
         views.using(err, *loaded.used)
         views.eval_report(out, loaded.dir, report, saved)
 
 
 @app.command(cls=Command)
 def predict(
-    run: RunRef,
+    run: Target,
     inputs: Annotated[
         Optional[list[str]], typer.Argument(metavar="INPUT", help="Inputs to classify, e.g. surnames or reviews.")
     ] = None,
@@ -350,20 +370,28 @@ def predict(
     ] = None,
     checkpoint: Checkpoint = "best",
     device: Device = "auto",
+    top_members: TopMembers = None,
 ) -> None:
-    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon)."""
+    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon); a sweep
+    or study predicts as the ensemble of its members."""
     from rnnctl import views
     from rnnctl.data import read_lines
-    from rnnctl.inference import LoadedRun
+    from rnnctl.ensemble import Ensemble, load
     from rnnctl.errors import RunError
+
+    def using(loaded) -> None:
+        if isinstance(loaded, Ensemble):
+            err.print(loaded.used(), markup=False, soft_wrap=True)
+        else:
+            views.using(err, *loaded.used)
 
     with user_errors():
         if horizon is not None:
             if inputs or file is not None:
                 raise RunError("--horizon forecasts from the end of the run's series: give no INPUTS or --file with it")
-            loaded = LoadedRun(run, checkpoint, device)
+            loaded = load(run, top_members, checkpoint, device)
             result = loaded.forecast(horizon)
-            views.using(err, *loaded.used)
+            using(loaded)
             views.forecast(out, result)
             return
         inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
@@ -372,9 +400,9 @@ def predict(
                 "nothing to predict: give INPUT arguments, --file with one input per line, "
                 "or --horizon N for a series run"
             )
-        loaded = LoadedRun(run, checkpoint, device)
+        loaded = load(run, top_members, checkpoint, device)
         rows = loaded.predict(inputs, top)
-        views.using(err, *loaded.used)
+        using(loaded)
         views.predictions(out, rows)
 
 

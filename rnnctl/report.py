@@ -122,8 +122,8 @@ def write(ref: str, out: Path | None = None) -> tuple[str, str, Path]:
 
 def build(ref: str) -> tuple[str, Any, str]:
     """Resolve `ref` as a run, then a sweep, then a study; (kind, its folder, the page)."""
-    from rnnctl.search import resolve_study, studies_root
-    from rnnctl.sweep import resolve_sweep
+    from rnnctl.search import studies_root
+    from rnnctl.sweep import resolve_group
 
     try:
         run = RunFolder.resolve(ref)
@@ -131,18 +131,11 @@ def build(ref: str) -> tuple[str, Any, str]:
         tried = str(e)
     else:
         return "run", run, run_page(run)
-    try:
-        folder = resolve_sweep(ref)
-    except RunError:
-        pass
-    else:
-        return "sweep", folder, sweep_page(folder)
-    try:
-        study = resolve_study(ref)
-    except RunError:
-        pass
-    else:
-        return "study", study.folder, study_page(study.folder, study.spec)
+    group = resolve_group(ref)
+    if group is not None:
+        kind, folder = group
+        page = sweep_page(folder) if kind == "sweep" else study_page(folder, read_json(folder / "study.json"))
+        return kind, folder, page
     ambiguous = f" ({tried})" if "ambiguous" in tried else ""
     raise RunError(
         f"no run, sweep or study {ref!r}{ambiguous}: tried a run id, folder or 'latest' in {runs_root()}/, "

@@ -751,5 +751,36 @@ def compare_folder(count: int) -> Path:
     return new_folder(runs_root() / "compare", f"{count}-runs", what="compare")
 
 
+# -- an ensemble's files in its sweep or study folder: eval/ and forecast/ beside the members' runs/ --------
+
+
+def group_members(folder: Path) -> list[RunFolder]:
+    """The run folders of a sweep or study folder (GROUP/runs/<run>), in name order."""
+    runs = folder / "runs"
+    return [RunFolder(p) for p in sorted(runs.iterdir()) if RunFolder(p).exists()] if runs.is_dir() else []
+
+
+def ensemble_stem(checkpoint: str, top: int | None) -> str:
+    """`ensemble-best` (every completed member) or `ensemble-best-top3`."""
+    return f"ensemble-{checkpoint}" + (f"-top{top}" if top is not None else "")
+
+
+def write_ensemble_eval(folder: Path, split: str, stem: str, report: dict[str, Any]) -> Path:
+    """GROUP/eval/<split>-<stem>.json, as a run's eval/<split>-<checkpoint>.json."""
+    path = folder / "eval" / f"{split}-{stem}.json"
+    write_json(path, report)
+    return path
+
+
+def write_ensemble_forecast(
+    folder: Path, steps: int, stem: str, result: dict[str, Any], header: list[str], rows: list[list[Any]]
+) -> dict[str, Path]:
+    """GROUP/forecast/<stem>-<steps>.json and .csv; returns those and the .png to draw."""
+    paths = {ext: folder / "forecast" / f"{stem}-{steps}.{ext}" for ext in ("json", "csv", "png")}
+    write_json(paths["json"], result)
+    atomic_write(paths["csv"], table_text(header, rows))
+    return paths
+
+
 def sweeps_root() -> Path:
     return runs_root() / "sweeps"

@@ -265,3 +265,16 @@ def resolve_sweep(ref: str) -> Path:
     if not (path / "sweep.json").is_file():
         raise RunError(f"unknown sweep {ref!r}: no sweep.json there or in {runs_root()}/sweeps/")
     return path
+
+
+def resolve_group(ref: str) -> tuple[str, Path] | None:
+    """A sweep's or a search study's folder from its name or path, as ("sweep" | "study", folder); None when
+    `ref` names neither. A sweep folder holds a study.json too, so the sweep is tried first."""
+    from rnnctl.search import resolve_study
+
+    for kind, resolve in (("sweep", resolve_sweep), ("study", lambda r: resolve_study(r).folder)):
+        try:
+            return kind, resolve(ref)
+        except RunError:
+            continue
+    return None

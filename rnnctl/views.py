@@ -97,15 +97,43 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
     if "per_class" in report:
-        table = Table(box=None, header_style="bold")
-        for col in ("class", "precision", "recall", "F1", "support"):
-            table.add_column(col, justify="left" if col == "class" else "right")
-        for c in report["per_class"]:
-            table.add_row(
-                Text(c["label"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
-            )
-        console.print(table)
+        _per_class(console, report["per_class"])
     console.print(f"saved: {saved}", soft_wrap=True)
+
+
+def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:
+    """Each member's metrics on the split, then the ensemble's, then its details (per class)."""
+    ens = report["ensemble"]
+    kind = "sweep" if "sweep" in report else "study"
+    console.print(
+        f"[bold]{escape(folder.name)}[/] ({kind}): {report['split']} split, {report['checkpoint']} checkpoints, "
+        f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} examples",
+        soft_wrap=True,
+    )
+    chosen = report["selected_by"]
+    metrics = [k for k, v in ens.items() if isinstance(v, float) and all(k in m for m in report["members"])]
+    rows = [*report["members"], {"run": "ensemble", **ens}]
+    cols = [Col("member", [Text(str(r["run"])) for r in rows], keep=0, justify="left")]
+    cols.append(Col(chosen, [f"{r[chosen]:.4f}" if isinstance(r.get(chosen), float) else "" for r in rows], keep=3))
+    cols += [Col(f"{report['split']} {k}", [f"{r[k]:.4f}" for r in rows], keep=1 + i) for i, k in enumerate(metrics)]
+    print_table(console, cols)
+    names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
+    scalars = [(k, v) for k, v in ens.items() if isinstance(v, float)]
+    console.print("ensemble: " + "  ".join(f"{names.get(k, k)} [bold]{v:.4g}[/]" for k, v in scalars), soft_wrap=True)
+    if "per_class" in ens:
+        _per_class(console, ens["per_class"])
+    console.print(f"saved: {saved}", soft_wrap=True)
+
+
+def _per_class(console: Console, per_class: list[dict[str, Any]]) -> None:
+    table = Table(box=None, header_style="bold")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for c in per_class:
+        table.add_row(
+            Text(c["label"]), f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])
+        )
+    console.print(table)
 
 
 def stream_samples(

@@ -457,7 +457,7 @@ def command_paths() -> list[list[str]]:
 
 
 PANEL_ROW = {  # at 1,000 columns (conftest) every parameter is one row of its panel, opening like this
-    "Arguments": re.compile(r"│ (\*)?\s+[A-Z][A-Z_]*\s"),
+    "Arguments": re.compile(r"│ (\*)?\s+[A-Z][A-Z_]*(\|[A-Z][A-Z_]*)*\s"),  # RUN, or RUN|SWEEP|STUDY
     "Options": re.compile(r"│ (\*)?\s*--?[a-z]"),
 }
 

@@ -69,6 +69,7 @@ class Task(Protocol):
     monitor: str  # validation metric that picks the best checkpoint, e.g. "acc"
     monitor_mode: str  # "max" or "min"
     report_splits: tuple[str, ...]  # the splits tested with the best checkpoint when training ends
+    averages: str  # what an ensemble of its runs averages: "probabilities" (softmax of the logits) or "values"
 
     def prepare(self, cfg: "Config", meta: dict[str, Any] | None = None) -> Prepared:
         """Load and tensorize the data. With `meta` (from a checkpoint), reuse its vocabulary."""

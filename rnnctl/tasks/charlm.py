@@ -79,6 +79,7 @@ class CharLMTask:
     data_config = CharLMData
     model_config = CharLMModel
     monitor, monitor_mode = "loss", "min"
+    averages = "probabilities"  # in an ensemble of its runs
     report_splits = ()  # a language model has no test split: validation picks and reports
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:

@@ -89,6 +89,7 @@ class HelloTask:
     data_config = HelloData
     model_config = HelloModel
     monitor, monitor_mode = "loss", "min"
+    averages = "probabilities"  # in an ensemble of its runs
     report_splits = ()  # the pair is all there is: the preview shows the predicted string
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:

@@ -53,6 +53,7 @@ class SeriesTask:
     data_config = SeriesData
     model_config = SeriesModel
     monitor, monitor_mode = "loss", "min"
+    averages = "values"  # in an ensemble of its runs
     report_splits = ("val", "test")  # both get a prediction-vs-truth plot at the end
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:

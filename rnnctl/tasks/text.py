@@ -326,6 +326,7 @@ class TextClassificationTask(ABC):
 
     model_config: type[ClassifierConfig] = ClassifierConfig
     monitor, monitor_mode = "acc", "max"
+    averages = "probabilities"  # in an ensemble of its runs
     report_splits = ("test",)
     vocab_key = "vocab"  # the meta key of the vocabulary (names checkpoints say "alphabet")
     vocab_order = "frequency"  # or "sorted"

@@ -61,6 +61,7 @@ class WavesTask:
     data_config = WaveData
     model_config = WaveModel
     monitor, monitor_mode = "loss", "min"
+    averages = "values"  # in an ensemble of its runs
     report_splits = ("val", "test")  # both get a prediction-vs-truth plot at the end
 
     def __init__(self, name: str, target: str, carry_default: bool):

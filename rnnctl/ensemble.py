@@ -1,0 +1,206 @@
+"""Ensembles: the completed members of a sweep or a search study, evaluated and asked for predictions as one
+model. Classifiers and language models average the members' probabilities; regressors their predictions
+(what a task's `averages` says). `top` keeps the K members best on their validation metric.
+
+Every member runs its own model on batches from its own data preparation (a member with `model.ngrams` needs
+its n-gram bags), served in stored order with one batch size; the batches must hold the same examples with
+the same targets, which members that share the task and the data section of their config do.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnctl.errors import RunError
+from rnnctl.inference import LoadedRun, config_differences
+from rnnctl.models import Output
+from rnnctl.runs import (
+    RunFolder,
+    ensemble_stem,
+    group_members,
+    now,
+    write_ensemble_eval,
+    write_ensemble_forecast,
+)
+from rnnctl.tasks.base import Forecasts, Predicts
+from rnnctl.training import fp32
+
+EVERY_CLASS = 2**31 - 1  # `top` that makes a task's predict rank every class
+
+
+def combine(logits: list[torch.Tensor], averages: str) -> torch.Tensor:
+    """The members' outputs as one: the log of their mean probability (valid logits: softmax gives that mean
+    back, and its cross-entropy is the ensemble's NLL), or their mean value."""
+    stacked = torch.stack(logits)
+    if averages == "values":
+        return stacked.mean(0)
+    return torch.logsumexp(stacked.log_softmax(-1), 0) - math.log(len(logits))
+
+
+def ranked_members(folder: Path) -> tuple[list[RunFolder], str, str]:
+    """The group's completed members with a best validation value, best first; the metric and its mode."""
+    done = []
+    for run in group_members(folder):
+        info = run.info()
+        best = info.get("best") or {}
+        if info.get("status") == "completed" and isinstance(best.get("value"), (int, float)):
+            done.append((run, best))
+    if not done:
+        raise RunError(f"{folder}: no completed member with a validation metric yet: nothing to ensemble")
+    metric, mode = done[0][1].get("metric", "val_loss"), done[0][1].get("mode", "min")
+    done.sort(key=lambda rb: rb[1]["value"] if mode == "min" else -rb[1]["value"])
+    return [run for run, _ in done], metric, mode
+
+
+class Ensemble:
+    """A sweep's or study's completed members, each restored from one of its checkpoints."""
+
+    def __init__(self, kind: str, folder: Path, top: int | None = None, checkpoint: str = "best", device: str = "auto"):
+        if top is not None and top < 1:
+            raise RunError(f"--top-members {top}: must be at least 1")
+        self.kind, self.folder, self.checkpoint = kind, folder, checkpoint
+        ranked, self.metric, self.mode = ranked_members(folder)
+        self.completed = len(ranked)
+        self.top = top
+        chosen = ranked[:top] if top is not None else ranked
+        self._check_shared(chosen)
+        self.members = [LoadedRun(str(run.path), checkpoint, device) for run in chosen]
+        self.task = self.members[0].task
+        self.averages = self.task.averages
+
+    def _check_shared(self, runs: list[RunFolder]) -> None:
+        configs = [run.config() for run in runs]
+        differs = config_differences([{"task": c.get("task"), "data": c.get("data")} for c in configs])
+        if differs:
+            key, values = next(iter(differs.items()))
+            first = next(i for i, v in enumerate(values) if v != values[0])
+            raise RunError(
+                f"{self.kind} {self.folder.name}: its members do not share the task and the data ({key} is "
+                f"{values[0]} in {runs[0].id} but {values[first]} in {runs[first].id}): an ensemble averages "
+                "predictions of the same examples"
+            )
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def stem(self) -> str:
+        return ensemble_stem(self.checkpoint, self.top)
+
+    def used(self) -> str:
+        """What a command says it used (on stderr)."""
+        n = len(self.members)
+        if self.top is not None:
+            which = f"the top {n} of {self.completed} completed members by {self.metric}"
+        else:
+            which = f"all {n} completed members" if n > 1 else "its one completed member"
+        return f"using {self.kind} {self.name}: {which}, checkpoint {self.checkpoint}"
+
+    def member_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"run": m.run.id, "epoch": m.ckpt["epoch"], self.metric: (m.run.info().get("best") or {}).get("value")}
+            for m in self.members
+        ]
+
+    @torch.no_grad()
+    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Path]:
+        """Every member and the ensemble on one split; the report is written to GROUP/eval/."""
+        first = self.members[0]
+        prepared = [m.task.prepare(m.cfg, meta=m.meta) for m in self.members]
+        split = split or ("test" if "test" in prepared[0].splits else "val")
+        if split not in prepared[0].splits:
+            raise RunError(f"--split {split!r}: expected one of {', '.join(prepared[0].splits)}")
+        batch_size = first.cfg.train.batch_size
+        meters = [m.task.meter(m.meta) for m in self.members]
+        ensemble = first.task.meter(first.meta, detailed=True)
+        states: list[Any] = [None] * len(self.members)
+        for m in self.members:
+            m.model.eval()
+        streams = [p.splits[split].batches(batch_size) for p in prepared]
+        sentinel = object()
+        while True:
+            batches = [next(s, sentinel) for s in streams]
+            if all(b is sentinel for b in batches):
+                break
+            if any(b is sentinel for b in batches) or any(
+                not torch.equal(b.targets, batches[0].targets) for b in batches[1:]
+            ):
+                raise RunError(
+                    f"{self.kind} {self.name}: the members' {split} splits do not hold the same examples "
+                    "(was a member's data changed since it trained?)"
+                )
+            batches = [b.to(m.device) for m, b in zip(self.members, batches)]
+            outs = []
+            for i, (m, b) in enumerate(zip(self.members, batches)):
+                out = fp32(m.model(**b.inputs, targets=b.targets, state=states[i]))
+                states[i] = out.state
+                meters[i].update(b, out)
+                outs.append(out.logits.to(first.device))
+            ensemble.update(batches[0], Output(combine(outs, self.averages), None))
+        rows = [{**row, **meters[i].compute()} for i, row in enumerate(self.member_rows())]
+        report = {
+            "split": split, "checkpoint": self.checkpoint, "created": now(), self.kind: self.name,
+            "averages": self.averages, "selected_by": self.metric, "top": self.top, "completed": self.completed,
+            "members": rows, "ensemble": ensemble.report(),
+        }  # fmt: skip
+        return report, write_ensemble_eval(self.folder, split, self.stem, report)
+
+    def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
+        """Each input's top classes by the members' mean probability."""
+        if not isinstance(self.task, Predicts):
+            raise RunError(f"{self.kind} {self.name}: its {self.members[0].cfg.task} runs do not classify inputs")
+        per_member = [m.task.predict(m.model, m.meta, inputs, EVERY_CLASS) for m in self.members]
+        rows = []
+        for i, row in enumerate(per_member[0]):
+            mean: dict[str, float] = {}
+            for member in per_member:
+                for label, p in member[i]["top"]:
+                    mean[label] = mean.get(label, 0.0) + p / len(per_member)
+            ranked = sorted(mean.items(), key=lambda lp: -lp[1])[:top]
+            rows.append({**row, "top": ranked})
+        return rows
+
+    def forecast(self, steps: int) -> dict[str, Any]:
+        """The members' forecasts of the next `steps` values, averaged; written to GROUP/forecast/."""
+        from rnnctl import plots
+
+        if not isinstance(self.task, Forecasts):
+            raise RunError(f"{self.kind} {self.name}: its runs are not time series: --horizon does not apply")
+        results = [m.task.forecast(m.model, m.meta, steps) for m in self.members]
+        first = results[0]
+        labels = [t for t, _ in first["rows"]]
+        if any([t for t, _ in r["rows"]] != labels for r in results[1:]):
+            raise RunError(f"{self.kind} {self.name}: the members' series do not end at the same point")
+        values = [sum(r["rows"][j][1] for r in results) / len(results) for j in range(len(labels))]
+        result = {**first, "rows": [[t, v] for t, v in zip(labels, values)]}
+        record = {
+            "run": f"{self.kind} {self.name}, ensemble of {len(self.members)}", self.kind: self.name,
+            "checkpoint": self.checkpoint, "members": [m.run.id for m in self.members], **result,
+        }  # fmt: skip
+        paths = write_ensemble_forecast(
+            self.folder, steps, self.stem, record, [result["time"], result["column"]], result["rows"]
+        )
+        plots.forecast(paths["json"], paths["png"])
+        return {**result, **{ext: str(p) for ext, p in paths.items()}}
+
+
+def load(ref: str, top: int | None, checkpoint: str, device: str) -> LoadedRun | Ensemble:
+    """A run (id, folder or `latest`), else a sweep or a study as an ensemble of its members. `top` picks
+    members, so it applies to a sweep or a study only."""
+    from rnnctl.sweep import resolve_group
+
+    try:
+        run = RunFolder.resolve(ref)
+    except RunError as e:
+        group = resolve_group(ref) if ref != "latest" else None
+        if group is None:
+            raise RunError(f"{e}; nor is it a sweep or a study") from None
+        return Ensemble(*group, top=top, checkpoint=checkpoint, device=device)
+    if top is not None:
+        raise RunError(f"--top-members: {run.id} is a run; the option picks members of a sweep or a study")
+    return LoadedRun(str(run.path), checkpoint, device)
