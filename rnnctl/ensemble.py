@@ -41,8 +41,8 @@ def combine(logits: list[torch.Tensor], averages: str) -> torch.Tensor:
     return torch.logsumexp(stacked.log_softmax(-1), 0) - math.log(len(logits))
 
 
-def ranked_members(folder: Path) -> tuple[list[RunFolder], str, str]:
-    """The group's completed members with a best validation value, best first; the metric and its mode."""
+def ranked_members(folder: Path) -> tuple[list[tuple[RunFolder, float]], str, str]:
+    """The group's completed members with their best validation value, best first; the metric and its mode."""
     done = []
     for run in group_members(folder):
         info = run.info()
@@ -53,7 +53,7 @@ def ranked_members(folder: Path) -> tuple[list[RunFolder], str, str]:
         raise RunError(f"{folder}: no completed member with a validation metric yet: nothing to ensemble")
     metric, mode = done[0][1].get("metric", "val_loss"), done[0][1].get("mode", "min")
     done.sort(key=lambda rb: rb[1]["value"] if mode == "min" else -rb[1]["value"])
-    return [run for run, _ in done], metric, mode
+    return [(run, best["value"]) for run, best in done], metric, mode
 
 
 class Ensemble:
@@ -67,8 +67,9 @@ class Ensemble:
         self.completed = len(ranked)
         self.top = top
         chosen = ranked[:top] if top is not None else ranked
-        self._check_shared(chosen)
-        self.members = [LoadedRun(str(run.path), checkpoint, device) for run in chosen]
+        self._check_shared([run for run, _ in chosen])
+        self.members = [LoadedRun(str(run.path), checkpoint, device) for run, _ in chosen]
+        self.values = [value for _, value in chosen]  # each member's best validation value, as ranked
         self.task = self.members[0].task
         self.averages = self.task.averages
 
@@ -103,8 +104,8 @@ class Ensemble:
 
     def member_rows(self) -> list[dict[str, Any]]:
         return [
-            {"run": m.run.id, "epoch": m.ckpt["epoch"], self.metric: (m.run.info().get("best") or {}).get("value")}
-            for m in self.members
+            {"run": m.run.id, "epoch": m.ckpt["epoch"], self.metric: value}
+            for m, value in zip(self.members, self.values)
         ]
 
     @torch.no_grad()
