@@ -440,6 +440,8 @@ class Pruning(Callback):
         self.values.append(value)
         epochs = point.row.get("epoch_fraction", point.row["epoch"])
         self.trial.report(value, round(100 * epochs))
+        if epochs >= trainer.cfg.train.epochs:  # the run's last validation: its training is done, nothing to save
+            return
         if self.trial.should_prune():
             trainer.end_now = "pruned"
             trainer.info["pruned"] = {"epoch": round(epochs, 2), self.metric: value}
