@@ -3,7 +3,7 @@
 This VM switches between two speeds (about 350k and 520k characters/s for the same loop), so medians of
 separate processes can compare a fast epoch with a slow one. Here the two loops alternate epoch by epoch
 over the same streams of tiny Shakespeare, each with its own copy of the same model and optimizer, and
-each ratio is taken between neighbouring epochs. rnnctl's side is `rnnctl.engine.train_epoch`, the
+each ratio is taken between neighbouring epochs. rnnctl's side is `rnnctl.training.train_epoch`, the
 function `rnnctl train` runs (gradient norm before clipping, metric sums, progress callback); the bare
 side has none of that. Per-epoch work outside the step (validation, checkpoints, metrics files) is not
 in either; benchmarks/charlm_speed.py measures the whole command.
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rnnctl.config import load_config
-from rnnctl.engine import train_epoch
+from rnnctl.training import train_epoch
 from rnnctl.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """CPU efficiency: GFLOP/s of rnnctl's 2-layer LSTM-512 training step vs a plain float32 matmul, one process.
 
-The LSTM step is rnnctl's own code path: `CharLM` trained by `rnnctl.engine.train_epoch` on random
+The LSTM step is rnnctl's own code path: `CharLM` trained by `rnnctl.training.train_epoch` on random
 character ids (64 streams x bptt 100, embedding 64, vocabulary 65, Adam), i.e. what
 `configs/charlm_shakespeare.yaml` runs. FLOPs are counted analytically, multiply-add = 2 FLOPs:
 per character and layer 2 * 4H * (input + H) for the gates, plus 2 * H * V for the output layer;
@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
-from rnnctl.engine import train_epoch
+from rnnctl.config import load_config
 from rnnctl.models import CharLM
 from rnnctl.tasks.charlm import StreamSplit
 from rnnctl.tasks.tokens import LMMeter
+from rnnctl.training import train_epoch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def matmul_gflops(n: int, repeats: int = 5) -> float:
@@ -38,7 +42,8 @@ def lstm_step_gflops(
     steps: int, cell: str = "lstm", B: int = 64, T: int = 100, E: int = 64, H: int = 512, V: int = 65
 ) -> tuple[float, float]:
     torch.manual_seed(0)
-    model = CharLM(V, cell=cell, embedding_size=E, hidden_size=H, layers=2, dropout=0.2)
+    sets = [f"model.cell={cell}", f"model.embedding_size={E}", f"model.hidden_size={H}", "model.layers=2"]
+    model = CharLM(load_config(ROOT / "configs/charlm_shakespeare.yaml", sets).model, V)
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     split = StreamSplit(torch.randint(0, V, (B * T * (steps + 2) + 1,)), T)
