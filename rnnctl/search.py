@@ -510,11 +510,16 @@ class Objective:
                 return True
             if {k: str(v) for k, v in trial.params.items()} in self.study.spec.get("done", []):
                 return False  # trained before the sweep was a study
+            # two workers may be handed the same point at once: the lower trial number keeps it (each seeing the
+            # other running, both would step aside and the point would never be trained)
             taken = (state.COMPLETE, state.PRUNED, state.RUNNING, state.FAIL)
             others = trial.study.get_trials(deepcopy=False, states=taken)
             return not any(
-                t.number != trial.number and t.params == trial.params and not t.system_attrs.get(SKIPPED)
+                t.params == trial.params
+                and not t.system_attrs.get(SKIPPED)
+                and (t.number < trial.number or t.state != state.RUNNING)
                 for t in others
+                if t.number != trial.number
             )
         others = trial.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED, state.RUNNING))
         before = [t for t in others if t.number < trial.number and not t.system_attrs.get(SKIPPED)]

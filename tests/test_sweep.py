@@ -222,3 +222,30 @@ def test_a_regression_sweep_ranks_by_its_error_in_the_data_s_units(cli, isolated
     best_mse = min(json.loads(line)["val_mse"] for line in (run / "metrics.jsonl").read_text().splitlines())
     assert summary["metric"] == "val_mse" and summary["direction"] == "minimize"  # not the scaled val_loss
     assert abs(summary["groups"][0]["mean"] - best_mse) < 1e-12
+
+
+def test_two_workers_handed_the_same_grid_point_at_once_train_it_once(names_files, isolated):
+    """The grid sampler can give two workers one point at the same moment; each then sees the other's trial
+    running. The lower trial number keeps the point: were both to step aside, it would never be trained."""
+    import optuna
+
+    from rnnctl import search, sweep
+
+    folder = sweep.create(_sweep_config(isolated.parent, names_files), ["train.seed=1,2"])
+    study = search.resolve_study(str(folder))
+    s = study.load()
+    dist = {"train.seed": optuna.distributions.CategoricalDistribution(["1", "2"])}
+    ids = [
+        s._storage.create_new_trial(
+            s._study_id,
+            optuna.trial.FrozenTrial(
+                number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=None,
+                datetime_complete=None, params={"train.seed": "1"}, distributions=dist, user_attrs={},
+                system_attrs={}, intermediate_values={}, trial_id=-1,
+            ),  # fmt: skip
+        )
+        for _ in range(2)
+    ]
+    objective = search.Objective(study, 2, None, lambda row: None)
+    first, second = (optuna.Trial(s, i) for i in ids)
+    assert objective._needed(first) and not objective._needed(second)
