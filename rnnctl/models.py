@@ -194,7 +194,7 @@ class RecurrentClassifier(nn.Module):
             m.cell, m.embedding_size, m.hidden_size, m.layers, m.bidirectional, m.dropout, m.stepwise
         )  # fmt: skip
         self.drop = nn.Dropout(m.dropout)
-        features = m.hidden_size * self.directions * (2 if m.pooling == "last+max" else 1)
+        features = m.hidden_size * self.directions * len(m.pooling.split("+"))
         self.ngrams = None
         if m.ngrams is not None:  # fastText's bag beside the RNN: the mean of the text's hashed n-gram vectors
             self.ngrams = nn.EmbeddingBag(m.ngrams.buckets + 1, m.ngrams.dim, mode="mean", padding_idx=0)
@@ -214,16 +214,16 @@ class RecurrentClassifier(nn.Module):
         # x: (B, T) token ids, 0 = padding; lengths: (B,); ngrams: (B, G) n-gram ids, 0 = padding
         emb = self.drop(self.embedding(x))  # (B, T, E)
         out = self.rnn(emb, lengths)  # (B, T, D*H); positions past a length are padding
-        parts = []
-        if self.pooling in ("last", "last+max"):
-            parts.append(self.rnn.final(out, lengths))  # (B, D*H)
-        if self.pooling != "last":
-            pad = torch.arange(x.size(1), device=x.device) >= lengths.to(x.device).unsqueeze(1)  # (B, T)
-            if "max" in self.pooling:
-                parts.append(out.masked_fill(pad.unsqueeze(-1), float("-inf")).max(dim=1).values)  # (B, D*H)
-            else:
+        parts = []  # each (B, D*H), in the order pooling names them
+        pad = torch.arange(x.size(1), device=x.device) >= lengths.to(x.device).unsqueeze(1)  # (B, T)
+        for how in self.pooling.split("+"):
+            if how == "last":
+                parts.append(self.rnn.final(out, lengths))
+            elif how == "max":
+                parts.append(out.masked_fill(pad.unsqueeze(-1), float("-inf")).max(dim=1).values)
+            else:  # mean over the real positions
                 summed = out.masked_fill(pad.unsqueeze(-1), 0.0).sum(dim=1)
-                parts.append(summed / lengths.to(out.device, out.dtype).unsqueeze(1))  # (B, D*H)
+                parts.append(summed / lengths.to(out.device, out.dtype).unsqueeze(1))
         if self.ngrams is not None:
             if ngrams is None:
                 raise ValueError("this model reads n-gram ids beside the tokens (model.ngrams): pass ngrams=")

@@ -13,7 +13,7 @@ from rnnctl.models import PaddedRNN, RecurrentClassifier
 from rnnctl.tasks.classification import ClassifierConfig, pad
 
 VOCAB, CLASSES, EMB, HID = 12, 5, 6, 7
-CONFIGS = list(itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max"]))
+CONFIGS = list(itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max", "mean+max"]))
 IDS = [f"{c}-{'bi' if b else 'uni'}-L{n}-{p}" for c, b, n, p in CONFIGS]
 
 
@@ -52,7 +52,7 @@ def test_shapes_and_loss(cell, bidirectional, layers, pooling):
     out.loss.backward()
     assert model.embedding.weight.grad is not None and model.head.weight.grad.abs().sum() > 0
     assert model.embedding.weight.grad[0].abs().sum() == 0  # padding id 0 gets no gradient
-    factor = 2 if pooling == "last+max" else 1
+    factor = 2 if "+" in pooling else 1
     assert model.head.in_features == HID * (2 if bidirectional else 1) * factor
     assert len(model.rnn.layers) == layers and model.rnn.directions == (2 if bidirectional else 1)
 
@@ -89,7 +89,7 @@ def test_padding_does_not_change_logits(cell, bidirectional, layers, pooling):
     torch.testing.assert_close(other[0], alone, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("pooling", ["last", "max", "mean", "last+max"])
+@pytest.mark.parametrize("pooling", ["last", "max", "mean", "last+max", "mean+max"])
 def test_different_inputs_give_different_logits(pooling):
     """The checks above would pass for a model that ignores its input: make sure it does not."""
     model = model_for("gru", True, 1, pooling)
@@ -109,6 +109,16 @@ def test_mean_pooling_divides_by_true_length():
         out = model.rnn(model.embedding(x), lengths)
         expected = model.head(out.mean(dim=1))
     torch.testing.assert_close(logits(model, [s, seqs(9, seed=10)[0]])[0], expected[0], atol=1e-6, rtol=1e-5)
+
+
+def test_mean_plus_max_pooling_is_the_mean_then_the_max_over_the_true_length():
+    model = model_for("gru", True, 1, "mean+max")
+    s, longer = seqs(4, 9, seed=12)
+    x, lengths = pad([s])
+    with torch.no_grad():
+        out = model.rnn(model.embedding(x), lengths)[0]  # (T, 2H): no padding in a batch of one
+        expected = model.head(torch.cat([out.mean(dim=0), out.max(dim=0).values]))
+    torch.testing.assert_close(logits(model, [s, longer])[0], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_dropout_only_between_layers_and_inactive_in_eval():
