@@ -182,10 +182,12 @@ class RecurrentClassifier(nn.Module):
         vocab_size: int,
         num_classes: int,
         padding_idx: int = 0,
+        unk_idx: int = 1,  # what word dropout reads a dropped token as
         freeze_embedding: bool = False,  # keep pretrained word vectors as they are
     ):
         super().__init__()
         self.label_smoothing = m.label_smoothing
+        self.word_dropout, self.unk_idx = m.word_dropout, unk_idx  # training only: a dropped token reads as <unk>
         self.directions = 2 if m.bidirectional else 1
         self.pooling = m.pooling
         self.embedding = nn.Embedding(vocab_size, m.embedding_size, padding_idx=padding_idx)
@@ -212,6 +214,9 @@ class RecurrentClassifier(nn.Module):
         ngrams: torch.Tensor | None = None,
     ) -> Output:
         # x: (B, T) token ids, 0 = padding; lengths: (B,); ngrams: (B, G) n-gram ids, 0 = padding
+        if self.training and self.word_dropout > 0:  # padding stays padding; the length does not change
+            drop = (torch.rand(x.shape, device=x.device) < self.word_dropout) & (x != self.embedding.padding_idx)
+            x = x.masked_fill(drop, self.unk_idx)
         emb = self.drop(self.embedding(x))  # (B, T, E)
         out = self.rnn(emb, lengths)  # (B, T, D*H); positions past a length are padding
         parts = []  # each (B, D*H), in the order pooling names them

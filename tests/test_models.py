@@ -150,6 +150,25 @@ def test_label_smoothing_trains_on_smoothed_loss_but_meter_reports_plain_nll():
     assert meter.compute()["loss"] == pytest.approx(plain.item())
 
 
+def test_word_dropout_reads_a_share_of_real_tokens_as_unk_in_training_only():
+    torch.manual_seed(0)
+    model = RecurrentClassifier(ClassifierConfig(hidden_size=8, embedding_size=4, word_dropout=0.3), 50, 2)
+    seen = []
+    model.embedding.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    x = torch.randint(2, 50, (40, 30))
+    lengths = torch.randint(5, 31, (40,))
+    x[torch.arange(30) >= lengths.unsqueeze(1)] = 0
+    model(x, lengths)
+    read = seen[-1]
+    real = x > 0
+    assert torch.equal(read == 0, ~real)  # padding stays padding
+    changed = read != x
+    assert torch.all(read[changed] == 1)  # a dropped token reads as <unk>
+    assert 0.25 < changed.sum().item() / real.sum().item() < 0.35
+    model.eval()
+    model(x, lengths)
+    assert torch.equal(seen[-1], x)  # evaluation reads every token
+
 @pytest.mark.parametrize("cell,bidirectional,layers", [(c, b, n) for c, b, n, p in CONFIGS if p == "last"])
 def test_padded_rnn_equals_packed_fused_module(cell, bidirectional, layers):
     """Same weights (a fused module's state dict, loaded through the old key names): the padded encoder's
