@@ -28,8 +28,13 @@ RUNS = {
     "temperatures": (
         "configs/series_airline.yaml",
         [
-            f"data.path={EXTRAS / 'daily-min-temperatures.csv'}", "data.column=Temp", "data.date_column=Date",
-            "data.lookback=30", "data.transform=none", "data.relative=false", "train.epochs=30",
+            f"data.path={EXTRAS / 'daily-min-temperatures.csv'}",
+            "data.column=Temp",
+            "data.date_column=Date",
+            "data.lookback=30",
+            "data.transform=none",
+            "data.relative=false",
+            "train.epochs=30",
             "train.batch_size=64",
         ],
     ),  # fmt: skip

@@ -13,7 +13,9 @@ from rnnctl.models import PaddedRNN, RecurrentClassifier
 from rnnctl.tasks.classification import ClassifierConfig, pad
 
 VOCAB, CLASSES, EMB, HID = 12, 5, 6, 7
-CONFIGS = list(itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max", "mean+max"]))
+CONFIGS = list(
+    itertools.product(["rnn", "lstm", "gru"], [False, True], [1, 2], ["last", "max", "mean", "last+max", "mean+max"])
+)
 IDS = [f"{c}-{'bi' if b else 'uni'}-L{n}-{p}" for c, b, n, p in CONFIGS]
 
 
@@ -168,6 +170,7 @@ def test_word_dropout_reads_a_share_of_real_tokens_as_unk_in_training_only():
     model.eval()
     model(x, lengths)
     assert torch.equal(seen[-1], x)  # evaluation reads every token
+
 
 @pytest.mark.parametrize("cell,bidirectional,layers", [(c, b, n) for c, b, n, p in CONFIGS if p == "last"])
 def test_padded_rnn_equals_packed_fused_module(cell, bidirectional, layers):

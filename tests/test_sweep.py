@@ -239,9 +239,17 @@ def test_two_workers_handed_the_same_grid_point_at_once_train_it_once(names_file
         s._storage.create_new_trial(
             s._study_id,
             optuna.trial.FrozenTrial(
-                number=-1, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=None,
-                datetime_complete=None, params={"train.seed": "1"}, distributions=dist, user_attrs={},
-                system_attrs={}, intermediate_values={}, trial_id=-1,
+                number=-1,
+                state=optuna.trial.TrialState.RUNNING,
+                value=None,
+                datetime_start=None,
+                datetime_complete=None,
+                params={"train.seed": "1"},
+                distributions=dist,
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
             ),  # fmt: skip
         )
         for _ in range(2)
