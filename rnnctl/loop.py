@@ -33,6 +33,7 @@ from rnnctl.training import (
     restore_rng,
     rng_states,
     set_backends,
+    WeightAverage,
     set_seed,
     stop_signals,
     train_epoch,
@@ -77,6 +78,9 @@ class Trainer:
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             distributed.hold(self.trained)  # freed only by the rank's exit (see distributed.hold)
         self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
+        # train.ema: validation, the checkpoints' weights and so every later use read the average
+        self.averaged = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
+        self.evaluated = self.averaged.model if self.averaged is not None else self.model
         self.generator = torch.Generator().manual_seed(cfg.train.seed)  # data order, saved in checkpoints
         steps_per_epoch = self.data.splits["train"].num_batches(cfg.train.batch_size)
         mode = self.task.monitor_mode
@@ -161,7 +165,8 @@ class Trainer:
     def checkpoint_state(self) -> dict[str, Any]:
         return {
             "task": self.cfg.task, "config": self.cfg.to_dict(), "meta": self.data.meta,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.evaluated.state_dict(), "optimizer": self.optimizer.state_dict(),
+            **({"trained": self.model.state_dict(), "average": self.averaged.state_dict()} if self.averaged else {}),
             "epoch": self.epoch, "step": self.step, "best": dict(self.best), "schedule": self.schedule.state_dict(),
             **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
             "rng": self.rng[0], "rng_ranks": self.rng,  # every rank's, so a resume on as many ranks is exact
@@ -210,6 +215,8 @@ class Trainer:
         meter = self.task.meter(self.data.meta)
 
         def on_batch(done: int, total: int) -> None:
+            if self.averaged is not None:
+                self.averaged.update()  # after each optimizer step
             self._set_lr(self.step + done)  # for the next step
             for lg in self.loggers:
                 lg.progress(done, total, meter.compute)  # the running metrics, read when a logger asks
@@ -256,11 +263,11 @@ class Trainer:
         self.phase("validate", f"validating epoch {self.epoch}")
         meter = self.task.meter(self.data.meta)
         val = evaluate(
-            self.model, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True, self.precision
+            self.evaluated, self.data.splits["val"], meter, self.device, self.cfg.train.batch_size, True, self.precision
         ).compute()
         self.rng = distributed.gather(rng_states(self.generator))  # every rank's random state, for checkpoints
         shows = self.world.main and isinstance(self.task, Previews)  # rank 0 alone shows anything
-        preview = self.task.preview(self.model, self.data.meta, self.cfg, step) if shows else None
+        preview = self.task.preview(self.evaluated, self.data.meta, self.cfg, step) if shows else None
         with deferred_interrupt():  # checkpoints, run.json and metrics agree even if Ctrl-C lands here
             value = val[self.task.monitor]
             improved = self._update_best(value, step)
@@ -327,7 +334,11 @@ class Trainer:
 def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
     """A checkpoint's training state into a trainer built from its config; RunError when it does not fit."""
     try:
-        trainer.model.load_state_dict(ckpt["model"])
+        if trainer.averaged is not None:  # "model" holds the average, "trained" the weights training goes on from
+            trainer.model.load_state_dict(ckpt["trained"])
+            trainer.averaged.load_state_dict(ckpt["model"], ckpt["average"])
+        else:
+            trainer.model.load_state_dict(ckpt["model"])
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
         trainer.schedule.load_state_dict(ckpt["schedule"])

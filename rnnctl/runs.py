@@ -428,11 +428,16 @@ class RunFolder:
                 raise RunError(f"{path}: not a training checkpoint of rnnctl: no {key!r}")
             if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool) and kind is int:
                 raise RunError(f"{path}: {key!r} is a {type(ckpt[key]).__name__}, expected {kind.__name__}")
-        bad = next(
-            (k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None
-        )
-        if bad is not None:
-            raise RunError(f"{path}: model weights: {bad!r} is not a named tensor")
+        for key in ("model", "trained"):  # trained: the weights under a moving average (train.ema)
+            if key == "trained" and key not in ckpt:
+                continue
+            if not isinstance(ckpt[key], dict):
+                raise RunError(f"{path}: {key!r} is a {type(ckpt[key]).__name__}, expected dict")
+            bad = next(
+                (k for k, v in ckpt[key].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None
+            )
+            if bad is not None:
+                raise RunError(f"{path}: {key} weights: {bad!r} is not a named tensor")
         if ckpt["epoch"] < 0 or ckpt["step"] < 0:
             raise RunError(f"{path}: epoch {ckpt['epoch']}, step {ckpt['step']}: expected counts >= 0")
         return ckpt

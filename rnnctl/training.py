@@ -5,6 +5,7 @@ evaluation pass, RNG states. No run folder and no task names here; loop.py puts 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import platform
@@ -202,6 +203,43 @@ def train_epoch(
         "steps": steps,
         "samples": samples,
     }
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging), updated after every optimizer
+    step: avg <- d * avg + (1 - d) * w, with d = min(decay, (1 + n) / (10 + n)) at the n-th update, so the
+    first steps do not tie the average to the initial weights. Buffers are copied as they are."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.model = copy.deepcopy(model)  # same device and dtype; never trained, so always in eval mode
+        self.model.eval()
+        self.model.requires_grad_(False)
+        for module in self.model.modules():  # cuDNN wants each RNN's weights in one block (a copy is not)
+            if isinstance(module, torch.nn.RNNBase):
+                module.flatten_parameters()
+        self.decay, self.updates = decay, 0
+        self._pairs(model)
+
+    def _pairs(self, model: torch.nn.Module) -> None:
+        self.live = [p for _, p in model.named_parameters()]
+        self.avg = [p for _, p in self.model.named_parameters()]
+        self.live_buffers = [b for _, b in model.named_buffers()]
+        self.avg_buffers = [b for _, b in self.model.named_buffers()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1.0 - d)
+        for avg, live in zip(self.avg_buffers, self.live_buffers):
+            avg.copy_(live)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates}
+
+    def load_state_dict(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.model.load_state_dict(weights)
+        self.updates = int(state["updates"])
 
 
 def gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
