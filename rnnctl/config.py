@@ -86,7 +86,7 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
-    ema: float = Field(0.0, ge=0, lt=1)  # decay of a moving average of the weights, which validation, checkpoints and every later use read; 0: off
+    ema: float = Field(0.0, ge=0, lt=1)  # > 0: validation and checkpoints read a moving average of the weights
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
     seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
