@@ -33,10 +33,10 @@ from rnnctl.training import (
     restore_rng,
     rng_states,
     set_backends,
-    WeightAverage,
     set_seed,
     stop_signals,
     train_epoch,
+    WeightAverage,
 )
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs

@@ -428,9 +428,7 @@ class RunFolder:
                 raise RunError(f"{path}: not a training checkpoint of rnnctl: no {key!r}")
             if not isinstance(ckpt[key], kind) or isinstance(ckpt[key], bool) and kind is int:
                 raise RunError(f"{path}: {key!r} is a {type(ckpt[key]).__name__}, expected {kind.__name__}")
-        for key in ("model", "trained"):  # trained: the weights under a moving average (train.ema)
-            if key == "trained" and key not in ckpt:
-                continue
+        for key in ("model", "trained") if "trained" in ckpt else ("model",):  # trained: under train.ema's average
             if not isinstance(ckpt[key], dict):
                 raise RunError(f"{path}: {key!r} is a {type(ckpt[key]).__name__}, expected dict")
             bad = next(

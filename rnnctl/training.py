@@ -218,19 +218,14 @@ class WeightAverage:
             if isinstance(module, torch.nn.RNNBase):
                 module.flatten_parameters()
         self.decay, self.updates = decay, 0
-        self._pairs(model)
-
-    def _pairs(self, model: torch.nn.Module) -> None:
-        self.live = [p for _, p in model.named_parameters()]
-        self.avg = [p for _, p in self.model.named_parameters()]
-        self.live_buffers = [b for _, b in model.named_buffers()]
-        self.avg_buffers = [b for _, b in self.model.named_buffers()]
+        self.live, self.avg = list(model.parameters()), list(self.model.parameters())  # the same order
+        self.live_buffers, self.avg_buffers = list(model.buffers()), list(self.model.buffers())
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.avg, [p.detach() for p in self.live], 1.0 - d)
+        torch._foreach_lerp_(self.avg, self.live, 1.0 - d)
         for avg, live in zip(self.avg_buffers, self.live_buffers):
             avg.copy_(live)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import CtrlCAtEpoch, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
 
 from rnnctl import loop
 from rnnctl.loop import TIMING_KEYS
@@ -77,3 +77,10 @@ def test_a_checkpoint_without_its_trained_weights_is_a_one_line_error(cli, names
     assert result.exit_code == 1
     assert "last.pt" in result.output and "does not fit its own config" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("key,value", [("train.ema", "1"), ("train.ema", "-0.1"), ("model.word_dropout", "1.5")])
+def test_an_average_or_word_dropout_out_of_range_is_a_one_line_error(cli, names_files, isolated, key, value):
+    result = cli("train", TINY, *names_files.set_args(), "--set", f"{key}={value}")
+    assert_one_line_error(result, key)
+    assert not run_dirs(isolated)  # refused before any run folder exists

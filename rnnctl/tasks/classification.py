@@ -29,9 +29,7 @@ class NgramConfig(Section):
 class ClassifierConfig(ModelConfig):
     """The `model` section of the sequence-classification tasks."""
 
-    pooling: Literal["last", "max", "mean", "last+max", "mean+max"] = (
-        "last"  # what the classifier sees: final states, or over time
-    )
+    pooling: Literal["last", "max", "mean", "last+max", "mean+max"] = "last"  # final states, or over time
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy against (1 - s) one-hot + s uniform
     word_dropout: float = Field(0.0, ge=0, lt=1)  # share of a text's tokens read as <unk> at each training step
     ngrams: NgramConfig | None = None  # hashed n-gram features beside the RNN; null: the RNN alone
