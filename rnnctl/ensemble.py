@@ -9,7 +9,6 @@ the same targets, which members that share the task and the data section of thei
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import torch
 
 from rnnctl.errors import RunError
 from rnnctl.inference import LoadedRun, config_differences
-from rnnctl.models import Output
+from rnnctl.models import Output, mean_probability
 from rnnctl.runs import (
     RunFolder,
     ensemble_stem,
@@ -35,10 +34,9 @@ EVERY_CLASS = 2**31 - 1  # `top` that makes a task's predict rank every class
 def combine(logits: list[torch.Tensor], averages: str) -> torch.Tensor:
     """The members' outputs as one: the log of their mean probability (valid logits: softmax gives that mean
     back, and its cross-entropy is the ensemble's NLL), or their mean value."""
-    stacked = torch.stack(logits)
     if averages == "values":
-        return stacked.mean(0)
-    return torch.logsumexp(stacked.log_softmax(-1), 0) - math.log(len(logits))
+        return torch.stack(logits).mean(0)
+    return mean_probability(logits)
 
 
 def ranked_members(folder: Path) -> tuple[list[tuple[RunFolder, float]], str, str]:

@@ -28,6 +28,7 @@ from rnnctl.training import (
     deferred_interrupt,
     evaluate,
     make_optimizer,
+    parameter_groups,
     make_precision,
     pick_device,
     restore_rng,
@@ -77,7 +78,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             distributed.hold(self.trained)  # freed only by the rank's exit (see distributed.hold)
-        self.optimizer = make_optimizer(cfg.optim, self.model.parameters())
+        self.optimizer = make_optimizer(cfg.optim, parameter_groups(self.model))
         # train.ema: validation, the checkpoints' weights and so every later use read the average
         self.averaged = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.evaluated = self.averaged.model if self.averaged is not None else self.model
@@ -319,7 +320,7 @@ class Trainer:
             return
         lr = self.schedule.lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _update_best(self, value: float, step: int) -> bool:
         if not math.isfinite(value):  # a diverged epoch is never the best one

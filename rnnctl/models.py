@@ -6,6 +6,7 @@ H = hidden size, D = directions (1 or 2), L = layers, C = classes.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Iterator, NamedTuple
 
 import torch
@@ -87,6 +88,12 @@ class StepwiseRNN(nn.Module):
         for k, cell in enumerate(self.cells):
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(cell, name).copy_(getattr(fused, f"{name}_l{k}"))
+
+
+def mean_probability(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Several classifiers' logits (each (..., C)) as one: the log of their mean probability. Valid logits:
+    softmax gives that mean back, and their cross-entropy is the NLL of the mean."""
+    return torch.logsumexp(torch.stack(logits).log_softmax(-1), 0) - math.log(len(logits))
 
 
 def final_hidden(h: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -197,13 +204,26 @@ class RecurrentClassifier(nn.Module):
         )  # fmt: skip
         self.drop = nn.Dropout(m.dropout)
         features = m.hidden_size * self.directions * len(m.pooling.split("+"))
-        self.ngrams = None
+        self.ngrams = self.ngram_head = None
+        self.ngram_lr_scale = 1.0 if m.ngrams is None else m.ngrams.lr_scale
         if m.ngrams is not None:  # fastText's bag beside the RNN: the mean of the text's hashed n-gram vectors
             self.ngrams = nn.EmbeddingBag(m.ngrams.buckets + 1, m.ngrams.dim, mode="mean", padding_idx=0)
             nn.init.zeros_(self.ngrams.weight)  # a bucket no training n-gram reaches adds nothing (random rows: noise)
             self.ngram_dropout = m.ngrams.dropout  # so that the bag cannot memorise a name by one n-gram
-            features += m.ngrams.dim
+            if m.ngrams.head == "own":  # a linear fastText classifier of its own, trained beside the RNN's
+                self.ngram_head = nn.Linear(m.ngrams.dim, num_classes)
+            else:
+                features += m.ngrams.dim
         self.head = nn.Linear(features, num_classes)
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The bag (with its head, if it has one) learns at `model.ngrams.lr_scale` times the rest's rate."""
+        if self.ngram_lr_scale == 1.0:
+            return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+        bag = [*self.ngrams.parameters(), *(self.ngram_head.parameters() if self.ngram_head is not None else [])]
+        ids = {id(p) for p in bag}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": rest, "lr_scale": 1.0}, {"params": bag, "lr_scale": self.ngram_lr_scale}]
 
     def forward(
         self,
@@ -234,10 +254,15 @@ class RecurrentClassifier(nn.Module):
                 raise ValueError("this model reads n-gram ids beside the tokens (model.ngrams): pass ngrams=")
             if self.training and self.ngram_dropout > 0:  # padding (0) is left out of the mean: no rescaling
                 ngrams = ngrams.masked_fill(torch.rand(ngrams.shape, device=ngrams.device) < self.ngram_dropout, 0)
-            parts.append(self.ngrams(ngrams))  # (B, dim): the mean of the kept n-grams' vectors
+            bag = self.ngrams(ngrams)  # (B, dim): the mean of the kept n-grams' vectors
+            if self.ngram_head is None:
+                parts.append(bag)
         logits = self.head(self.drop(torch.cat(parts, dim=1)))  # (B, C)
-        loss = None if targets is None else F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        return Output(logits, loss)
+        branches = [logits] if self.ngram_head is None else [logits, self.ngram_head(bag)]
+        loss = None  # with a bag of its own, each branch learns from its own loss: neither leans on the other
+        if targets is not None:
+            loss = sum(F.cross_entropy(b, targets, label_smoothing=self.label_smoothing) for b in branches)
+        return Output(logits if len(branches) == 1 else mean_probability(branches), loss)
 
 
 class CharLM(nn.Module):

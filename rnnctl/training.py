@@ -117,13 +117,23 @@ def fp32(out):
     return out._replace(logits=out.logits.float(), loss=loss)
 
 
-def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
+    """The model's parameters as optimizer groups, each {"params", "lr_scale"}: its learning rate is lr_scale
+    times the schedule's. A model whose parts learn at different rates says so with `optimizer_groups()`."""
+    if hasattr(model, "optimizer_groups"):
+        return model.optimizer_groups()
+    return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+
+
+def make_optimizer(cfg: OptimConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    groups = [{**g, "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups]
+    fused = {"fused": True} if cfg.fused else {}  # None (the default) lets PyTorch pick foreach
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
     if cfg.name == "adagrad":
-        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adagrad(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def train_epoch(

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import TINY, assert_one_line_error, run_dirs, tiny_config
 
@@ -145,6 +146,34 @@ def test_ngram_dropout_acts_in_training_only():
     assert torch.allclose(ev[0], ev[1]) and not torch.allclose(tr[0], tr[1])  # same text, other n-grams kept
 
 
+def test_a_bag_with_its_own_head_is_an_ensemble_of_two_classifiers():
+    """head: own: the RNN's classifier reads no bag; each branch has its own loss (their sum trains both); the
+    logits are the log of the branches' mean probability; the bag learns at lr_scale times the rate."""
+    m = model(head="own", lr_scale=5.0).eval()
+    assert m.head.in_features == 2 * 7 and m.ngram_head.in_features == 4
+    with torch.no_grad():
+        m.ngrams.weight.normal_()
+    seen = {}
+    for name in ("head", "ngram_head"):
+        getattr(m, name).register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, out))
+    seqs = [[2, 3], [4, 3, 4]]
+    ids, _ = bags(seqs, buckets=50)
+    y = torch.tensor([0, 2])
+    out = m(*pad(seqs), targets=y, ngrams=ids)
+    rnn, bag = seen["head"], seen["ngram_head"]
+    assert not torch.allclose(rnn.softmax(-1), bag.softmax(-1))
+    torch.testing.assert_close(out.logits.softmax(-1), (rnn.softmax(-1) + bag.softmax(-1)) / 2)
+    torch.testing.assert_close(out.loss, F.cross_entropy(rnn, y) + F.cross_entropy(bag, y))
+    out.loss.backward()
+    assert m.ngrams.weight.grad.abs().sum() > 0 and m.embedding.weight.grad.abs().sum() > 0
+    groups = m.optimizer_groups()
+    assert [g["lr_scale"] for g in groups] == [1.0, 5.0]
+    bag_params = {id(p) for p in (*m.ngrams.parameters(), *m.ngram_head.parameters())}
+    assert {id(p) for p in groups[1]["params"]} == bag_params
+    assert sum(len(g["params"]) for g in groups) == len(list(m.parameters()))
+    assert len(model().optimizer_groups()) == 1  # lr_scale 1: one group, as before
+
+
 # -- through the task and the CLI ----------------------------------------------------------------
 
 
@@ -194,6 +223,24 @@ def test_train_eval_predict_and_resume_through_the_cli(cli, names_files, isolate
     assert json.loads((cut / "run.json").read_text())["test"] == trained
 
 
+def test_own_head_with_its_learning_rate_and_fused_adam_through_the_cli(cli, names_files, isolated):
+    """head: own, lr_scale and optim.fused end to end: the checkpoint holds the bag's classifier and two optimizer
+    groups whose rates keep their ratio down the cosine schedule, and eval scores what training scored."""
+    sets = [*SMALL, "model.ngrams.head=own", "model.ngrams.lr_scale=4", "optim.fused=true", "train.epochs=2",
+            "train.schedule.name=cosine", "train.schedule.min_lr=0.001"]  # fmt: skip
+    result = cli("train", TINY, *names_files.set_args(), *[a for o in sets for a in ("--set", o)])
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    ckpt = RunFolder(run).load_checkpoint("last")
+    assert ckpt["model"]["ngram_head.weight"].shape == (len(ckpt["meta"]["classes"]), 8)
+    rest, bag = ckpt["optimizer"]["param_groups"]
+    assert rest["fused"] and 0 < rest["lr"] < 0.01 and bag["lr"] == pytest.approx(4 * rest["lr"])
+    trained = json.loads((run / "run.json").read_text())["test"]
+    result = cli("eval", run.name)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "eval" / "test-best.json").read_text())["acc"] == trained["acc"]
+
+
 @pytest.mark.parametrize(
     "override,needle",
     [
@@ -203,6 +250,8 @@ def test_train_eval_predict_and_resume_through_the_cli(cli, names_files, isolate
         ("model.ngrams.dim=wide", "model.ngrams.dim: Input should be a valid integer"),
         ("model.ngrams.size=3", "unknown key 'model.ngrams.size'"),
         ("model.ngrams=5", "model.ngrams: Input should be a valid dictionary"),
+        ("model.ngrams.head=both", "model.ngrams.head: Input should be 'shared' or 'own'"),
+        ("model.ngrams.lr_scale=0", "model.ngrams.lr_scale: Input should be greater than 0"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(cli, names_files, isolated, override, needle):

@@ -16,7 +16,8 @@ from rnnctl.models import Output
 class NgramConfig(Section):
     """A bag of hashed token n-grams beside the recurrent encoder (fastText's features): every n-gram of 1 to
     `n` tokens of the text between a start and an end marker, and the whole text, each hashed into one of
-    `buckets` rows of an embedding; their mean joins the pooled RNN features before the classifier."""
+    `buckets` rows of an embedding; their mean joins the pooled RNN features before the classifier (`head:
+    shared`), or has a classifier and a loss of its own and the two predict by their mean probability (`own`)."""
 
     n: int = Field(5, ge=1, le=16)  # the longest n-gram, in tokens (characters for names, words for sentiment)
     buckets: int = Field(2**16, ge=1, le=2**24)  # embedding rows; n-grams beyond that share rows (collisions)
@@ -24,6 +25,8 @@ class NgramConfig(Section):
     whole: bool = True  # the whole text is one more feature (a name seen in training)
     lowercase: bool = True  # n-grams of the lowercased tokens
     dropout: float = Field(0.0, ge=0, lt=1)  # share of a text's n-grams left out of its bag at each training step
+    head: Literal["shared", "own"] = "shared"  # one classifier over both; or the bag its own (an ensemble of two)
+    lr_scale: float = Field(1.0, gt=0, le=1e3)  # the bag's learning rate as a multiple of the RNN's (the schedule's)
 
 
 class ClassifierConfig(ModelConfig):
