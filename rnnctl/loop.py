@@ -27,9 +27,10 @@ from rnnctl.tasks.base import Meter, Previews
 from rnnctl.training import (
     deferred_interrupt,
     evaluate,
+    keep_freed_memory,
     make_optimizer,
-    parameter_groups,
     make_precision,
+    parameter_groups,
     pick_device,
     restore_rng,
     rng_states,
@@ -62,6 +63,7 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         self.precision = make_precision(cfg.train.precision, self.device)  # unsupported: an error before any folder
         self.math = set_backends(self.device, cfg.train.tf32, cfg.train.deterministic)  # what run.json records
+        self.math["malloc_keeps_freed"] = keep_freed_memory()  # before the data and the model allocate
         self.data = self.task.prepare(cfg, meta)  # user data errors surface here, before any run folder exists
         for name, split in self.data.splits.items():
             if len(split) == 0:

@@ -5,6 +5,7 @@ evaluation pass, RNG states. No run folder and no task names here; loop.py puts 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import copy
 import math
 import os
@@ -12,6 +13,7 @@ import platform
 import random
 import signal
 import subprocess
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
@@ -109,6 +111,31 @@ def set_backends(device: torch.device, tf32: bool, deterministic: bool) -> dict[
         torch.backends.cudnn.allow_tf32 = tf32  # cuDNN's RNN and conv kernels
     has_tf32 = cuda and torch.cuda.get_device_capability(device)[0] >= 8
     return {"tf32": tf32 and has_tf32, "deterministic": deterministic}
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_KEEPS_FREED: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep the memory a training step frees for the next step. By default it hands every
+    large block back to the kernel (munmap, or a trim of the heap) and the next step faults in fresh zeroed
+    pages: on this CPU that was a quarter of an IMDb epoch (benchmarks/RESULTS.md). Blocks then come from the
+    heap alone and the heap never shrinks: the process holds its peak memory, as PyTorch's CUDA allocator does.
+    Left alone off glibc and where the user chose (MALLOC_* variables, a preloaded allocator such as jemalloc).
+    Once per process; returns whether it holds, for run.json."""
+    global _KEEPS_FREED
+    if _KEEPS_FREED is None:
+        _KEEPS_FREED = False
+        chosen = os.environ.get("LD_PRELOAD") or any(k.startswith("MALLOC_") for k in os.environ)
+        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc" and not chosen:
+            try:
+                libc = ctypes.CDLL(None)  # the process's own C library
+                ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+            except (OSError, AttributeError):
+                ok = False
+            _KEEPS_FREED = ok
+    return _KEEPS_FREED
 
 
 def fp32(out):

@@ -186,3 +186,41 @@ def test_sample_on_the_cpu(cli, tmp_path):
     result = cli("sample", "--device", "cpu", "--prompt", "the ", "--length", "10", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip()) >= 10
+
+
+glibc = pytest.mark.skipif(
+    not (os.uname().sysname == "Linux" and __import__("platform").libc_ver()[0] == "glibc"), reason="glibc's malloc"
+)
+
+
+@glibc
+def test_malloc_keeps_freed_memory_for_the_next_step(monkeypatch):
+    """After keep_freed_memory, a large tensor comes from the heap, not from an mmap of its own (which the next step
+    would fault in again page by page); a user's own MALLOC_* setting is left alone."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]  # fmt: skip
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = Mallinfo2
+    monkeypatch.setattr(training, "_KEEPS_FREED", None)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert training.keep_freed_memory() is False  # the user chose: left as it is
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.setattr(training, "_KEEPS_FREED", None)
+    assert training.keep_freed_memory() is True and training.keep_freed_memory() is True
+    mapped = libc.mallinfo2().hblks
+    big = torch.empty(64 * 2**20, dtype=torch.uint8)  # 64 MB: above glibc's largest mmap threshold (32 MB)
+    assert libc.mallinfo2().hblks == mapped and libc.mallinfo2().arena >= big.numel()
+    del big
+    assert libc.mallinfo2().arena >= 64 * 2**20  # kept in the heap for the next allocation
+
+
+def test_run_json_records_the_allocator_choice(cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    assert info(run)["malloc_keeps_freed"] is training.keep_freed_memory()
