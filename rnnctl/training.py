@@ -5,8 +5,8 @@ evaluation pass, RNG states. No run folder and no task names here; loop.py puts 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import copy
+import ctypes
 import math
 import os
 import platform
