@@ -4,9 +4,12 @@ load on the CPU, and --device on eval, predict and sample. Nothing here has run 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
+import platform
+import sys
 
 import pytest
 import torch
@@ -189,7 +192,7 @@ def test_sample_on_the_cpu(cli, tmp_path):
 
 
 glibc = pytest.mark.skipif(
-    not (os.uname().sysname == "Linux" and __import__("platform").libc_ver()[0] == "glibc"), reason="glibc's malloc"
+    not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"), reason="glibc's malloc"
 )
 
 
@@ -197,7 +200,6 @@ glibc = pytest.mark.skipif(
 def test_malloc_keeps_freed_memory_for_the_next_step(monkeypatch):
     """After keep_freed_memory, a large tensor comes from the heap, not from an mmap of its own (which the next step
     would fault in again page by page); a user's own MALLOC_* setting is left alone."""
-    import ctypes
 
     class Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in
