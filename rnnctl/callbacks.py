@@ -123,11 +123,12 @@ class RunRecord(Callback):
     """config.yaml and run.json: written at the start, kept current at every validation and at the end."""
 
     @staticmethod
-    def new(trainer: Trainer, command: str) -> dict[str, Any]:
-        """run.json of a new run."""
+    def new(trainer: Trainer, command: str, overrides: list[str]) -> dict[str, Any]:
+        """run.json of a new run; `overrides`: the `key=value` settings its config file was changed by."""
         cfg = trainer.cfg
         return {
             "id": trainer.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
+            "overrides": list(overrides),  # what its command line or its group changed in the config file
             "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
             "seed": cfg.train.seed, "device": str(trainer.device), "threads": torch.get_num_threads(),
             "precision": cfg.train.precision, **trainer.math,  # tf32: whether TF32 math ran; deterministic: the mode
@@ -138,10 +139,16 @@ class RunRecord(Callback):
         }  # fmt: skip
 
     @staticmethod
-    def resumed(trainer: Trainer, info: dict[str, Any], command: str) -> dict[str, Any]:
-        """run.json of a run picked up again: the resume goes into its history."""
+    def resumed(trainer: Trainer, info: dict[str, Any], command: str, overrides: list[str]) -> dict[str, Any]:
+        """run.json of a run picked up again: the resume (and what it changed: --epochs) goes into its history."""
         info.setdefault("history", []).append(
-            {"resumed": now(), "from_epoch": trainer.epoch, "command": command, "status_before": info.get("status")}
+            {
+                "resumed": now(),
+                "from_epoch": trainer.epoch,
+                "command": command,
+                "status_before": info.get("status"),
+                "overrides": list(overrides),
+            }  # fmt: skip
         )
         info.update(
             status="running", epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),

@@ -228,12 +228,14 @@ def _leave(code: int) -> None:
 
 def _stopped_summary(e: BaseException, rank: int | None) -> None:
     """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one, and how to go on."""
-    summary = getattr(e, "summary", None)
+    summary, resume = getattr(e, "summary", None), getattr(e, "resume", None)  # a run's; a group's command
     if summary and not rank:
         from rnnctl import views
 
         views.summary(out, summary)
-        out.print(f"continue with: rnnctl train --resume {summary['id']}", soft_wrap=True)
+        resume = resume or f"rnnctl train --resume {summary['id']}"
+    if resume and not rank:
+        out.print(f"continue with: {resume}", soft_wrap=True)
 
 
 def _peer_gone(e: Exception) -> bool:
@@ -320,7 +322,7 @@ def train(
             cfg = load_config(config, overrides or [])
             if name:
                 cfg = validate({**cfg.to_dict(), "name": name}, source="--name")  # checked like the config's
-            result = loop.train(cfg, command=command, loggers=loggers)
+            result = loop.train(cfg, command=command, loggers=loggers, overrides=overrides or [])
         if _is_main():  # under torchrun, rank 0 alone shows the outcome
             views.summary(out, result)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -476,6 +478,30 @@ def compare(
         views.comparison(out, metric, rows, folder)
 
 
+Jobs = Annotated[int, typer.Option(min=1, metavar="N", help="Members trained at once here (worker processes).")]
+Devices = Annotated[
+    Optional[str],
+    typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto (every GPU): one worker per device."),
+]
+Storage = Annotated[
+    Optional[str],
+    typer.Option(
+        metavar="URL|FILE",
+        help="An Optuna storage: postgresql://..., mysql://..., sqlite:///... or a journal file on a shared file "
+        "system; every machine given the same --storage and --study joins the group. Default: SQLite in its folder.",
+    ),
+]
+StudyName = Annotated[
+    Optional[str], typer.Option(metavar="NAME", help="The group's name (its folder's); the same name joins it.")
+]
+
+
+def _group_start(group, jobs: int, slots: list[str] | None) -> None:
+    here = len(slots or [None] * jobs)
+    out.print(f"{group.kind} {group.name}: {here} at once here; folder:", soft_wrap=True)
+    out.print(f"  {group.path}", soft_wrap=True)
+
+
 @app.command(cls=Command)
 def sweep(
     config: Annotated[
@@ -488,60 +514,45 @@ def sweep(
         Optional[list[str]],
         typer.Option("--grid", metavar="KEY=V1,V2", help="A swept config key and its values (repeatable)."),
     ] = None,
-    jobs: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Members trained at once (the CPU threads are split).")
-    ] = 1,
+    overrides: Overrides = None,
+    jobs: Jobs = 1,
     resume: Annotated[
-        Optional[str], typer.Option(metavar="SWEEP", help="Finish the members of this sweep that did not complete.")
-    ] = None,
-    devices: Annotated[
         Optional[str],
-        typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto (every GPU): one member per device at a time."),
+        typer.Option(metavar="SWEEP", help="Continue a sweep: interrupted members from their checkpoints, the rest."),
     ] = None,
+    devices: Devices = None,
     metric: Annotated[
         Optional[str],
         typer.Option(metavar="METRIC", help="The validation metric that ranks the groups; default: the task's."),
     ] = None,
-    storage: Annotated[
-        Optional[str],
-        typer.Option(
-            metavar="URL|FILE",
-            help="An Optuna storage (as for search): every machine given the same --storage and --study trains "
-            "members of one sweep. Default: SQLite in the sweep folder.",
-        ),
-    ] = None,
-    study: Annotated[
-        Optional[str],
-        typer.Option(metavar="NAME", help="Name the sweep (folder runs/sweeps/NAME); the same name joins it."),
-    ] = None,
+    storage: Storage = None,
+    study: StudyName = None,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
-    from rnnctl import sweep as sweeps
+    from rnnctl.groups import engine as groups
     from rnnctl import views
     from rnnctl.errors import ConfigError
-    from rnnctl.training import stop_signals
+    from rnnctl.groups.workers import parse_devices
 
     with user_errors():
-        slots = sweeps.parse_devices(devices)  # before any sweep folder exists
+        slots = parse_devices(devices)  # before any sweep folder exists
         if metric is not None and not metric.startswith("val_"):
             raise ConfigError(f"--metric {metric}: a sweep ranks its groups on validation: give a val_* metric")
         if resume is not None:
-            if config is not None or grid or storage or study:
-                raise ConfigError(
-                    "--resume finishes a sweep as it was declared: give no CONFIG, --grid, --storage or --study"
-                )
-            folder = sweeps.resolve_sweep(resume)
+            if config is not None or grid or storage or study or overrides:
+                raise ConfigError("--resume continues a sweep as it was declared: give no CONFIG, --grid, --set, "
+                                  "--storage or --study")  # fmt: skip
+            group = groups.resolve(resume, "sweep")
         else:
             if config is None:
                 raise ConfigError("give a CONFIG and --grid key=v1,v2 to sweep, or --resume SWEEP")
-            folder = sweeps.create(config, grid or [], storage, study)
-        out.print(f"sweep {folder}", soft_wrap=True)
-        with stop_signals():
-            summary = sweeps.run(
-                folder, jobs, on_member=lambda m: views.sweep_member(out, m), devices=slots, metric=metric
-            )
+            group = groups.create("sweep", config, grid or [], overrides or [], study, storage)
+        _group_start(group, jobs, slots)
+        summary = groups.run(group, jobs, slots, None, lambda e: views.group_event(out, e), metric)
+        if summary["nothing_left"]:
+            out.print(f"sweep {group.name}: every member has completed; nothing to train", soft_wrap=True)
         views.sweep_summary(out, summary)
-        if summary["failed"]:
+        if summary["counts"].get("failed"):
             raise typer.Exit(1)
 
 
@@ -561,11 +572,10 @@ def search(
         ),
     ] = None,
     trials: Annotated[
-        int, typer.Option(min=1, metavar="N", help="The study's total number of trials, over all its workers.")
-    ] = 20,
-    jobs: Annotated[
-        int, typer.Option(min=1, metavar="N", help="Trials run at once here (worker processes; threads split).")
-    ] = 1,
+        Optional[int],
+        typer.Option(min=1, metavar="N", help="The study's total number of trials, over all its workers; default 20."),
+    ] = None,
+    jobs: Jobs = 1,
     metric: Annotated[
         Optional[str],
         typer.Option(metavar="METRIC", help="The validation metric to optimize, e.g. val_acc; default: the task's."),
@@ -573,74 +583,76 @@ def search(
     pruner: Annotated[
         str, typer.Option(metavar="median|hyperband|none", help="Stop poor trials early (none: never).")
     ] = "median",
-    study: Annotated[
-        Optional[str],
-        typer.Option(metavar="NAME", help="The study's name; the same name continues it. Default: the config's stem."),
-    ] = None,
-    storage: Annotated[
-        Optional[str],
-        typer.Option(
-            metavar="URL|FILE",
-            help="An Optuna storage: postgresql://..., mysql://..., sqlite:///... or a journal file on a shared "
-            "file system; every machine given the same --storage and --study joins the study. Default: SQLite in "
-            "the study folder.",
-        ),
-    ] = None,
+    prune_after: Annotated[
+        int, typer.Option(min=0, metavar="N", help="Prune only once this many trials have completed.")
+    ] = 4,
+    prune_warmup: Annotated[
+        float,
+        typer.Option(parser=finite, metavar="F", help="Prune a trial only past this share of its epochs (0 to 1)."),
+    ] = 0.25,
+    study: StudyName = None,
+    storage: Storage = None,
     timeout: Annotated[
         Optional[str], typer.Option(metavar="DURATION", help="Start no new trial after this long: 90s, 30m, 2h.")
     ] = None,
-    devices: Annotated[
-        Optional[str], typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto: one worker per device.")
-    ] = None,
+    devices: Devices = None,
     show: Annotated[
         Optional[str], typer.Option(metavar="STUDY", help="Print a study's trials and best result again.")
+    ] = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(metavar="STUDY", help="Continue a study: interrupted trials from their checkpoints, the rest."),
     ] = None,
     overrides: Overrides = None,
 ) -> None:
     """Search config values with Optuna: trials as run folders, pruning, parallel and multi-machine studies."""
-    from rnnctl import search as searches
+    from rnnctl.groups import engine as groups
     from rnnctl import views
     from rnnctl.errors import ConfigError
-    from rnnctl.sweep import parse_devices
-    from rnnctl.training import stop_signals
+    from rnnctl.groups.space import parse_duration
+    from rnnctl.groups.workers import parse_devices
 
     with user_errors():
+        if show is not None or resume is not None:
+            if config is not None or space or overrides or storage or study:
+                raise ConfigError(f"--{'show' if show else 'resume'} takes a study as it was started: give no CONFIG, "
+                                  "--space, --set, --storage or --study")  # fmt: skip
         if show is not None:
-            if config is not None or space:
-                raise ConfigError("--show prints a study as it is: give no CONFIG or --space")
-            views.study_summary(out, searches.summarize(searches.resolve_study(show)))
+            views.study_summary(out, groups.summarize(groups.resolve(show, "study")))
             return
-        if config is None:
-            raise ConfigError("give a CONFIG and --space KEY=RANGE to search, or --show STUDY")
-        slots = parse_devices(devices)
-        seconds = searches.parse_duration(timeout)
-        found = searches.create(config, space or [], metric, pruner, study, storage, overrides or [])
-        out.print(f"study {found.name}: {found.folder} ({trials} trials, {len(slots or [None] * jobs)} at once here)",
-                  soft_wrap=True)  # fmt: skip
-        metric_name = found.spec["metric"]
-        with stop_signals():
-            searches.run(found, trials, jobs, seconds, slots, lambda t: views.trial_line(out, t, metric_name))
-        views.study_summary(out, searches.summarize(found))
+        if not 0 <= prune_warmup <= 1:
+            raise ConfigError(f"--prune-warmup {prune_warmup:g}: expected a share of the epochs, from 0 to 1")
+        slots, seconds = parse_devices(devices), parse_duration(timeout)
+        if resume is not None:
+            group = groups.resolve(resume, "study", trials)
+        elif config is None:
+            raise ConfigError("give a CONFIG and --space KEY=RANGE to search, --resume STUDY or --show STUDY")
+        else:
+            prune = (pruner, prune_after, prune_warmup)
+            group = groups.create("study", config, space or [], overrides or [], study, storage, metric, trials, prune)
+        _group_start(group, jobs, slots)
+        summary = groups.run(group, jobs, slots, seconds, lambda e: views.group_event(out, e))
+        if summary["nothing_left"]:
+            n = group.spec["trials"]
+            out.print(f"study {group.name} already has its {n} trials: nothing to train; for more, ask for a larger "
+                      f"total: rnnctl search --resume {group.name} --trials {2 * n}", soft_wrap=True)  # fmt: skip
+        views.study_summary(out, summary)
 
 
-@app.command("search-worker", hidden=True, cls=Command)
-def search_worker(
-    folder: Annotated[Path, typer.Argument(metavar="STUDY_FOLDER", help="The study's folder.")],
-    trials: Annotated[int, typer.Option(metavar="N", help="The study's total number of trials.")],
+@app.command("worker", hidden=True, cls=Command)
+def worker(
+    folder: Annotated[Path, typer.Argument(metavar="GROUP_FOLDER", help="The sweep's or study's folder.")],
     index: Annotated[int, typer.Option(metavar="N", help="This worker's number (seeds its sampler).")] = 0,
-    timeout: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Start no trial after this.")] = None,
-    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="The device of its trials.")] = None,
+    timeout: Annotated[Optional[str], typer.Option(metavar="DURATION", help="Start no member after this.")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="The device of its members.")] = None,
 ) -> None:
-    """One worker process of `rnnctl search --jobs N`: runs the study's trials until it has enough."""
-    from rnnctl import search as searches
-    from rnnctl import views
-    from rnnctl.training import stop_signals
+    """One worker process of a sweep or search: trains the group's members until nothing is left."""
+    from rnnctl.groups.folder import GroupFolder
+    from rnnctl.groups.space import parse_duration
+    from rnnctl.groups.workers import work
 
-    with user_errors(), stop_signals():
-        found = searches.resolve_study(str(folder))
-        metric_name = found.spec["metric"]
-        searches.worker(found, trials, searches.parse_duration(timeout), index, device,
-                        lambda t: views.trial_line(out, t, metric_name))  # fmt: skip
+    with user_errors():
+        work(GroupFolder(folder), index, device, parse_duration(timeout), lambda: None)
 
 
 @app.command(cls=Command)

@@ -17,14 +17,8 @@ import torch
 from rnnctl.errors import RunError
 from rnnctl.inference import LoadedRun, config_differences
 from rnnctl.models import Output, mean_probability
-from rnnctl.runs import (
-    RunFolder,
-    ensemble_stem,
-    group_members,
-    now,
-    write_ensemble_eval,
-    write_ensemble_forecast,
-)
+from rnnctl.groups.folder import GroupFolder, ensemble_stem
+from rnnctl.runs import RunFolder, now
 from rnnctl.tasks.base import Forecasts, Predicts
 from rnnctl.training import fp32
 
@@ -39,16 +33,16 @@ def combine(logits: list[torch.Tensor], averages: str) -> torch.Tensor:
     return mean_probability(logits)
 
 
-def ranked_members(folder: Path) -> tuple[list[tuple[RunFolder, float]], str, str]:
+def ranked_members(group: GroupFolder) -> tuple[list[tuple[RunFolder, float]], str, str]:
     """The group's completed members with their best validation value, best first; the metric and its mode."""
     done = []
-    for run in group_members(folder):
+    for run in group.members():
         info = run.info()
         best = info.get("best") or {}
         if info.get("status") == "completed" and isinstance(best.get("value"), (int, float)):
             done.append((run, best))
     if not done:
-        raise RunError(f"{folder}: no completed member with a validation metric yet: nothing to ensemble")
+        raise RunError(f"{group.path}: no completed member with a validation metric yet: nothing to ensemble")
     metric, mode = done[0][1].get("metric", "val_loss"), done[0][1].get("mode", "min")
     done.sort(key=lambda rb: rb[1]["value"] if mode == "min" else -rb[1]["value"])
     return [(run, best["value"]) for run, best in done], metric, mode
@@ -57,11 +51,11 @@ def ranked_members(folder: Path) -> tuple[list[tuple[RunFolder, float]], str, st
 class Ensemble:
     """A sweep's or study's completed members, each restored from one of its checkpoints."""
 
-    def __init__(self, kind: str, folder: Path, top: int | None = None, checkpoint: str = "best", device: str = "auto"):
+    def __init__(self, group: GroupFolder, top: int | None = None, checkpoint: str = "best", device: str = "auto"):
         if top is not None and top < 1:
             raise RunError(f"--top-members {top}: must be at least 1")
-        self.kind, self.folder, self.checkpoint = kind, folder, checkpoint
-        ranked, self.metric, self.mode = ranked_members(folder)
+        self.group, self.kind, self.folder, self.checkpoint = group, group.kind, group.path, checkpoint
+        ranked, self.metric, self.mode = ranked_members(group)
         self.completed = len(ranked)
         self.top = top
         chosen = ranked[:top] if top is not None else ranked
@@ -147,7 +141,7 @@ class Ensemble:
             "averages": self.averages, "selected_by": self.metric, "top": self.top, "completed": self.completed,
             "members": rows, "ensemble": ensemble.report(),
         }  # fmt: skip
-        return report, write_ensemble_eval(self.folder, split, self.stem, report)
+        return report, self.group.write_ensemble_eval(split, self.stem, report)
 
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         """Each input's top classes by the members' mean probability."""
@@ -181,8 +175,8 @@ class Ensemble:
             "run": f"{self.kind} {self.name}, ensemble of {len(self.members)}", self.kind: self.name,
             "checkpoint": self.checkpoint, "members": [m.run.id for m in self.members], **result,
         }  # fmt: skip
-        paths = write_ensemble_forecast(
-            self.folder, steps, self.stem, record, [result["time"], result["column"]], result["rows"]
+        paths = self.group.write_ensemble_forecast(
+            steps, self.stem, record, [result["time"], result["column"]], result["rows"]
         )
         plots.forecast(paths["json"], paths["png"])
         return {**result, **{ext: str(p) for ext, p in paths.items()}}
@@ -191,15 +185,13 @@ class Ensemble:
 def load(ref: str, top: int | None, checkpoint: str, device: str) -> LoadedRun | Ensemble:
     """A run (id, folder or `latest`), else a sweep or a study as an ensemble of its members. `top` picks
     members, so it applies to a sweep or a study only."""
-    from rnnctl.sweep import resolve_group
-
     try:
         run = RunFolder.resolve(ref)
     except RunError as e:
-        group = resolve_group(ref) if ref != "latest" else None
+        group = GroupFolder.find(ref) if ref != "latest" else None
         if group is None:
             raise RunError(f"{e}; nor is it a sweep or a study") from None
-        return Ensemble(*group, top=top, checkpoint=checkpoint, device=device)
+        return Ensemble(group, top=top, checkpoint=checkpoint, device=device)
     if top is not None:
         raise RunError(f"--top-members: {run.id} is a run; the option picks members of a sweep or a study")
     return LoadedRun(str(run.path), checkpoint, device)

@@ -102,9 +102,16 @@ class Trainer:
 
     @classmethod
     def start(
-        cls, cfg: Config, command: str, loggers: list[Logger], root=None, callbacks: list[Callback] = ()
+        cls,
+        cfg: Config,
+        command: str,
+        loggers: list[Logger],
+        root=None,
+        callbacks: list[Callback] = (),
+        overrides: list[str] = (),
     ) -> Trainer:
-        """A new run in a new run folder; `callbacks` come after the default ones (a search's pruning)."""
+        """A new run in a new run folder; `callbacks` come after the default ones (a group's pruning);
+        `overrides` (`key=value`: --set, --epochs, a group's values) are what run.json records it changed."""
         self = cls(cfg, loggers)
         self.callbacks += callbacks
         processes = distributed.describe(self.device)
@@ -118,7 +125,9 @@ class Trainer:
         if not self.world.main:
             self.run, self.lock = RunFolder(Path(path)), NoLock()
         self.loggers = [*self._disk_loggers(None), *loggers] if self.world.main else []
-        self.info = {**RunRecord.new(self, command), **self._trackers(), **processes} if self.world.main else {}
+        self.info = (
+            {**RunRecord.new(self, command, overrides), **self._trackers(), **processes} if self.world.main else {}
+        )
         return self
 
     @classmethod
@@ -130,10 +139,13 @@ class Trainer:
         cfg: Config,
         command: str,
         loggers: list[Logger],
+        callbacks: list[Callback] = (),
+        overrides: list[str] = (),
     ) -> Trainer:
         """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG. Without a
         checkpoint (killed before its first epoch ended) the run starts over in its own folder."""
         self = cls(cfg, loggers, meta=ckpt["meta"] if ckpt else None)
+        self.callbacks += callbacks
         if ckpt is not None:
             restore(self, ckpt, run.checkpoint_path("last"))
         processes = distributed.describe(self.device)
@@ -145,7 +157,7 @@ class Trainer:
         self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
         record = run.read_info()
         self.loggers = [*self._disk_loggers(self.step, record.get("mlflow")), *loggers]
-        self.info = {**RunRecord.resumed(self, record, command), **self._trackers(), **processes}
+        self.info = {**RunRecord.resumed(self, record, command, overrides), **self._trackers(), **processes}
         return self
 
     def _disk_loggers(self, resume_step: int | None, mlflow_before: dict[str, Any] | None = None) -> list[Logger]:
@@ -359,9 +371,14 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
 
 
 def train(
-    cfg: Config, command: str, loggers: list[Logger], root=None, callbacks: list[Callback] = ()
+    cfg: Config,
+    command: str,
+    loggers: list[Logger],
+    root=None,
+    callbacks: list[Callback] = (),
+    overrides: list[str] = (),
 ) -> dict[str, Any]:
-    return Trainer.start(cfg, command, loggers, root, callbacks).fit()
+    return Trainer.start(cfg, command, loggers, root, callbacks, overrides).fit()
 
 
 def resume(
@@ -371,6 +388,7 @@ def resume(
     loggers: list[Logger],
     force: bool = False,
     using: Callable[[RunFolder, str | None, int | None], None] | None = None,
+    callbacks: list[Callback] = (),
 ) -> dict[str, Any]:
     """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
     epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
@@ -412,7 +430,8 @@ def resume(
     distributed.main_only(take)
     lock = held[0] if held else NoLock()
     try:
-        trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers)
+        overrides = [f"train.epochs={epochs}"] if epochs is not None else []
+        trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers, callbacks, overrides)
         if using is not None and trainer.world.main:
             using(run, "last" if ckpt else None, ckpt["epoch"] if ckpt else None)
     except BaseException:

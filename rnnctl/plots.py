@@ -201,13 +201,18 @@ def step_losses(steps: list[dict[str, float]], path: Path, info: dict[str, Any],
 
 
 def compare(curves: list[tuple[str, list[dict[str, Any]]]], metric: str, path: Path) -> Path:
-    """One metric of several runs, against epochs (left) and against training seconds (right)."""
+    """One metric of several runs, against epochs (left) and against training seconds (right). Runs with
+    the same label (a sweep's seeds of one group) share a colour and one legend entry."""
     fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained", sharey=True)
+    colors = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(label for label, _ in curves))}
+    named = set()
     for label, rows in curves:
         rows = [r for r in rows if metric in r]
         ys = [r[metric] for r in rows]
-        by_epoch.plot([r.get("epoch_fraction", r["epoch"]) for r in rows], ys, label=label)
-        by_time.plot([r["elapsed"] for r in rows], ys, label=label)
+        style = {"color": colors[label], "label": None if label in named else label}
+        named.add(label)
+        by_epoch.plot([r.get("epoch_fraction", r["epoch"]) for r in rows], ys, **style)
+        by_time.plot([r["elapsed"] for r in rows], ys, **style)
     by_epoch.set_xlabel("epoch")
     by_time.set_xlabel("training time (s)")
     by_epoch.set_ylabel(metric)
@@ -269,30 +274,27 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def study(s: Any, folder: Path, metric: str) -> list[Path]:
-    """Optuna's own figures of a study (its matplotlib backend): the optimization history, the parameters'
-    importance and the parallel coordinates. A figure the trials cannot support yet (importance needs two
-    completed trials that differ) is left out."""
+def study(s: Any, paths: dict[str, Path], metric: str) -> list[Path]:
+    """Optuna's own figures of a study (its matplotlib backend), those asked for in `paths` (stem -> file):
+    the optimization history, the parameters' importance, the parallel coordinates. A figure the trials
+    cannot support (importance needs completed trials that differ) is left out."""
     import warnings
 
     from optuna.visualization import matplotlib as ov
 
+    draw = {"history": ov.plot_optimization_history, "importance": ov.plot_param_importances,
+            "parallel": ov.plot_parallel_coordinate}  # fmt: skip
     written = []
-    for stem, draw in (
-        ("history", ov.plot_optimization_history),
-        ("importance", ov.plot_param_importances),
-        ("parallel", ov.plot_parallel_coordinate),
-    ):
+    for stem, path in paths.items():
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = draw(s, target_name=metric)
+                ax = draw[stem](s, target_name=metric)
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue
         fig = (ax[0] if hasattr(ax, "__len__") else ax).get_figure()
         fig.suptitle(f"study {s.study_name}: {stem}", fontsize=10)
         fig.set_size_inches(8, 5)
-        path = folder / f"{stem}.png"
         _save(fig, path)
         written.append(path)
     return written

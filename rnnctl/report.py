@@ -12,11 +12,11 @@ import base64
 import csv
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
 from rnnctl.errors import ConfigError, RunError
+from rnnctl.groups.folder import GroupFolder
 from rnnctl.runs import REPORT, RunFolder, atomic_write, flatten, plain, read_json, runs_root
 
 MAX_ROWS = 500  # metrics rows shown; a longer run shows its first and last rows
@@ -112,34 +112,28 @@ def write(ref: str, out: Path | None = None) -> tuple[str, str, Path]:
     report.html), by default report.html in its own folder. Returns what `ref` named ("run", "sweep" or
     "study"), its folder's name, and the file written."""
     kind, folder, text = build(ref)
-    run = folder if isinstance(folder, RunFolder) else None
-    path = out if out is not None else run.report_path if run else folder / REPORT
+    path = out if out is not None else folder.report_path
     if path.is_dir():
         path = path / REPORT
     atomic_write(path, text)
-    return kind, (run.path if run else folder).name, path
+    return kind, folder.path.name, path
 
 
 def build(ref: str) -> tuple[str, Any, str]:
     """Resolve `ref` as a run, then a sweep, then a study; (kind, its folder, the page)."""
-    from rnnctl.search import studies_root
-    from rnnctl.sweep import resolve_group
-
     try:
         run = RunFolder.resolve(ref)
     except RunError as e:
         tried = str(e)
     else:
         return "run", run, run_page(run)
-    group = resolve_group(ref)
+    group = GroupFolder.find(ref)
     if group is not None:
-        kind, folder = group
-        page = sweep_page(folder) if kind == "sweep" else study_page(folder, read_json(folder / "study.json"))
-        return kind, folder, page
+        return group.kind, group, group_page(group)
     ambiguous = f" ({tried})" if "ambiguous" in tried else ""
     raise RunError(
         f"no run, sweep or study {ref!r}{ambiguous}: tried a run id, folder or 'latest' in {runs_root()}/, "
-        f"a sweep in {runs_root() / 'sweeps'}/ and a study in {studies_root()}/"
+        f"a sweep in {GroupFolder.root('sweep')}/ and a study in {GroupFolder.root('study')}/"
     )
 
 
@@ -347,82 +341,15 @@ def environment_section(info: dict[str, Any]) -> Html:
 # -- sweeps and studies -------------------------------------------------------------------------------
 
 
-def member_cell(folder: Path, run: str | None) -> Any:
-    if not run:
-        return ""
-    member = RunFolder(folder / "runs" / run)
-    return link(member.path, run) if member.exists() else run
+def member_cell(group: GroupFolder, run: str) -> Any:
+    member = group.member(run)
+    return link(member.path, run) if member is not None else run
 
 
-def pictures(folder: Path) -> list[Html]:
-    return [image(p, p.stem) for p in sorted(folder.glob("*.png"))]
-
-
-def config_file(folder: Path) -> Html:
-    path = folder / "config.yaml"
-    if not path.is_file():
-        return Html("")
-    return Html(f"<details><summary>config.yaml</summary>{tag('pre', path.read_text(encoding='utf-8'))}</details>")
-
-
-def sweep_page(folder: Path) -> str:
-    state = read_json(folder / "sweep.json")
-    summary = read_json(folder / "summary.json") if (folder / "summary.json").is_file() else {}
-    groups = summary.get("groups") or []
-    metric = summary.get("metric", "")
-    members = state.get("members") or []
-    done = sum(m.get("status") == "completed" for m in members)
-    best = groups[0] if groups else None
-    grid = state.get("grid") or {}
-    sections = [
-        tag("h1", f"Sweep {folder.name}"),
-        pairs(
-            [
-                ("folder", str(folder)),
-                ("config", state.get("config")),
-                ("grid", "; ".join(f"{k} = {', '.join(map(str, v))}" for k, v in grid.items())),
-                ("members", f"{done} of {len(members)} completed"),
-                ("ranked on", f"{metric} ({summary.get('direction')})" if metric else None),
-            ]
-        ),
-        section(
-            "Summary",
-            table(
-                ["group", "n", f"mean {metric}", "std", "test mean"],
-                [[g.get("group"), g.get("n"), g.get("mean"), g.get("std"), g.get("test_mean")] for g in groups],
-            )
-            if groups
-            else note("no summary yet: no member has completed"),
-        ),
-        section("Best", pairs([("group", best["group"]), (f"mean {metric}", best["mean"])]), config_file(folder))
-        if best
-        else "",
-        section("Plots", *pictures(folder)) if list(folder.glob("*.png")) else "",
-        section(
-            "Members",
-            table(
-                ["#", *grid, "status", "run", "best", "test", "error"],
-                [
-                    [
-                        i,
-                        *(m.get("set", {}).get(k) for k in grid),
-                        m.get("status"),
-                        member_cell(folder, m.get("run")),
-                        *member_values(folder, m.get("run")),
-                        m.get("error"),
-                    ]
-                    for i, m in enumerate(members)
-                ],
-                text=range(1, len(grid) + 4),
-            ),
-        ),
-    ]
-    return page(f"rnnctl sweep {folder.name}", sections)
-
-
-def member_values(folder: Path, run: str | None) -> tuple[Any, Any]:
+def member_values(group: GroupFolder, run: str) -> tuple[Any, Any]:
     """A member run's best validation value and its test figures, as the members table shows them."""
-    if not run or not (member := RunFolder(folder / "runs" / run)).exists():
+    member = group.member(run)
+    if member is None:
         return "", ""
     info = member.info()
     best = info.get("best") if isinstance(info.get("best"), dict) else {}
@@ -432,46 +359,76 @@ def member_values(folder: Path, run: str | None) -> tuple[Any, Any]:
 
 def number(text: str) -> Any:
     """A trials.csv cell: a number where it reads as one (shown to 4 digits), else the text."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
-def study_page(folder: Path, spec: dict[str, Any]) -> str:
-    trials_csv = folder / "trials.csv"
-    header: list[str] = []
-    trials: list[list[str]] = []
-    if trials_csv.is_file():
-        header, *trials = list(csv.reader(io.StringIO(trials_csv.read_text(encoding="utf-8")))) or [[]]
+def group_page(group: GroupFolder) -> str:
+    """A sweep or a study: what it varies, its ranked groups (sweeps) or best member, its figures, its members."""
+    spec, summary = group.spec, group.summary()
+    header, *rows = list(csv.reader(io.StringIO(group.trials_text() or ""))) or [[]]
     run_col = header.index("run") if "run" in header else None
-    shown = [[member_cell(folder, v) if i == run_col else number(v) for i, v in enumerate(r)] for r in trials]
-    best_yaml = folder / "best.yaml"
-    space = spec.get("space") or {}
+    shown = [
+        [member_cell(group, v) if i == run_col and v else number(v) for i, v in enumerate(r)]
+        + list(member_values(group, r[run_col]) if run_col is not None and r[run_col] else ("", ""))
+        for r in rows
+    ]
+    varied = spec.get("grid") or spec.get("space") or {}
+    metric = summary.get("group_metric") or spec.get("metric")
+    groups = summary.get("groups") or []
+    best = summary.get("best")
     sections = [
-        tag("h1", f"Study {spec.get('name', folder.name)}"),
+        tag("h1", f"{'Sweep' if group.kind == 'sweep' else 'Study'} {group.name}"),
         pairs(
             [
-                ("folder", str(folder)),
+                ("folder", str(group.path)),
                 ("config", spec.get("config")),
-                ("metric", spec.get("metric")),
-                ("direction", spec.get("direction")),
-                ("space", "; ".join(f"{k} = {v}" for k, v in space.items())),
-                ("trials", str(len(trials)) if trials_csv.is_file() else None),
+                ("--set", " ".join(spec.get("overrides") or [])),
+                ("varied", "; ".join(f"{k} = {', '.join(v) if isinstance(v, list) else v}" for k, v in varied.items())),
+                ("members", ", ".join(f"{n} {k}" for k, n in (summary.get("counts") or {}).items())),
+                ("ranked on", f"{metric} ({summary.get('group_direction') or spec.get('direction')})"),
+                ("storage", summary.get("storage")),
             ]
-        ),
+        ),  # fmt: skip
         section(
-            "Trials",
-            table(header, shown, text=[i for i, h in enumerate(header) if h in ("status", "run", "host")])
-            if trials
-            else note(f"no trials.csv yet: `rnnctl search --show {folder.name}` writes it"),
+            "Groups",
+            table(
+                ["group", "n", f"mean {metric}", "std", "test mean"],
+                [[g.get("group"), g.get("n"), g.get("mean"), g.get("std"), g.get("test_mean")] for g in groups],
+            ),
+        )
+        if groups
+        else "",
+        section(
+            "Best",
+            pairs(
+                [
+                    ("group", groups[0]["group"] if groups else None),
+                    ("member", best["member"]),
+                    (spec["metric"], best["value"]),
+                ]
+            ),
+            tag("pre", group.best_path.read_text(encoding="utf-8")),
+        )  # fmt: skip
+        if best and group.best_path.is_file()
+        else "",
+        section("Plots", *(image(p, p.stem) for p in group.plots())) if group.plots() else "",
+        section(
+            "Members",
+            table(
+                header + ["best", "test"],
+                shown,
+                text=[i for i, h in enumerate(header) if h in ("status", "run", "host")],
+            )
+            if rows
+            else note(
+                f"no members yet: `rnnctl {'sweep' if group.kind == 'sweep' else 'search'} --resume {group.name}`"
+            ),
         ),
-        section("Best config", tag("pre", best_yaml.read_text(encoding="utf-8"))) if best_yaml.is_file() else "",
-        section("Plots", *pictures(folder)) if list(folder.glob("*.png")) else "",
-        section("Study", tag("pre", json.dumps({k: v for k, v in spec.items() if k != "config_text"}, indent=2))),
+        section("Config", tag("pre", group.config.read_text(encoding="utf-8"))) if group.config.is_file() else "",
     ]
-    return page(f"rnnctl study {folder.name}", sections)
+    return page(f"rnnctl {group.kind} {group.name}", sections)

@@ -24,7 +24,6 @@ import errno
 import io
 import json
 import os
-import shlex
 import socket
 import tempfile
 import threading
@@ -48,7 +47,6 @@ CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of eac
     "best": dict, "schedule": dict, "rng": dict,
 }  # fmt: skip
 REPORT = "report.html"  # `rnnctl report`'s page, in a run, sweep or study folder
-STATUSES = ("running", "completed", "failed", "interrupted")
 LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
 HEARTBEAT_S = 10.0  # a lock's holder rewrites its heartbeat this often
 STALE_S = 120.0  # a lock whose heartbeat is older than this may be taken over with --force
@@ -300,24 +298,27 @@ class RunFolder:
         info["id"] = self.id  # the folder is the truth (a copied or renamed run)
         if self.sweep:
             info["sweep"] = self.sweep
-        if info.get("status") == "running" and not _alive(info.get("pid"), info.get("host")):
+        if info.get("status") == "running" and not alive(info.get("pid"), info.get("host")):
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
 
     def changes(self) -> list[str]:
-        """What the run changed from the config file it was started from, `key=value` each: the keys set by
-        its command line (`--set`, `--epochs`, and its resumes' `--epochs`), valued as config.yaml resolved
-        them; a later setting of a key wins."""
+        """What the run changed from the config file it was started from, `key=value` each: the overrides
+        run.json records (--set, --epochs, a group's values, and its resumes' --epochs), valued as
+        config.yaml resolved them; a later setting of a key wins."""
         try:
             info = self.read_info()
         except RunError:
             return []
         history = info.get("history") if isinstance(info.get("history"), list) else []
-        commands = [info.get("command"), *(h.get("command") for h in history if isinstance(h, dict))]
+        settings = [info.get("overrides"), *(h.get("overrides") for h in history if isinstance(h, dict))]
         texts: dict[str, str] = {}
-        for command in commands:
-            if isinstance(command, str):
-                texts.update(command_settings(command))
+        for items in settings:
+            for item in items if isinstance(items, list) else []:
+                key, sep, value = str(item).partition("=")
+                if sep and key.strip():
+                    texts.pop(key.strip(), None)
+                    texts[key.strip()] = value
         config = self.config()
         return [
             f"{key}={plain(value)}" if (value := lookup(config, key)) is not MISSING else f"{key}={text}"
@@ -562,7 +563,7 @@ class FolderLock:
             if holder is None:
                 continue
             age = time.time() - _number(holder.get("heartbeat"))
-            gone = holder.get("host") == HOST and not _alive(holder.get("pid"), HOST)  # provably dead
+            gone = holder.get("host") == HOST and not alive(holder.get("pid"), HOST)  # provably dead
             who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a damaged lock file"
             if not gone and age < STALE_S:
                 raise RunError(
@@ -627,7 +628,7 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def _alive(pid: int | None, host: str | None) -> bool:
+def alive(pid: int | None, host: str | None) -> bool:
     if not pid or host != HOST:
         return True  # cannot tell from here: trust the file
     try:
@@ -642,27 +643,6 @@ def _alive(pid: int | None, host: str | None) -> bool:
 # -- what runs differ in --------------------------------------------------------------------------
 
 MISSING = object()
-
-
-def command_settings(command: str) -> list[tuple[str, str]]:
-    """The config keys an rnnctl command line sets, in order: `--set key=value` and `--epochs N`."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        return []
-    out = []
-    for i, word in enumerate(words):
-        for option in ("--set", "--epochs"):
-            if word == option and i + 1 < len(words):
-                text = words[i + 1]
-            elif word.startswith(option + "="):
-                text = word[len(option) + 1 :]
-            else:
-                continue
-            key, sep, value = ("train.epochs", "=", text) if option == "--epochs" else text.partition("=")
-            if sep and key.strip():
-                out.append((key.strip(), value))
-    return out
 
 
 def lookup(config: dict[str, Any], key: str) -> Any:
@@ -752,38 +732,3 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
 def compare_folder(count: int) -> Path:
     """A new folder for one `rnnctl compare`: `<runs>/compare/<time>-<count>-runs/`."""
     return new_folder(runs_root() / "compare", f"{count}-runs", what="compare")
-
-
-# -- an ensemble's files in its sweep or study folder: eval/ and forecast/ beside the members' runs/ --------
-
-
-def group_members(folder: Path) -> list[RunFolder]:
-    """The run folders of a sweep or study folder (GROUP/runs/<run>), in name order."""
-    runs = folder / "runs"
-    return [RunFolder(p) for p in sorted(runs.iterdir()) if RunFolder(p).exists()] if runs.is_dir() else []
-
-
-def ensemble_stem(checkpoint: str, top: int | None) -> str:
-    """`ensemble-best` (every completed member) or `ensemble-best-top3`."""
-    return f"ensemble-{checkpoint}" + (f"-top{top}" if top is not None else "")
-
-
-def write_ensemble_eval(folder: Path, split: str, stem: str, report: dict[str, Any]) -> Path:
-    """GROUP/eval/<split>-<stem>.json, as a run's eval/<split>-<checkpoint>.json."""
-    path = folder / "eval" / f"{split}-{stem}.json"
-    write_json(path, report)
-    return path
-
-
-def write_ensemble_forecast(
-    folder: Path, steps: int, stem: str, result: dict[str, Any], header: list[str], rows: list[list[Any]]
-) -> dict[str, Path]:
-    """GROUP/forecast/<stem>-<steps>.json and .csv; returns those and the .png to draw."""
-    paths = {ext: folder / "forecast" / f"{stem}-{steps}.{ext}" for ext in ("json", "csv", "png")}
-    write_json(paths["json"], result)
-    atomic_write(paths["csv"], table_text(header, rows))
-    return paths
-
-
-def sweeps_root() -> Path:
-    return runs_root() / "sweeps"

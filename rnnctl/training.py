@@ -353,19 +353,30 @@ def stop_signals():
 
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Hold a SIGINT or SIGTERM that arrives inside the block until the block is done, then raise it."""
+    """Hold a SIGINT or SIGTERM that arrives inside the block until the block is done, then raise it; inside
+    an enclosing holder (a nested block, a group worker between members) hand it to that holder instead, so
+    that the outer block too ends whole."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
+
+    def hold(signum, frame):
+        caught.append(signum)
+
+    hold.holds = True
+    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if caught:
-        raise _stop_exception(caught[0])
+        outer = previous[caught[0]]
+        if getattr(outer, "holds", False):
+            outer(caught[0], None)
+        else:
+            raise _stop_exception(caught[0])
 
 
 def rng_states(generator: torch.Generator) -> dict[str, Any]:

@@ -214,32 +214,57 @@ def comparison(console: Console, metric: str, table_rows: list[dict[str, Any]], 
     console.print(f"plot and table: {out}/compare.png, {out}/compare.json", soft_wrap=True)
 
 
-def sweep_member(console: Console, m: dict[str, Any]) -> None:
-    what = escape(", ".join(f"{k}={v}" for k, v in m["set"].items()))  # a value's "[...]" is not rich markup
-    if m["status"] == "completed":
-        where = " (trained by another machine)" if m.get("elsewhere") else ""
-        console.print(f"  [green]done[/]   {what} -> {m['run']}{where}", soft_wrap=True)
-    else:
-        console.print(f"  [red]failed[/] {what}: {escape(str(m['error']))}", soft_wrap=True)
+STATUS_COLORS = {
+    "completed": "green", "pruned": "yellow", "failed": "red", "interrupted": "yellow", "running": "cyan",
+    "pending": "white",
+}  # fmt: skip
+
+
+def _values(values: dict[str, Any]) -> str:
+    return escape(" ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items()))  # "[x]" is no markup
+
+
+def group_event(console: Console, e: dict[str, Any]) -> None:
+    """A member of a sweep or search started or ended: one line, so a group is never silent."""
+    what = f"{e['member']:>3} {_values(e['values'])}"
+    if e["event"] == "start":
+        console.print(f"  [cyan]start[/]       {what}", soft_wrap=True)
+        return
+    color = STATUS_COLORS.get(e["status"], "white")
+    value = f"{e['metric']} {e['value']:.4f}" if isinstance(e.get("value"), float) and e["value"] == e["value"] else ""
+    error = f": {escape(str(e['error']))}" if e.get("error") and e["status"] == "failed" else ""
+    eta = f", ETA {fmt_duration(e['eta'])}" if e.get("eta") is not None and e["done"] < e["total"] else ""
+    console.print(
+        f"  [{color}]{e['status']:<11}[/] {what}  {value}{error}  {fmt_duration(e.get('seconds'))}"
+        f"  ({e['done']}/{e['total']} done, {fmt_duration(e['elapsed'])} so far{eta})",
+        soft_wrap=True,
+    )
+
+
+def _counts(s: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in s["counts"].items()) or "no members yet"
 
 
 def sweep_summary(console: Console, s: dict[str, Any]) -> None:
+    """The groups of a sweep (the swept keys but the seed), best first, and where its results are."""
     table = Table(box=None, header_style="bold")
-    test = f"test_{str(s['metric']).removeprefix('val_')}"
-    for col in ("group", "runs", f"{s['metric']} mean", "std", f"({test})"):
+    metric = s.get("group_metric") or s["metric"]
+    test = f"test_{str(metric).removeprefix('val_')}"
+    for col in ("group", "runs", f"{metric} mean", "std", f"({test})"):
         table.add_column(col, justify="left" if col == "group" else "right", no_wrap=True)
-    for g in s["groups"]:  # best first, by the validation metric
+    for g in s.get("groups") or []:  # best first, by the validation metric
         shown = "-" if g.get("test_mean") is None else f"{g['test_mean']:.4f}"
-        table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", f"{g['std']:.4f}", shown)
+        std = "-" if g.get("std") is None else f"{g['std']:.4f}"
+        table.add_row(Text(g["group"]), str(g["n"]), f"{g['mean']:.4f}", std, shown)
     console.print(table)
-    done = s["members"] - len(s["failed"])
-    there = f" ({s['elsewhere']} by other machines, not in this summary)" if s.get("elsewhere") else ""
-    console.print(
-        f"{done}/{s['members']} members completed{there}; summary: {s['dir']}/summary.json, summary.png",
-        soft_wrap=True,
-    )
-    if s["failed"]:
-        console.print(f"{len(s['failed'])} failed: finish them with `rnnctl sweep --resume {s['dir']}`", soft_wrap=True)
+    there = f" ({s['elsewhere']} trained by other machines, not in this summary)" if s.get("elsewhere") else ""
+    console.print(f"sweep {s['name']}: {_counts(s)}{there}", soft_wrap=True)
+    console.print("summary:", soft_wrap=True)
+    for path in (s["summary_json"], *s["plots"]):
+        console.print(f"  {path}", soft_wrap=True)
+    left = sum(n for k, n in s["counts"].items() if k not in ("completed", "pruned"))
+    if left:
+        console.print(f"finish the rest with: rnnctl sweep --resume {s['name']}", soft_wrap=True)
 
 
 def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = False) -> None:
@@ -279,54 +304,34 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
     print_table(console, cols)
 
 
-STATUS_COLORS = {"completed": "green", "pruned": "yellow", "failed": "red", "running": "cyan", "waiting": "white"}
-
-
-def trial_line(console: Console, t: dict[str, Any], metric: str) -> None:
-    """One finished trial of a search, as it finishes."""
-    what = escape(" ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in t["params"].items()))
-    value = f"{metric} {t['value']:.4f}" if isinstance(t.get("value"), float) and t["value"] == t["value"] else "-"
-    color = STATUS_COLORS.get(t["status"], "white")
-    console.print(
-        f"  trial {t['number']:>3} [{color}]{t['status']:<9}[/] {value:<18} {what}  {fmt_duration(t.get('seconds'))}",
-        soft_wrap=True,
-    )
-
-
 def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def study_summary(console: Console, s: dict[str, Any]) -> None:
-    """The trials of a search, best first, and where its results are."""
-    metric, keys = s["metric"], list(dict.fromkeys(k for t in s["trials"] for k in t["params"]))
+    """The members (trials) of a search, best first, and where its results are."""
+    metric, keys = s["metric"], list(dict.fromkeys(k for t in s["members"] for k in t["values"]))
     table = Table(box=None, header_style="bold")
     for col in ("trial", "status", metric, *(k.split(".")[-1] for k in keys), "time", "run"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("status", "run") else "right")
     sign = -1 if s["direction"] == "maximize" else 1
     finite = lambda t: isinstance(t["value"], float) and t["value"] == t["value"]  # noqa: E731
-    order = sorted(s["trials"], key=lambda t: (not finite(t), sign * t["value"] if finite(t) else 0, t["number"]))
+    order = sorted(s["members"], key=lambda t: (not finite(t), sign * t["value"] if finite(t) else 0, t["member"]))
     for t in order:
         color = STATUS_COLORS.get(t["status"], "white")
         table.add_row(
-            str(t["number"]), f"[{color}]{t['status']}[/]", f"{t['value']:.4f}" if finite(t) else "-",
-            *(escape(_short(t["params"].get(k, "-"))) for k in keys), fmt_duration(t.get("seconds")),
+            str(t["member"]), f"[{color}]{t['status']}[/]", f"{t['value']:.4f}" if finite(t) else "-",
+            *(escape(_short(t["values"].get(k, "-"))) for k in keys), fmt_duration(t.get("seconds")),
             escape(t["run"] or "-"),
         )  # fmt: skip
     console.print(table)
-    counts = {}
-    for t in s["trials"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    console.print(
-        f"study {s['name']}: {', '.join(f'{n} {k}' for k, n in counts.items()) or 'no trials yet'} "
-        f"(storage {s['storage']})",
-        soft_wrap=True,
-    )
+    console.print(f"study {s['name']}: {_counts(s)} (storage {s['storage']})", soft_wrap=True)
     if s["best"]:
         b = s["best"]
-        console.print(f"best: trial {b['number']}, {metric} {b['value']:.4f}; config: {s['best_yaml']}", soft_wrap=True)
-    if s["plots"]:
-        console.print(f"plots: {', '.join(str(p) for p in s['plots'])}", soft_wrap=True)
+        console.print(f"best: trial {b['member']}, {metric} {b['value']:.4f}; config:", soft_wrap=True)
+        console.print(f"  {s['best_yaml']}", soft_wrap=True)
+    for p in s["plots"]:
+        console.print(f"plot: {p}", soft_wrap=True)
 
 
 def config_list(console: Console, configs: list[tuple[str, str]]) -> None:

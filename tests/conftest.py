@@ -193,6 +193,35 @@ def cli():
     return invoke
 
 
+def without_timing(rows: list[dict]) -> list[dict]:
+    """Metrics rows without the columns that differ between identical runs (speed, wall time)."""
+    from rnnctl.loop import TIMING_KEYS
+
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    """A run folder's metrics rows, without timings."""
+    import json
+
+    return without_timing([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()])
+
+
+def members(group: Path) -> list[dict[str, str]]:
+    """A sweep's or study's trials.csv: one dict per member."""
+    return list(csv.DictReader(io.StringIO((group / "trials.csv").read_text(encoding="utf-8"))))
+
+
+def wait_for(condition, timeout: float = 120, what: str = "the condition") -> None:
+    """Poll `condition()` until it is true; fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(0.1)
+
+
 def assert_one_line_error(result, *needles: str) -> str:
     """Exit code 1, stderr is one line `error: ...` containing every needle, and no traceback. A run that
     failed after it began training (`train --resume`) said first which run it goes on from: that line is

@@ -1,5 +1,6 @@
 """The package's shape, checked: no import cycles (module level or inside functions), the loop and the
-tasks keep to their side of the data flow, and only runs.py spells a run folder's files."""
+tasks keep to their side of the data flow, only runs.py spells a run folder's files and only
+groups/folder.py a sweep's or study's."""
 
 from __future__ import annotations
 
@@ -119,6 +120,24 @@ def test_only_runs_py_spells_run_folder_files():
     names = "run.json|metrics.jsonl|metrics.csv|steps.csv|checkpoints|best.pt|last.pt|eval|forecast|plots|tensorboard"
     joined = re.compile(rf'/ *f?"(?:{names})\b|"(?:{names})/')
     for name, path in modules().items():
-        if name != "rnnctl.runs":
+        if name not in ("rnnctl.runs", "rnnctl.groups.folder"):  # a group folder has eval/ and forecast/ too
             assert not joined.findall(path.read_text(encoding="utf-8")), name
     assert joined.findall((PACKAGE / "runs.py").read_text(encoding="utf-8"))  # the pattern does match
+
+
+def test_only_the_group_folder_spells_group_files():
+    """No other module names a file of a sweep's or study's folder in a string."""
+    names = r"study\.json|trials\.csv|best\.yaml|summary\.json|summary\.png|study\.db|logs|sweep\.json"
+    spelled = re.compile(rf'["\'/](?:{names})["\'/]')
+    for name, path in modules().items():
+        if name != "rnnctl.groups.folder":
+            assert not spelled.findall(path.read_text(encoding="utf-8")), name
+    assert spelled.findall((PACKAGE / "groups" / "folder.py").read_text(encoding="utf-8"))  # the pattern matches
+
+
+def test_groups_drive_runs_and_runs_know_no_group():
+    """A group drives runs, never the other way: the loop, the run folder and the tasks import no group code."""
+    graph = import_graph()
+    for name in ("rnnctl.loop", "rnnctl.runs", "rnnctl.callbacks", "rnnctl.training", "rnnctl.inference"):
+        assert not {m for m in graph[name] if m.startswith("rnnctl.groups")}, name
+    assert "rnnctl.loop" in graph["rnnctl.groups.trials"]

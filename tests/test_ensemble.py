@@ -122,7 +122,7 @@ def test_ensemble_argument_errors(cli, copy_run, isolated):
     assert_one_line_error(cli("eval", copy_run.name, "--top-members", "0"), "--top-members")  # K >= 1
     empty = isolated / "sweeps" / "empty"
     (empty / "runs").mkdir(parents=True)
-    (empty / "sweep.json").write_text("{}")
+    (empty / "study.json").write_text('{"kind": "sweep"}')
     assert_one_line_error(cli("eval", "empty"), "no completed member")
 
 

@@ -132,3 +132,21 @@ def test_ctrl_c_during_bookkeeping_keeps_run_json_and_metrics_consistent(names_f
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
     assert info["epochs_done"] == len(RunFolder(run).rows()), (info["epochs_done"], RunFolder(run).rows())
+
+
+def test_a_signal_in_nested_deferred_blocks_waits_for_the_outer_block():
+    """A callback's storage write (inner) inside the loop's checkpoint-and-metrics block (outer): the signal
+    must not cut the outer block between the checkpoint and the metrics row."""
+    import os
+    import signal
+
+    from rnnctl.training import deferred_interrupt
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            with deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("inner")
+            done.append("outer")
+    assert done == ["inner", "outer"]

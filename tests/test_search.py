@@ -18,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import TINY, assert_one_line_error
+from conftest import TINY, assert_one_line_error, members, wait_for
 
 SPACE = ["--space", "optim.lr=choice(0.00001,0.05)", "--space", "model.hidden_size=int(8,16)"]
 
@@ -38,11 +38,12 @@ def _study(folder: Path, name: str, storage: str | None = None) -> optuna.Study:
 
 
 def _states(study: optuna.Study) -> list[str]:
-    return [t.state.name for t in study.trials if not t.system_attrs.get("rnnctl_skipped")]
+    return [t.state.name for t in study.trials if not t.user_attrs.get("skipped")]
 
 
 def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, names_files, isolated):
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=3", *SPACE, "--trials", "6", "--jobs", "2"]
+    args += ["--prune-after", "1", "--prune-warmup", "0"]  # prune from the first completed trial on
     result = _rnnctl("search", *args, env=_env(isolated))
     assert result.returncode == 0, result.stdout + result.stderr
     folder = isolated / "studies" / "names_tiny"
@@ -64,7 +65,11 @@ def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, 
     assert best["train"]["epochs"] == 3 and best["data"]["path"] == str(names_files.train)
     for plot in ("history", "parallel"):
         assert (folder / f"{plot}.png").stat().st_size > 1000
+    completed = states.count("COMPLETE")
+    assert (folder / "importance.png").exists() == (completed >= 4)  # only from several completed trials
     assert "best: trial" in result.stdout and "pruned" in result.stdout
+    assert result.stdout.count("start ") == 6 and "ETA" in result.stdout  # a line per trial start and end
+    assert [r["status"] for r in members(folder)].count("pruned") == states.count("PRUNED")
 
     # the trials are runs like any other: listed, evaluated by id, and the best config trains as is
     listed = cli("runs")
@@ -77,9 +82,10 @@ def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, 
     assert shown.exit_code == 0, shown.output
     again = cli("search", "--show", "names_tiny")
     assert again.exit_code == 0 and again.stdout.count("pruned") >= 1 and "best: trial" in again.stdout
-    # the same command again: the study has its 6 trials and trains nothing more
+    # the same command again: the study has its 6 trials, says so and how to ask for more, trains nothing
     result = _rnnctl("search", *args, env=_env(isolated))
     assert result.returncode == 0 and len(_states(_study(folder, "names_tiny"))) == len(states)
+    assert "already has its 6 trials" in result.stdout and "--trials 12" in result.stdout
 
 
 def test_two_processes_join_one_study_through_a_journal_file(names_files, isolated, tmp_path):
@@ -107,45 +113,73 @@ def test_two_processes_join_one_study_through_a_journal_file(names_files, isolat
     assert sum(ran) == 4 and min(ran) >= 1
 
 
-def test_a_killed_worker_s_trial_is_failed_by_its_heartbeat_and_run_again(cli, names_files, isolated):
-    env = _env(isolated, RNNCTL_SEARCH_HEARTBEAT="1")
+def test_a_killed_search_s_trial_continues_its_own_run(cli, names_files, isolated):
+    env = _env(isolated)
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=30", "--space", "optim.lr=choice(0.01)"]
     args += ["--trials", "1", "--pruner", "none"]
     proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
     folder = isolated / "studies" / "names_tiny"
-    deadline = time.time() + 120
-    while not list((folder / "runs").glob("*/metrics.jsonl")) and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: list((folder / "runs").glob("*/checkpoints/last.pt")), what="a checkpoint")
     proc.kill()  # SIGKILL: no wrap-up, the trial stays `running` in the storage
     proc.wait()
     assert _states(_study(folder, "names_tiny")) == ["RUNNING"]
-    time.sleep(4)  # more than three missed heartbeats
     # another --set on the same command would be another study: the epochs stay 30 in the study's config
     assert_one_line_error(cli("search", *args, "--set", "train.epochs=2"), "another config_text")
-    result = _rnnctl("search", *args, "--timeout", "1s", env=env)
+    result = _rnnctl("search", "--resume", "names_tiny", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     study = _study(folder, "names_tiny")
-    first, retry = study.trials[:2]
-    assert first.state.name == "FAIL" and retry.state.name == "COMPLETE"
-    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+    first, again = study.trials[:2]  # its process is gone from this machine: interrupted, continued
+    assert first.state.name == "FAIL" and first.user_attrs["interrupted"] and again.state.name == "COMPLETE"
+    (run,) = (folder / "runs").iterdir()  # the same run folder, from its last checkpoint
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["history"][0]["from_epoch"] >= 1
+
+
+def test_a_dead_worker_of_another_machine_is_found_by_its_heartbeat(names_files, isolated, monkeypatch):
+    from rnnctl.groups.storage import open_storage
+
+    monkeypatch.setenv("RNNCTL_SEARCH_HEARTBEAT", "1")
+    env = _env(isolated)
+    args = [TINY, *names_files.set_args(), "--set", "train.epochs=30", "--space", "optim.lr=choice(0.01)"]
+    args += ["--trials", "1", "--pruner", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
+    folder = isolated / "studies" / "names_tiny"
+    wait_for(lambda: list((folder / "runs").glob("*/checkpoints/last.pt")), what="a checkpoint")
+    proc.kill()
+    proc.wait()
+    study = _study(folder, "names_tiny")
+    (trial,) = study.trials
+    study._storage.set_trial_user_attr(trial._trial_id, "host", "another-machine")  # not provably gone from here
+    storage = open_storage(f"sqlite:///{folder / 'study.db'}")
+    wait_for(lambda: storage._get_stale_trial_ids(study._study_id), timeout=30, what="three missed heartbeats")
+    result = _rnnctl("search", "--resume", "names_tiny", env=env)  # its next trial finds the stale one
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, retry = _study(folder, "names_tiny").trials[:2]
+    assert first.state.name == "FAIL" and retry.state.name == "COMPLETE" and retry.system_attrs["failed_trial"] == 0
+    assert len(list((folder / "runs").iterdir())) == 1  # the retry continued the run it found here
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_sigterm_stops_the_search_and_queues_its_trials_again(names_files, isolated, jobs):
+def test_sigterm_stops_the_search_and_resume_continues_its_trials(names_files, isolated, jobs):
     env = _env(isolated)
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=40", "--space", "optim.lr=choice(0.01)"]
-    args += ["--trials", str(jobs), "--jobs", str(jobs), "--pruner", "none", "--timeout", "1s"]
-    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
+    args += ["--trials", str(jobs), "--jobs", str(jobs), "--pruner", "none"]
+    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
     folder = isolated / "studies" / "names_tiny"
-    deadline = time.time() + 120
-    while len(list((folder / "runs").glob("*/metrics.jsonl"))) < jobs and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: len(list((folder / "runs").glob("*/metrics.jsonl"))) >= jobs, what="every trial training")
     proc.send_signal(signal.SIGTERM)  # to the search alone: it passes it on to its workers
-    assert proc.wait(timeout=60) == 143
-    states = sorted(t.state.name for t in _study(folder, "names_tiny").trials)
-    assert states == ["FAIL"] * jobs + ["WAITING"] * jobs  # each trial's values are queued again
+    assert proc.wait(timeout=150) == 143
+    assert "continue with: rnnctl search --resume names_tiny" in proc.stdout.read()
+    trials = _study(folder, "names_tiny").trials
+    assert [t.state.name for t in trials] == ["FAIL"] * jobs and all(t.user_attrs["interrupted"] for t in trials)
     runs = list((folder / "runs").iterdir())
     assert len(runs) == jobs and all(json.loads((r / "run.json").read_text())["status"] == "interrupted" for r in runs)
+    assert [r["status"] for r in members(folder)] == ["interrupted"] * jobs
+    result = _rnnctl("search", "--resume", "names_tiny", "--jobs", str(jobs), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(r.name for r in (folder / "runs").iterdir()) == sorted(r.name for r in runs)  # continued
+    assert [r["status"] for r in members(folder)] == ["completed"] * jobs
 
 
 def test_a_search_section_in_the_config_is_the_space(cli, names_files, isolated, tmp_path):
@@ -206,7 +240,7 @@ def test_a_metric_the_task_does_not_log_is_one_line(cli, names_files, isolated):
 
 def test_spaces_durations_and_directions():
     from rnnctl.errors import ConfigError
-    from rnnctl.search import direction, parse_duration, parse_param
+    from rnnctl.groups.space import direction, parse_duration, parse_param
 
     p = parse_param("model.hidden_size", "int(16,512,log)", "--space")
     assert (p.kind, p.low, p.high, p.log, p.edges()) == ("int", 16, 512, True, ["16", "512"])
@@ -222,17 +256,23 @@ def test_spaces_durations_and_directions():
 
 
 def test_the_journal_storage_finds_a_trial_whose_heartbeat_stopped(tmp_path, monkeypatch):
-    from rnnctl.search import open_storage
+    from rnnctl.groups.storage import open_storage
 
     monkeypatch.setenv("RNNCTL_SEARCH_HEARTBEAT", "1")
     storage = open_storage(str(tmp_path / "j.log"))
     study = optuna.create_study(storage=storage, study_name="s")
     alive, dead = study.ask(), study.ask()
     storage.record_heartbeat(dead._trial_id)
+    beat = time.time()
     storage.record_heartbeat(alive._trial_id)
-    time.sleep(3.2)
-    storage.record_heartbeat(alive._trial_id)
-    assert storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+    assert storage._get_stale_trial_ids(study._study_id) == []
+
+    def only_the_dead_one_is_stale() -> bool:
+        storage.record_heartbeat(alive._trial_id)
+        return storage._get_stale_trial_ids(study._study_id) == [dead._trial_id]
+
+    wait_for(only_the_dead_one_is_stale, timeout=30, what="three missed heartbeats")
+    assert time.time() - beat > 3  # not before three intervals
 
 
 # -- a real PostgreSQL server -----------------------------------------------------------------------

@@ -4,63 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import TINY, assert_one_line_error
-
-
-def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated, tmp_path):
-    config = _sweep_config(isolated.parent, names_files, epochs=2)  # the tiny config with the generated data
-    missing = tmp_path / "gone" / "names.csv"  # a valid config whose data is not there: fails when it trains
-    paths = f"data.path={names_files.train},{missing}"
-    result = cli("sweep", config, "--grid", paths, "--grid", "train.seed=1,2", "--jobs", "2")
-    assert result.exit_code == 1, result.output  # two members failed
-    (folder,) = (isolated / "sweeps").iterdir()
-    state = json.loads((folder / "sweep.json").read_text())
-    statuses = {(m["set"]["data.path"] == str(missing), m["set"]["train.seed"]): m["status"] for m in state["members"]}
-    assert statuses == {
-        (False, "1"): "completed",
-        (False, "2"): "completed",
-        (True, "1"): "failed",
-        (True, "2"): "failed",
-    }
-    assert all("names.csv" in m["error"] for m in state["members"] if m["status"] == "failed")
-    runs = sorted(p.name for p in (folder / "runs").iterdir())
-    assert len(runs) == 2 and len({m["run"] for m in state["members"] if m["run"]}) == 2  # one folder each
-    summary = json.loads((folder / "summary.json").read_text())
-    (group,) = summary["groups"]  # grouped by the swept keys other than the seed
-    assert group["group"] == f"data.path={names_files.train}" and group["n"] == 2 and group["std"] >= 0
-    infos = [json.loads((folder / "runs" / r / "run.json").read_text()) for r in runs]
-    assert summary["metric"] == "val_acc" and summary["direction"] == "maximize"  # validation, never test
-    assert abs(group["mean"] - sum(i["best"]["value"] for i in infos) / 2) < 1e-12
-    assert abs(group["test_mean"] - sum(i["test"]["acc"] for i in infos) / 2) < 1e-12  # shown, not ranked on
-    assert (folder / "summary.png").stat().st_size > 0
-    assert "2/4 members completed" in result.stdout and "--resume" in result.stdout
-
-    # a member that never ran (the sweep was stopped): --resume trains it and only it
-    state["members"][0].update(status="pending", run=None)
-    (folder / "sweep.json").write_text(json.dumps(state))
-    result = cli("sweep", "--resume", str(folder), "--metric", "val_loss")
-    state = json.loads((folder / "sweep.json").read_text())
-    assert state["members"][0]["status"] == "completed"
-    assert len(list((folder / "runs").iterdir())) == 3
-    summary = json.loads((folder / "summary.json").read_text())
-    assert summary["metric"] == "val_loss" and summary["direction"] == "minimize"
-
-
-def test_every_combination_is_validated_before_anything_trains(cli, names_files, isolated):
-    config = _sweep_config(isolated.parent, names_files)
-    result = cli("sweep", config, "--grid", "model.cell=rnn,gruu", "--grid", "train.seed=1,2")
-    assert_one_line_error(result, "--grid model.cell=gruu train.seed=1", "gruu")
-    assert_one_line_error(cli("sweep", config, "--grid", "model.layers=1,0"), "model.layers=0")
-    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1", "--metric", "test_acc"), "val_")
-    assert not (isolated / "sweeps").exists()
-
-
-def test_sweep_argument_errors(cli, isolated):
-    assert_one_line_error(cli("sweep", TINY), "--grid")
-    assert_one_line_error(cli("sweep", TINY, "--grid", "model.cell"), "key=value1,value2")
-    assert_one_line_error(cli("sweep", TINY, "--grid", "modle.cell=gru,lstm"), "modle")
-    assert_one_line_error(cli("sweep", "--resume", "nope"), "unknown sweep")
-    assert not (isolated / "sweeps").exists()
+from conftest import TINY, assert_one_line_error, members
 
 
 def _sweep_config(where, files, epochs: int = 1):
@@ -74,11 +18,86 @@ def _sweep_config(where, files, epochs: int = 1):
     return config
 
 
+def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated, tmp_path):
+    import shutil
+
+    config = _sweep_config(isolated.parent, names_files, epochs=2)  # the tiny config with the generated data
+    missing = tmp_path / "later" / "names.csv"  # a valid config whose data is not there yet: fails when it trains
+    paths = f"data.path={names_files.train},{missing}"
+    result = cli("sweep", config, "--grid", paths, "--grid", "train.seed=1,2", "--jobs", "2")
+    assert result.exit_code == 1, result.output  # two members failed
+    (folder,) = (isolated / "sweeps").iterdir()
+    rows = members(folder)
+    statuses = {(r["data.path"] == str(missing), r["train.seed"]): r["status"] for r in rows}
+    assert statuses == {(False, "1"): "completed", (False, "2"): "completed", (True, "1"): "failed",
+                        (True, "2"): "failed"}  # fmt: skip
+    assert "names.csv" in result.stdout and result.stdout.count("failed") >= 2  # each failure said as it came
+    runs = sorted(p.name for p in (folder / "runs").iterdir())
+    assert len(runs) == 2 and {r["run"] for r in rows if r["run"]} == set(runs)  # one folder each
+    summary = json.loads((folder / "summary.json").read_text())
+    (group,) = summary["groups"]  # grouped by the swept keys other than the seed
+    assert group["group"] == f"data.path={names_files.train}" and group["n"] == 2 and group["std"] >= 0
+    infos = [json.loads((folder / "runs" / r / "run.json").read_text()) for r in runs]
+    assert summary["group_metric"] == "val_acc" and summary["group_direction"] == "maximize"  # never test
+    assert abs(group["mean"] - sum(i["best"]["value"] for i in infos) / 2) < 1e-12
+    assert abs(group["test_mean"] - sum(i["test"]["acc"] for i in infos) / 2) < 1e-12  # shown, not ranked on
+    assert (folder / "summary.png").stat().st_size > 0
+    assert "2 completed, 2 failed" in result.stdout and f"rnnctl sweep --resume {folder.name}" in result.stdout
+    assert (folder / "best.yaml").is_file()
+
+    # the data arrives: --resume trains the failed members again, and only them
+    missing.parent.mkdir()
+    shutil.copy(names_files.train, missing)
+    result = cli("sweep", "--resume", folder.name, "--metric", "val_loss")
+    assert result.exit_code == 0, result.output
+    assert [r["status"] for r in members(folder)] == ["completed"] * 4
+    assert len(list((folder / "runs").iterdir())) == 4
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["group_metric"] == "val_loss" and summary["group_direction"] == "minimize"
+    again = cli("sweep", "--resume", folder.name)
+    assert again.exit_code == 0 and "nothing to train" in again.stdout
+    assert len(list((folder / "runs").iterdir())) == 4
+
+
+def test_every_combination_is_validated_before_anything_trains(cli, names_files, isolated):
+    config = _sweep_config(isolated.parent, names_files)
+    result = cli("sweep", config, "--grid", "model.cell=rnn,gruu", "--grid", "train.seed=1,2")
+    assert_one_line_error(result, "--grid model.cell=gruu train.seed=1", "gruu")
+    assert_one_line_error(cli("sweep", config, "--grid", "model.layers=1,0"), "model.layers=0")
+    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1", "--metric", "test_acc"), "val_")
+    assert_one_line_error(cli("sweep", config, "--grid", "train.seed=1", "--set", "model.cell=gruu"), "gruu")
+    assert not (isolated / "sweeps").exists()
+
+
+def test_sweep_argument_errors(cli, isolated):
+    assert_one_line_error(cli("sweep", TINY), "--grid")
+    assert_one_line_error(cli("sweep", TINY, "--grid", "model.cell"), "key=value1,value2")
+    assert_one_line_error(cli("sweep", TINY, "--grid", "modle.cell=gru,lstm"), "modle")
+    assert_one_line_error(cli("sweep", "--resume", "nope"), "unknown sweep")
+    assert_one_line_error(cli("sweep", "--resume", "nope", "--set", "train.epochs=2"), "--resume", "--set")
+    assert not (isolated / "sweeps").exists()
+
+
+def test_sweep_set_goes_into_every_member(cli, names_files, isolated):
+    config = _sweep_config(isolated.parent, names_files)
+    result = cli("sweep", config, "--grid", "train.seed=1,2", "--set", "model.hidden_size=12", "--study", "wide")
+    assert result.exit_code == 0, result.output
+    folder = isolated / "sweeps" / "wide"
+    assert "--set model.hidden_size=12" in (folder / "config.yaml").read_text()
+    for r in members(folder):
+        info = json.loads((folder / "runs" / r["run"] / "run.json").read_text())
+        assert info["overrides"] == [f"train.seed={r['train.seed']}"]  # the member's own values, as data
+        cfg = (folder / "runs" / r["run"] / "config.yaml").read_text()
+        assert "hidden_size: 12" in cfg
+    listed = cli("runs").stdout
+    assert "train.seed=1" in listed and "train.seed=2" in listed
+
+
 def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, tmp_path, isolated):
     from conftest import make_names_files
 
+    from rnnctl.groups.space import member_name
     from rnnctl.runs import safe_name
-    from rnnctl.sweep import member_name
 
     a, b = make_names_files(tmp_path / "a"), make_names_files(tmp_path / "b" / "[x] y")
     config = _sweep_config(tmp_path, a)
@@ -86,21 +105,20 @@ def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, t
     result = cli("sweep", config, "--grid", f"data.path={','.join(paths)}", "--jobs", "2")
     assert result.exit_code == 0, result.output
     (folder,) = (isolated / "sweeps").iterdir()
-    state = json.loads((folder / "sweep.json").read_text())
-    assert [m["set"]["data.path"] for m in state["members"]] == paths  # the full values
-    assert [m["status"] for m in state["members"]] == ["completed", "completed"]
-    runs = [m["run"] for m in state["members"]]  # <time>-000-path=...-a-names_train.csv
-    names = [safe_name(member_name(i, m["set"])) for i, m in enumerate(state["members"])]
+    rows = members(folder)
+    assert [r["data.path"] for r in rows] == paths  # the full values
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    runs = [r["run"] for r in rows]  # <time>-000-path=...-a-names_train.csv
+    names = [safe_name(member_name(i, {"data.path": p})) for i, p in enumerate(paths)]
     assert [r.split("-", 2)[2] for r in runs] == names, runs
     assert runs[0].endswith("-a-names_train.csv") and runs[1].endswith("-x-y-names_train.csv"), runs
-    assert len(set(runs)) == 2 and all((folder / "runs" / r / "run.json").is_file() for r in runs)
     summary = json.loads((folder / "summary.json").read_text())
     assert sorted(g["group"] for g in summary["groups"]) == sorted(f"data.path={p}" for p in paths)
-    assert f"data.path={b.train}" in result.stdout  # "[x]" is shown as it is, not taken for rich markup
+    assert "[x]" in result.stdout  # "[x]" is shown as it is, not taken for rich markup
 
 
 def test_member_names_are_short_and_plain():
-    from rnnctl.sweep import member_name
+    from rnnctl.groups.space import member_name
 
     assert member_name(3, {"model.cell": "lstm", "train.seed": "1"}) == "003-cell=lstm-seed=1"
     assert member_name(0, {"data.path": "a/x.csv"}) == "000-path=a-x.csv"
@@ -131,11 +149,11 @@ def test_devices_give_each_member_a_device_slot(cli, names_files, isolated):
     result = cli("sweep", config, "--grid", "train.seed=1,2,3", "--devices", "cpu,cpu")
     assert result.exit_code == 0, result.output
     (folder,) = (isolated / "sweeps").iterdir()
-    state = json.loads((folder / "sweep.json").read_text())
-    assert [m["device"] for m in state["members"]] == ["cpu"] * 3
-    for m in state["members"]:
-        info = json.loads((folder / "runs" / m["run"] / "run.json").read_text())
-        assert "--set train.device=cpu" in info["command"] and info["device"] == "cpu"
+    rows = members(folder)
+    assert [r["status"] for r in rows] == ["completed"] * 3
+    for r in rows:
+        info = json.loads((folder / "runs" / r["run"] / "run.json").read_text())
+        assert "train.device=cpu" in info["overrides"] and info["device"] == "cpu"
 
 
 def test_bad_devices_are_one_line_before_any_sweep_folder(cli, names_files, isolated):
@@ -191,23 +209,7 @@ def test_two_processes_share_one_sweep_through_a_journal_file(names_files, isola
     assert sorted(t.params["train.seed"] for t in trials) == ["1", "2", "3", "4"]  # each member once, over both
     ran = [len(list((tmp_path / f"machine-{i}" / "sweeps" / "grid" / "runs").iterdir())) for i in range(2)]
     assert sum(ran) == 4 and min(ran) >= 1, ran
-    assert all("by other machines" in out and "Traceback" not in out for out in outputs), outputs
-
-
-def test_a_sweep_from_before_sweeps_were_studies_resumes_only_what_is_left(cli, names_files, isolated):
-    config = _sweep_config(isolated.parent, names_files)
-    assert cli("sweep", config, "--grid", "train.seed=1,2").exit_code == 0
-    (folder,) = (isolated / "sweeps").iterdir()
-    (folder / "study.json").unlink()  # what an older rnnctl left: sweep.json and the runs, no study
-    (folder / "study.db").unlink()
-    state = json.loads((folder / "sweep.json").read_text())
-    state["members"][1].update(status="pending", run=None)
-    (folder / "sweep.json").write_text(json.dumps(state))
-    result = cli("sweep", "--resume", str(folder))
-    assert result.exit_code == 0, result.output
-    state = json.loads((folder / "sweep.json").read_text())
-    assert [m["status"] for m in state["members"]] == ["completed", "completed"]
-    assert len(list((folder / "runs").iterdir())) == 3  # member 1 again, member 0 not
+    assert all("trained by other machines" in out and "Traceback" not in out for out in outputs), outputs
 
 
 def test_a_regression_sweep_ranks_by_its_error_in_the_data_s_units(cli, isolated):
@@ -220,40 +222,26 @@ def test_a_regression_sweep_ranks_by_its_error_in_the_data_s_units(cli, isolated
     summary = json.loads((folder / "summary.json").read_text())
     (run,) = (folder / "runs").iterdir()
     best_mse = min(json.loads(line)["val_mse"] for line in (run / "metrics.jsonl").read_text().splitlines())
-    assert summary["metric"] == "val_mse" and summary["direction"] == "minimize"  # not the scaled val_loss
+    assert summary["group_metric"] == "val_mse" and summary["group_direction"] == "minimize"  # not the scaled loss
     assert abs(summary["groups"][0]["mean"] - best_mse) < 1e-12
+    assert summary["groups"][0]["std"] is None and " - " in result.stdout  # one run: no spread to show
 
 
-def test_two_workers_handed_the_same_grid_point_at_once_train_it_once(names_files, isolated):
-    """The grid sampler can give two workers one point at the same moment; each then sees the other's trial
-    running. The lower trial number keeps the point: were both to step aside, it would never be trained."""
+def test_two_trials_of_one_member_train_it_once(names_files, isolated):
+    """Two workers can hold trials of one member at once (a point queued twice by two machines' starts):
+    the lower trial number trains it, the other steps aside. Were both to step aside, it would never train."""
     import optuna
 
-    from rnnctl import search, sweep
+    from rnnctl.groups import engine as groups
+    from rnnctl.groups.trials import Objective
+    from rnnctl.groups.workers import space
 
-    folder = sweep.create(_sweep_config(isolated.parent, names_files), ["train.seed=1,2"])
-    study = search.resolve_study(str(folder))
-    s = study.load()
-    dist = {"train.seed": optuna.distributions.CategoricalDistribution(["1", "2"])}
-    ids = [
-        s._storage.create_new_trial(
-            s._study_id,
-            optuna.trial.FrozenTrial(
-                number=-1,
-                state=optuna.trial.TrialState.RUNNING,
-                value=None,
-                datetime_start=None,
-                datetime_complete=None,
-                params={"train.seed": "1"},
-                distributions=dist,
-                user_attrs={},
-                system_attrs={},
-                intermediate_values={},
-                trial_id=-1,
-            ),  # fmt: skip
-        )
-        for _ in range(2)
-    ]
-    objective = search.Objective(study, 2, None, lambda row: None)
-    first, second = (optuna.Trial(s, i) for i in ids)
-    assert objective._needed(first) and not objective._needed(second)
+    group = groups.create("sweep", _sweep_config(isolated.parent, names_files), ["train.seed=1,2"])
+    s = groups.open_study(group)
+    s.enqueue_trial({"train.seed": "1"}, user_attrs={"member": 0})  # member 0 twice: 0 (queued at creation), 2
+    first, _, second = s.ask(), s.ask(), s.ask()
+    objective = Objective(group, space(group), 2, None, None, lambda: None)
+    assert objective._needed(first, 0) and not objective._needed(second, 0)
+    s.tell(first, 0.5)
+    assert not objective._needed(second, 0)  # done by the first
+    assert isinstance(second, optuna.Trial)

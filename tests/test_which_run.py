@@ -12,7 +12,6 @@ import pytest
 from conftest import CONFIGS, TINY, assert_one_line_error, run_dirs
 
 from rnnctl import plots
-from rnnctl.runs import command_settings
 
 
 def best_epoch(run: Path) -> int:
@@ -110,20 +109,6 @@ def test_sample_and_forecast_say_which_run_and_keep_stdout_data(cli, tmp_path, i
 
 
 # -- what a run changed, what runs differ in -------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "command, settings",
-    [
-        ("rnnctl train c.yaml --set model.cell=lstm --set=train.seed=2 -q", [("model.cell", "lstm"), ("train.seed", "2")]),
-        ("rnnctl train c.yaml --set 'data.path=my file.csv' --epochs 4", [("data.path", "my file.csv"), ("train.epochs", "4")]),
-        ("rnnctl train --resume X --epochs=9 --force", [("train.epochs", "9")]),
-        ("rnnctl train c.yaml --name seed=1 --set", []),  # --name is not a setting; a dangling --set neither
-        ("rnnctl train 'unclosed", []),
-    ],
-)  # fmt: skip
-def test_command_settings(command, settings):
-    assert command_settings(command) == settings
 
 
 def test_runs_shows_what_each_run_changed(cli, train, copy_run, lstm, trained_run):

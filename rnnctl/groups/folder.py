@@ -1,0 +1,213 @@
+"""Group folders: the only code that knows the files of a sweep or a search study, as `RunFolder` knows a run's.
+
+runs/sweeps/<name>/ (a sweep) or runs/studies/<name>/ (a search study):
+  study.json     what was asked: kind, config, --set, grid or space, metric, direction, pruner, storage
+  config.yaml    the config every member starts from (the group's --set applied)
+  study.db       the SQLite storage of its trials (unless --storage names another)
+  runs/          the members' run folders
+  logs/          the output of its worker processes
+  trials.csv     one row per trial: status, value, values, time, run, host
+  summary.json   the result; summary.png: every member's curve (sweeps); history.png, importance.png,
+                 parallel.png: Optuna's figures (searches)
+  best.yaml      the best member's resolved config, to train as is
+  eval/, forecast/  its members as an ensemble (`rnnctl eval GROUP`, `rnnctl predict GROUP --horizon N`)
+  report.html    `rnnctl report GROUP`
+  .lock          who drives the group now (see runs.FolderLock)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from rnnctl.errors import RunError
+from rnnctl.runs import (
+    GROUPS,
+    REPORT,
+    FolderLock,
+    RunFolder,
+    atomic_write,
+    new_folder,
+    read_json,
+    runs_root,
+    table_text,
+    write_json,
+)
+
+ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
+SPEC = "study.json"
+PLOTS = ("summary", "history", "importance", "parallel")
+
+
+class GroupFolder:
+    """A sweep's or a search study's folder: every path in it, and the writes of its result files."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"GroupFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def kind(self) -> str:
+        """`sweep` or `study` (a search's), as messages name it."""
+        return self.spec["kind"]
+
+    # -- finding and making ---------------------------------------------------------------------
+
+    @staticmethod
+    def root(kind: str) -> Path:
+        return runs_root() / ROOTS[kind]
+
+    @classmethod
+    def create(cls, kind: str, name: str | None, stem: str) -> GroupFolder:
+        """The folder runs/<kind's root>/<name> (made if new), or a new timestamped one for an unnamed group."""
+        if name is None:
+            return cls(new_folder(cls.root(kind), stem, what=kind))
+        path = cls.root(kind) / name
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    @classmethod
+    def named(cls, kind: str, name: str) -> GroupFolder:
+        return cls(cls.root(kind) / name)
+
+    @classmethod
+    def resolve(cls, ref: str, kinds: tuple[str, ...] = ("sweep", "study")) -> GroupFolder:
+        """A group from its folder's path or its name (a sweep is tried before a study)."""
+        for path in [Path(ref).expanduser(), *(cls.root(kind) / ref for kind in kinds)]:
+            group = cls(path)
+            if group.exists() and group.kind in kinds:
+                return group
+        where = " or ".join(f"{cls.root(k)}/" for k in kinds)
+        raise RunError(f"unknown {' or '.join(kinds)} {ref!r}: no {SPEC} there or in {where}")
+
+    @classmethod
+    def find(cls, ref: str) -> GroupFolder | None:
+        try:
+            return cls.resolve(ref)
+        except RunError:
+            return None
+
+    def exists(self) -> bool:
+        return (self.path / SPEC).is_file()
+
+    def lock(self) -> FolderLock:
+        """The group's lock: one process drives it at a time (its workers train under their own runs' locks)."""
+        return FolderLock(self.path, what=self.kind).acquire()
+
+    # -- what was asked: study.json and config.yaml ---------------------------------------------
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        if not hasattr(self, "_spec"):
+            spec = read_json(self.path / SPEC)
+            if not isinstance(spec, dict) or spec.get("kind") not in ROOTS:
+                raise RunError(f"{self.path / SPEC}: not a group record of rnnctl (no kind sweep or study)")
+            self._spec = spec
+        return self._spec
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        made = spec.get("created") or dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        write_json(self.path / SPEC, {**spec, "created": made})
+        self.__dict__.pop("_spec", None)
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    def write_config(self, text: str) -> None:
+        atomic_write(self.config, text)
+
+    def storage_url(self) -> str:
+        return self.spec["storage"] or f"sqlite:///{(self.path / 'study.db').resolve()}"
+
+    # -- members and workers --------------------------------------------------------------------
+
+    @property
+    def runs(self) -> Path:
+        return self.path / "runs"
+
+    def member(self, run: str | None) -> RunFolder | None:
+        """A member's run folder, or None where it is not here (another machine of a shared group has it)."""
+        folder = RunFolder(self.runs / run) if run else None
+        return folder if folder is not None and folder.exists() else None
+
+    def members(self) -> list[RunFolder]:
+        """Every member's run folder here, in name order."""
+        found = sorted(self.runs.iterdir()) if self.runs.is_dir() else []
+        return [RunFolder(p) for p in found if RunFolder(p).exists()]
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def worker_log(self, index: int) -> Path:
+        self.logs.mkdir(exist_ok=True)
+        return self.logs / f"{dt.datetime.now():%Y%m%d-%H%M%S}-worker-{index}.log"
+
+    def worker_logs(self, index: int) -> list[Path]:
+        return sorted(self.logs.glob(f"*-worker-{index}.log"))
+
+    # -- the result -----------------------------------------------------------------------------
+
+    def write_trials(self, header: list[str], rows: list[list[Any]]) -> Path:
+        atomic_write(self.path / "trials.csv", table_text(header, rows))
+        return self.path / "trials.csv"
+
+    def trials_text(self) -> str | None:
+        path = self.path / "trials.csv"
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        write_json(self.path / "summary.json", summary)
+        return self.path / "summary.json"
+
+    def summary(self) -> dict[str, Any]:
+        path = self.path / "summary.json"
+        return read_json(path) if path.is_file() else {}
+
+    def write_best(self, text: str) -> Path:
+        atomic_write(self.path / "best.yaml", text)
+        return self.path / "best.yaml"
+
+    @property
+    def best_path(self) -> Path:
+        return self.path / "best.yaml"
+
+    def plot_path(self, stem: str) -> Path:
+        return self.path / f"{stem}.png"
+
+    def plots(self) -> list[Path]:
+        return [p for stem in PLOTS if (p := self.plot_path(stem)).is_file()]
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    # -- an ensemble of its members: eval/ and forecast/ ----------------------------------------
+
+    def write_ensemble_eval(self, split: str, stem: str, report: dict[str, Any]) -> Path:
+        """eval/<split>-<stem>.json, as a run's eval/<split>-<checkpoint>.json."""
+        path = self.path / "eval" / f"{split}-{stem}.json"
+        write_json(path, report)
+        return path
+
+    def write_ensemble_forecast(
+        self, steps: int, stem: str, result: dict[str, Any], header: list[str], rows: list[list[Any]]
+    ) -> dict[str, Path]:
+        """forecast/<stem>-<steps>.json and .csv; returns those and the .png to draw."""
+        paths = {ext: self.path / "forecast" / f"{stem}-{steps}.{ext}" for ext in ("json", "csv", "png")}
+        write_json(paths["json"], result)
+        atomic_write(paths["csv"], table_text(header, rows))
+        return paths
+
+
+def ensemble_stem(checkpoint: str, top: int | None) -> str:
+    """`ensemble-best` (every completed member) or `ensemble-best-top3`."""
+    return f"ensemble-{checkpoint}" + (f"-top{top}" if top is not None else "")

@@ -1,0 +1,253 @@
+"""A group's members as Optuna trials: what each member is now (read from the trials alone), the objective
+that trains one as a run folder, the callback that reports its validations, and the queueing that makes a
+started group whole again (interrupted members continued, failed ones retried, missing grid points added).
+
+A member is one grid point of a sweep, or one sampled point of a search. Its first trial may be followed by
+others: a continuation after an interrupt (the same run folder, from its last checkpoint), a retry after a
+failure, the heartbeat's retry after its worker died. The newest trial says what the member is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from typing import TYPE_CHECKING, Any
+
+from rnnctl.callbacks import Callback, Point
+from rnnctl.config import load_config
+from rnnctl.errors import ConfigError, RnnctlError, StorageError
+from rnnctl.groups.space import Param, combinations, member_name
+from rnnctl.groups.storage import fail_stale_trials
+from rnnctl.runs import HOST, alive
+from rnnctl.training import deferred_interrupt
+
+if TYPE_CHECKING:
+    import optuna
+
+    from rnnctl.groups.folder import GroupFolder
+    from rnnctl.loop import Trainer
+
+STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending"}
+SKIPPED = "skipped"  # user attr of a trial that found its member taken by another: not a member's trial
+
+
+class Skipped(Exception):
+    """A trial whose member another trial has (or a search's trial past its N): failed on purpose, hidden."""
+
+
+class Failed(Exception):
+    """A member's run failed for a reason of its own (recorded in the trial): the group goes on."""
+
+
+# -- what the trials say --------------------------------------------------------------------------
+
+
+def counted(trials: list) -> list:
+    return [t for t in trials if not t.user_attrs.get(SKIPPED)]
+
+
+def status(t) -> str:
+    if t.state.name == "FAIL" and t.user_attrs.get("interrupted"):
+        return "interrupted"
+    return STATUS.get(t.state.name, t.state.name.lower())
+
+
+def member_of(t, grid: dict[str, list[str]] | None) -> int:
+    """A trial's member: its attribute, else (a trial a sampler made) its grid point or its own number."""
+    if isinstance(t.user_attrs.get("member"), int):
+        return t.user_attrs["member"]
+    if grid is not None:
+        values = {k: str(t.params.get(k)) for k in grid}
+        return combinations(grid).index(values) if values in combinations(grid) else -1
+    return t.number
+
+
+def latest(trials: list, grid: dict[str, list[str]] | None) -> dict[int, Any]:
+    """The newest trial of each member."""
+    out: dict[int, Any] = {}
+    for t in sorted(counted(trials), key=lambda t: t.number):
+        out[member_of(t, grid)] = t
+    return out
+
+
+def members(trials: list, grid: dict[str, list[str]] | None) -> list[dict[str, Any]]:
+    """One row per member, in member order; a grid point without any trial yet is pending."""
+    newest = latest(trials, grid)
+    seconds: dict[int, float] = {}
+    for t in counted(trials):  # a member's time is that of all its trials (a continued run trained in two)
+        if t.datetime_complete and t.datetime_start:
+            m = member_of(t, grid)
+            seconds[m] = seconds.get(m, 0.0) + (t.datetime_complete - t.datetime_start).total_seconds()
+    ids = range(len(combinations(grid))) if grid is not None else sorted(newest)
+    rows = []
+    for m in ids:
+        t = newest.get(m)
+        values = combinations(grid)[m] if grid is not None else {}
+        if t is not None:
+            values = t.user_attrs.get("values") or {k: str(v) for k, v in t.params.items()}
+        rows.append({
+            "member": m, "values": values, "status": status(t) if t else "pending", "trial": t.number if t else None,
+            "value": t.value if t is not None and t.state.name == "COMPLETE" else None,
+            "seconds": seconds.get(m), "run": t.user_attrs.get("run") if t else None,
+            "host": t.user_attrs.get("host") if t else None, "device": t.user_attrs.get("device") if t else None,
+            "error": t.user_attrs.get("error") if t else None,
+        })  # fmt: skip
+    return rows
+
+
+# -- making a group whole --------------------------------------------------------------------------
+
+
+def requeue(s: optuna.Study, group: GroupFolder) -> None:
+    """Before its workers start: every grid point without a trial is queued; a trial left `running` by a
+    process of this machine that is gone is marked interrupted; each member whose newest trial failed or
+    was interrupted is queued again (an interrupted one to continue its own run folder)."""
+    import optuna
+
+    grid = group.spec.get("grid")
+    fail_stale_trials(s)  # another machine's dead worker: failed by its heartbeat, its values queued again
+    trials = s.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state.name == "RUNNING" and t.user_attrs.get("host") == HOST and not alive(t.user_attrs.get("pid"), HOST):
+            s._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            s._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    trials = s.get_trials(deepcopy=False)
+    newest = latest(trials, grid)
+    if grid is not None:
+        for m, values in enumerate(combinations(grid)):
+            if m not in newest:
+                s.enqueue_trial(values, user_attrs={"member": m, "values": values})
+    for m, t in sorted(newest.items()):
+        if t.state.name == "FAIL" and m >= 0:
+            again = {"member": m, "values": t.user_attrs.get("values") or {k: str(v) for k, v in t.params.items()}}
+            if t.user_attrs.get("interrupted") and t.user_attrs.get("run"):
+                again["resume"] = t.user_attrs["run"]
+            s.enqueue_trial(dict(t.params), user_attrs=again)
+
+
+def finished(trials: list, grid: dict[str, list[str]] | None) -> int:
+    return sum(status(t) in ("completed", "pruned") for t in latest(trials, grid).values())
+
+
+def waiting(trials: list) -> int:
+    return sum(t.state.name == "WAITING" for t in trials)
+
+
+# -- one trial ------------------------------------------------------------------------------------
+
+
+class Pruning(Callback):
+    """Reports each validation of a member's run to Optuna; ends the run (status `pruned`) when the pruner
+    says its start is worse than the others'. Steps are hundredths of an epoch, so that members with other
+    batch sizes or `train.eval_every` compare at the same point of training. A continued run reports the
+    validations it made before first. The trial's value is the best value reported."""
+
+    def __init__(self, trial: optuna.Trial, metric: str):
+        self.trial, self.metric = trial, metric
+        self.values: list[float] = []
+
+    def on_start(self, trainer: Trainer) -> None:
+        with deferred_interrupt():  # a signal cut into a storage write can leave a journal's lock held
+            self.trial.set_user_attr("run", trainer.run.id)
+            for row in trainer.run.rows():  # a continued run: its validations before the checkpoint
+                self._report(row, trainer, prune=False)
+
+    def on_evaluation(self, trainer: Trainer, point: Point) -> None:
+        with deferred_interrupt():
+            self._report(point.row, trainer, prune=True)
+
+    def _report(self, row: dict[str, Any], trainer: Trainer, prune: bool) -> None:
+        value = row.get(self.metric)
+        if not isinstance(value, (int, float)):
+            known = ", ".join(k for k in row if k.startswith("val_"))
+            raise ConfigError(f"--metric {self.metric}: this task's validation metrics are {known}")
+        if not math.isfinite(value):
+            return
+        self.values.append(value)
+        epochs = row.get("epoch_fraction", row["epoch"])
+        self.trial.report(value, round(100 * epochs))
+        if prune and epochs < trainer.cfg.train.epochs and self.trial.should_prune():  # never at the last one
+            trainer.end_now = "pruned"
+            trainer.info["pruned"] = {"epoch": round(epochs, 2), self.metric: value}
+
+
+class Objective:
+    """One trial: its member's config trained as a run folder of the group, or its interrupted run continued.
+    `training` is the context in which a stop signal may cut the run (the worker holds it elsewhere)."""
+
+    def __init__(self, group: GroupFolder, space: list[Param], trials: int, device: str | None, training, on_start):
+        self.group, self.space, self.trials, self.device, self.training = group, space, trials, device, training
+        self.on_start = on_start  # called once the trial is known to train its member
+        self.grid = group.spec.get("grid")
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        from rnnctl import loop
+
+        values = {p.key: p.suggest(trial) for p in self.space}
+        member = member_of(trial.study._storage.get_trial(trial._trial_id), self.grid)
+        if not self._needed(trial, member):
+            trial.set_user_attr(SKIPPED, True)
+            raise Skipped()
+        overrides = [f"{k}={v}" for k, v in values.items()] + ([f"train.device={self.device}"] if self.device else [])
+        attrs = {"member": member, "values": values, "host": HOST, "pid": os.getpid(), "device": self.device}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.on_start()
+        pruning = Pruning(trial, self.group.spec["metric"])
+        mine = trial.study._storage.get_trial(trial._trial_id)
+        retried = mine.user_attrs.get("run") if "failed_trial" in mine.system_attrs else None  # its worker died
+        again = self.group.member(mine.user_attrs.get("resume") or retried)
+        try:
+            with self.training():
+                if again is not None:  # an interrupted member: its own run, from its last checkpoint
+                    command = shlex.join(["rnnctl", "train", "--resume", str(again.path)])
+                    result = loop.resume(str(again.path), None, command, [], callbacks=[pruning])
+                else:
+                    name = member_name(member, values) if self.grid is not None else f"trial-{member:04d}"
+                    cfg = load_config(self.group.config, [*overrides, f"name={name}"])
+                    command = shlex.join(["rnnctl", "train", str(self.group.config),
+                                          *(f"--set={o}" for o in overrides), "--name", name])  # fmt: skip
+                    result = loop.train(cfg, command, [], root=self.group.runs, callbacks=[pruning],
+                                        overrides=overrides)  # fmt: skip
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the member is interrupted; --resume continues its run
+            with deferred_interrupt():
+                trial.set_user_attr("interrupted", True)
+            raise
+        except (ConfigError, StorageError):
+            raise  # the same for every member (a --metric the task lacks) or the machine's (a full disk): stop
+        except RnnctlError as e:  # this member's own failure (diverged, its data missing): the others go on
+            with deferred_interrupt():
+                trial.set_user_attr("error", str(e).splitlines()[0][:500])
+            raise Failed() from None
+        if result["status"] == "pruned":
+            raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned', {}).get('epoch')}")
+        if not pruning.values:
+            return float("nan")  # Optuna records a trial with no finite value as failed
+        return max(pruning.values) if self.group.spec["direction"] == "maximize" else min(pruning.values)
+
+    def _needed(self, trial: optuna.Trial, member: int) -> bool:
+        """Workers ask for trials at once. A member is trained by one trial: one that finds its member done,
+        or taken by a running trial of a lower number, steps aside. A search's new point is not trained once
+        the study has its N members (finished, running or queued), however many workers share it."""
+        import optuna
+
+        done = ("completed", "pruned")
+        others = [t for t in counted(trial.study.get_trials(deepcopy=False)) if t.number != trial.number]
+        for t in others:
+            if member_of(t, self.grid) == member and (
+                status(t) in done or t.state == optuna.trial.TrialState.RUNNING and t.number < trial.number
+            ):
+                return False
+        if self.grid is not None:
+            return member >= 0
+        mine = trial.study._storage.get_trial(trial._trial_id)
+        if {"resume"} & set(mine.user_attrs) or {"failed_trial", "fixed_params"} & set(mine.system_attrs):
+            return True  # a member's continuation or retry, or a point queued by hand
+        taken = {
+            member_of(t, None) for t in others
+            if status(t) in (*done, "pending", "interrupted") or status(t) == "running" and t.number < trial.number
+        }  # fmt: skip
+        return len(taken) < self.trials

@@ -1,0 +1,230 @@
+"""The processes that train a group's members: this one (`--jobs 1`), worker processes here (`--jobs N`, or
+one per device with `--devices`), and any process elsewhere given the same storage. A worker takes the next
+queued or sampled trial from the storage until its group has what it asked for.
+
+Stop signals: a worker holds a SIGINT or SIGTERM while it talks to the storage (a signal cut into a journal
+write leaves its lock held) and lets one cut only a member's training (the run records itself `interrupted`
+and stays resumable); then it stops. The driving process passes a signal on to its workers, waits for them,
+and stops the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from rnnctl.config import load_config
+from rnnctl.errors import ConfigError, RunError, Terminated
+from rnnctl.groups import trials as tr
+from rnnctl.groups.space import Param, combinations, parse_param
+from rnnctl.groups.storage import fail_stale_trials, open_study, quiet
+
+if TYPE_CHECKING:
+    import optuna
+
+    from rnnctl.groups.folder import GroupFolder
+
+MAX_FAILED_IN_A_ROW = 5  # a worker stops after this many failed members in a row (data every member lacks)
+MAX_WAIT_S = 120  # how long the driving process waits for a signalled worker to record its run
+POLL_S = 0.5
+
+
+class Signals:
+    """SIGINT and SIGTERM held (noted) outside `training()`, raised at once inside it."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.main = threading.current_thread() is threading.main_thread()
+
+    def _set(self, raising: bool) -> None:
+        def handler(signum, frame):
+            self.caught = self.caught or signum
+            if raising:
+                raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+        handler.holds = not raising  # a deferred_interrupt block inside hands its signal to this one
+        if self.main:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, handler)
+
+    def __enter__(self) -> Signals:
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
+        self._set(raising=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def check(self) -> None:
+        if self.caught:
+            raise Terminated() if self.caught == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        self.check()
+        self._set(raising=True)
+        try:
+            yield
+        finally:
+            self._set(raising=False)
+
+
+def space(group: GroupFolder) -> list[Param]:
+    if group.spec.get("grid") is not None:
+        return [Param(k, "choice", choices=tuple(v)) for k, v in group.spec["grid"].items()]
+    return [parse_param(k, v, f"{group.path}: space.{k}") for k, v in group.spec["space"].items()]
+
+
+def make_pruner(spec: dict[str, Any], epochs: int):
+    """`median`: a member worse than the median of the others at the same point stops, once `after` members
+    completed and past `warmup` of its epochs; `hyperband`: successive halving from `warmup` on; `none`."""
+    import optuna
+
+    name, after, warmup = spec["pruner"], spec["prune_after"], spec["prune_warmup"]
+    first = max(1, round(100 * epochs * warmup))  # steps are hundredths of an epoch
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=after, n_warmup_steps=first)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=100 * epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def load(group: GroupFolder, index: int) -> optuna.Study:
+    """The group's study as worker `index` uses it: a search samples with TPE (seeded by the config's seed,
+    the trials so far and the worker, so a resumed study samples anew) and prunes; a sweep's trials are queued."""
+    import optuna
+
+    spec, cfg = group.spec, load_config(group.config)
+    if spec.get("grid") is not None:
+        return open_study(group, optuna.samplers.RandomSampler(seed=index), optuna.pruners.NopPruner())
+    seed = (cfg.train.seed * 7919 + len(open_study(group).get_trials(deepcopy=False)) * 31 + index) % 2**32
+    return open_study(group, optuna.samplers.TPESampler(seed=seed), make_pruner(spec, cfg.train.epochs))
+
+
+def target(group: GroupFolder) -> int:
+    """How many members the group asks for: every grid point, or a search's --trials."""
+    grid = group.spec.get("grid")
+    return len(combinations(grid)) if grid is not None else group.spec["trials"]
+
+
+def has_work(group: GroupFolder, trials: list) -> bool:
+    """Something queued, or (a search) fewer members finished, running or interrupted than it asks for."""
+    if tr.waiting(trials):
+        return True
+    if group.spec.get("grid") is not None:
+        return False
+    taken = [m for m, t in tr.latest(trials, None).items() if tr.status(t) != "failed"]
+    return len(taken) < target(group)
+
+
+def work(
+    group: GroupFolder, index: int, device: str | None, timeout: float | None, on_change: Callable[[], None]
+) -> None:
+    """Train the group's members in this process until there is nothing left to do here (or `timeout`)."""
+    import optuna
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    from rnnctl.tasks import get_task
+
+    get_task(load_config(group.config).task)  # the task imports before any member's clock starts
+    began, failures = time.monotonic(), 0
+    with Signals() as signals, quiet():
+        s = load(group, index)
+        objective = tr.Objective(group, space(group), target(group), device, signals.training, on_change)
+        while True:
+            signals.check()
+            if timeout is not None and time.monotonic() - began > timeout:
+                return
+            fail_stale_trials(s)  # a trial whose worker died: failed, its values queued again
+            if not has_work(group, s.get_trials(deepcopy=False)):
+                return
+            trial = s.ask()
+            state, value, skipped = optuna.trial.TrialState.FAIL, None, False
+            try:
+                with get_heartbeat_thread(trial._trial_id, s._storage):
+                    value, state = objective(trial), optuna.trial.TrialState.COMPLETE
+            except optuna.TrialPruned:
+                state = optuna.trial.TrialState.PRUNED
+            except tr.Skipped:
+                skipped = True
+            except tr.Failed:
+                pass
+            finally:
+                s.tell(trial, value, state)
+                on_change()
+            if not skipped:
+                failures = failures + 1 if state.name == "FAIL" or value != value else 0
+            if failures >= MAX_FAILED_IN_A_ROW:
+                why = s._storage.get_trial(trial._trial_id).user_attrs.get("error") or "see the members' run folders"
+                raise RunError(f"{failures} members in a row failed; the last: {why}")
+
+
+def drive(group: GroupFolder, slots: list[str | None], timeout: float | None, on_change: Callable[[], None]) -> None:
+    """The group's members: in this process for one slot, else in one worker process per slot (each with
+    cpu_count // slots threads), `on_change` called as the storage changes."""
+    if len(slots) == 1:
+        work(group, 0, slots[0], timeout, on_change)
+        return
+    threads = str(max((os.cpu_count() or 1) // len(slots), 1))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    procs = []
+    with Signals() as signals:
+        for i, device in enumerate(slots):
+            cmd = [sys.executable, "-m", "rnnctl.cli", "worker", str(group.path), "--index", str(i)]
+            cmd += [*(["--timeout", f"{timeout}s"] if timeout else []), *(["--device", device] if device else [])]
+            with group.worker_log(i).open("w", encoding="utf-8") as log:  # each worker its own session: a
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,  # terminal's
+                                              start_new_session=True))  # Ctrl-C reaches them once, from here # fmt: skip
+        while any(p.poll() is None for p in procs) and not signals.caught:
+            time.sleep(POLL_S)
+            on_change()
+        if signals.caught:
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signals.caught)
+            deadline = time.monotonic() + MAX_WAIT_S
+            for p in procs:
+                try:
+                    p.wait(timeout=max(deadline - time.monotonic(), 1))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            on_change()
+            signals.check()
+    on_change()
+    bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode != 0]
+    if bad:
+        i, code = bad[0]
+        logs = group.worker_logs(i)
+        lines = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines() if logs else []
+        why = next((ln[7:] for ln in reversed(lines) if ln.startswith("error: ")), None)
+        raise RunError(f"worker {i} exited with code {code}{': ' + why if why else ''} (see {group.logs})")
+
+
+def parse_devices(spec: str | None) -> list[str] | None:
+    """`--devices cuda:0,cuda:1`, `auto` (every CUDA GPU) or None; each listed device is one worker's."""
+    if spec is None:
+        return None
+    import torch
+
+    if spec.strip() == "auto":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError("--devices auto: this machine has no CUDA GPU (use --jobs to run members side by side)")
+        return [f"cuda:{i}" for i in range(count)]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    for d in devices:
+        kind, _, index = d.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (kind == "cpu" and index):
+            raise ConfigError(f"--devices: {d!r} is not a device (expected cpu, cuda, cuda:N or mps, comma-separated)")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--devices: {d} does not exist here ({torch.cuda.device_count()} CUDA GPUs)")
+    if not devices:
+        raise ConfigError("--devices: give at least one device, e.g. cuda:0,cuda:1, or auto")
+    return devices
