@@ -139,7 +139,7 @@ class Col:
     wraps: bool = False  # free text (never a number) that may wrap onto more lines; fitted at WRAP_MIN
 
 
-def _width(cell: str | Text) -> int:
+def cell_width(cell: str | Text) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
@@ -148,7 +148,7 @@ def fit_table(width: int, cols: list[Col], styles: list[str | None] | None = Non
     (the first kept is always there); a number is never cut, free text wraps."""
     need = []
     for c in cols:
-        natural = max([_width(c.header), *map(_width, c.cells)])
+        natural = max([cell_width(c.header), *map(cell_width, c.cells)])
         need.append(min(natural, WRAP_MIN) if c.wraps else natural)
     chosen: set[int] = set()
     used = -2  # no padding at the edges, two spaces between columns

@@ -242,3 +242,86 @@ def assert_lm_trains_and_samples(cli, tmp_path: Path, cell: str) -> None:
     result = cli("sample", "--prompt", "the ", "--length", "20", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip()) >= 20
+
+
+# -- a real terminal -------------------------------------------------------------------------------
+
+
+class Terminal:
+    """`rnnctl ARGS` in a child process whose stdin, stdout and stderr are a pseudo-terminal `columns` wide
+    (COLUMNS unset: rich asks the terminal, as on a user's screen). `shown` is what it printed so far,
+    escape sequences and all, with the terminal's CRLF as LF."""
+
+    def __init__(self, args: list[str], columns: int, env: dict[str, str] | None = None):
+        import fcntl
+        import os
+        import pty
+        import signal
+        import struct
+        import subprocess
+        import termios
+
+        self.primary, secondary = pty.openpty()
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        environ.pop("COLUMNS", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rnnctl", *map(str, args)], stdin=secondary, stdout=secondary, stderr=secondary,
+            env=environ, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
+        os.close(secondary)
+        self.raw = b""
+
+    @property
+    def shown(self) -> str:
+        return self.raw.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def read_until(self, predicate, timeout: float = 120) -> str:
+        """Read what the child prints until `predicate(shown)` holds or the child closes the terminal; fails
+        at the deadline."""
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not predicate(self.shown):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise AssertionError(f"timed out after {timeout}s; shown:\n{self.shown}")
+            if not select.select([self.primary], [], [], min(left, 1.0))[0]:
+                continue
+            try:
+                chunk = os.read(self.primary, 65536)
+            except OSError:  # the child closed the terminal (EIO)
+                chunk = b""
+            if not chunk:
+                break
+            self.raw += chunk
+        return self.shown
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        """Read to the end; the exit code and everything shown."""
+        self.read_until(lambda _: False, timeout)  # to the end: the child closed the terminal
+        code = self.proc.wait(timeout=timeout)
+        self.close()
+        return code, self.shown
+
+    def close(self) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.close(self.primary)
+        except OSError:
+            pass
+
+
+def in_terminal(args: list[str], columns: int, timeout: float = 120) -> str:
+    """Run `rnnctl ARGS` to its end on a terminal `columns` wide; what it showed (exit code 0 asserted)."""
+    term = Terminal(args, columns)
+    code, shown = term.finish(timeout)
+    assert code == 0, shown
+    return shown

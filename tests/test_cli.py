@@ -12,12 +12,13 @@ import shlex
 import pytest
 import torch
 import yaml
-from conftest import TINY, assert_one_line_error, gen_names, run_dirs, write_names
+from conftest import TINY, assert_one_line_error, gen_names, in_terminal, run_dirs, write_names
 
 from rnnctl.errors import RunError
 from rnnctl.runs import RunFolder, load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 CLASSES = ["Gaelic", "Iberic", "Nippon", "Slavic"]
 
 
@@ -177,6 +178,51 @@ def test_predict_prints_top3_with_probabilities(cli, trained_run):
         probs = [float(p) for _, p in cells]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.1
     assert "#1" in result.stdout and "#3" in result.stdout and "#4" not in result.stdout
+
+
+@pytest.mark.parametrize("columns", [80, 50])
+def test_predict_on_a_terminal_cuts_no_name_and_no_number(cli, columns):
+    assert cli("train", "smoke/names_tiny", "-q").exit_code == 0  # the packaged names: 18 languages
+    names = ["Nakamura", "Dostoevsky", "O'Neill"]
+    shown = ANSI.sub("", in_terminal(["predict", "latest", *names], columns))
+    lines = [line for line in shown.splitlines() if line.strip() and not line.startswith("using run")]
+    assert all(len(line) <= columns for line in lines) and "…" not in shown, shown
+    text = "\n".join(lines)
+    starts = [re.search(rf"^ ?{re.escape(name)}\b", text, re.M).start() for name in names]  # each name whole
+    for start, end in zip(starts, [*starts[1:], len(text)]):
+        assert len(re.findall(r"\b[A-Z][a-z]+ \d+\.\d%(?=\s|$)", text[start:end])) == 3, text[start:end]
+
+
+def test_predict_stacks_the_classes_when_they_do_not_fit_beside_the_input(cli, trained_run, monkeypatch):
+    from rich.console import Console
+
+    from rnnctl import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "out", Console(width=30, force_terminal=True, color_system=None, highlight=False))
+    result = cli("predict", str(trained_run.dir), "Petrovski", "McKolan", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 30 for line in lines) and "…" not in result.stdout, result.stdout
+    assert lines[0] == "Petrovski" and "McKolan" in lines
+    classes = " ".join(lines[1 : lines.index("McKolan")])  # beneath their input, indented, each whole
+    assert all(line.startswith("  ") for line in lines[1 : lines.index("McKolan")])
+    assert len(re.findall(r"(?:Gaelic|Iberic|Nippon|Slavic) \d+\.\d%", classes)) == 4, result.stdout
+
+
+def test_predict_in_a_pipe_keeps_every_column_and_the_whole_input(cli, trained_run, monkeypatch):
+    from rich.console import Console
+
+    from rnnctl import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "out", Console(width=160, force_terminal=False, highlight=False))  # cli's pipe
+    long = "Mc" + "Kolan" * 40  # 202 characters
+    result = cli("predict", str(trained_run.dir), long, "Petrovski", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["input", "#1", "#2", "#3", "#4"] and len(lines) == 3, result.stdout
+    assert lines[1].startswith(long + "  ") and lines[2].startswith("Petrovski ")
+    for line in lines[1:]:
+        assert len(re.findall(r" \w+ \d+\.\d%", line)) == 4 and line.endswith("%"), line
 
 
 def test_predict_top_option_and_unknown_chars(cli, trained_run):
