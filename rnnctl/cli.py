@@ -180,7 +180,9 @@ def user_errors() -> Iterator[None]:
     rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
     def fail(message: str, code: int, shared: bool = False) -> typer.Exit:
-        if rank is None or rank == 0:
+        if not message:  # said already (the summary of a stopped run)
+            pass
+        elif rank is None or rank == 0:
             err.print(message, markup=False, soft_wrap=True)  # one line, however narrow the terminal
         elif not shared:
             err.print(message.replace("error: ", f"error: rank {rank}: ", 1), markup=False, soft_wrap=True)
@@ -202,11 +204,11 @@ def user_errors() -> Iterator[None]:
             where = f"{e.filename}: " if e.filename else ""
             raise fail(f"error: {where}{e.strerror or e}", 1) from None
         except Terminated as e:
-            _stopped_summary(e, rank)
-            raise fail("terminated (SIGTERM)", 143, shared=True) from None
+            shown = _stopped_summary(e, rank, "SIGTERM")
+            raise fail("" if shown else "terminated (SIGTERM)", 143, shared=True) from None
         except KeyboardInterrupt as e:
-            _stopped_summary(e, rank)
-            raise fail("interrupted", 130, shared=True) from None
+            shown = _stopped_summary(e, rank)
+            raise fail("" if shown else "interrupted", 130, shared=True) from None
         except Exception as e:
             if rank is None:
                 raise  # a bug: the traceback is what a report needs
@@ -226,14 +228,18 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _stopped_summary(e: BaseException, rank: int | None) -> None:
-    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one, and how to go on."""
+def _stopped_summary(e: BaseException, rank: int | None, signal: str | None = None) -> bool:
+    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one (its first line says it was
+    interrupted), and how to go on. False when there is no run to sum up (stopped before it began)."""
     summary = getattr(e, "summary", None)
-    if summary and not rank:
+    if not summary:
+        return False
+    if not rank:
         from rnnctl import views
 
-        views.summary(out, summary)
+        views.summary(out, summary, signal)
         out.print(f"continue with: rnnctl train --resume {summary['id']}", soft_wrap=True)
+    return True
 
 
 def _peer_gone(e: Exception) -> bool:

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.constrain import Constrain
 from rich.live import Live
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.spinner import Spinner
@@ -25,6 +26,8 @@ PLAIN_PROGRESS_S = 30.0  # not a terminal: a progress line inside an epoch at mo
 LIVE_RUNNING_S = 1.0  # a terminal: the running training loss is read back from the device this often
 MIN_BAR = 10  # the progress bar's least width; the figures beside it give way first
 WRAP_MIN = 10  # a column of free text needs this much room; it wraps within what is left
+ECHO_ROOM = 2  # the live display leaves the terminal's last columns free: Ctrl-C's echo `^C` must not wrap
+# its last line, or the next redraw starts one line low and leaves the table's header on the screen twice
 CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "mingru": "minGRU", "minlstm": "minLSTM"}
 
 
@@ -52,6 +55,22 @@ def fmt_value(key: str, value: Any) -> str:
 def epoch_label(row: dict[str, Any]) -> str:
     """`3` at the end of epoch 3; `2.50` halfway through it (a `train.eval_every` row)."""
     return f"{row['epoch_fraction']:.2f}" if row.get("partial") else str(row["epoch"])
+
+
+def print_path(console: Console, label: str, path: Any) -> None:
+    """`label path` on one line, or, on a terminal too narrow for it, the label and then the path alone on the
+    next line: a path shares its line with nothing that a wrap could break (a pipe keeps one line)."""
+    if console.is_terminal and cell_len(f"{label} {path}") > console.width:
+        console.print(label, markup=False, highlight=False)
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{label} {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_names(console: Console, label: str, names: list[str]) -> None:
+    """`label a, b, c`: on a terminal wrapped between names, never inside one; a pipe keeps one line."""
+    text = Text(f"{label} {', '.join(names)}")
+    console.print(text, soft_wrap=not console.is_terminal, overflow="fold")
 
 
 def metric_columns(row: dict[str, Any]) -> list[str]:
@@ -293,7 +312,7 @@ class LiveTable(Logger):
         self.clock.start(info)
         self.monitor = info.get("monitor") or self.monitor
         self.current = self.clock.first_epoch + 1
-        self.console.print(Text.assemble(("run", "bold"), f" {info['id']} -> {info['dir']}"), soft_wrap=True)
+        print_path(self.console, f"run {info['id']} ->", info["dir"])
         self.console.print(Text(describe(info)))
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
@@ -361,7 +380,7 @@ class LiveTable(Logger):
         return fit_table(self.width, cols, styles)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        self.width = options.max_width
+        self.width = max(options.max_width - ECHO_ROOM, 20)
         parts: list[Any] = [self.table()] if self.rows else []
         if self.rows and "preview" in self.rows[-1]:
             parts.append(
@@ -371,4 +390,4 @@ class LiveTable(Logger):
             parts.append(Spinner("dots", Text(self.doing, style="dim")))
         elif self.task is not None:
             parts.append(self.bar)
-        yield Group(*parts)
+        yield Constrain(Group(*parts), self.width)

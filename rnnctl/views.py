@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rnnctl.errors import RunError
-from rnnctl.live import Col, cell_width, fit_table, fmt_duration
+from rnnctl.live import Col, cell_width, fit_table, fmt_duration, print_names, print_path
 from rnnctl.runs import RunFolder
 
 
@@ -38,9 +38,12 @@ def _metrics(d: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float))
 
 
-def summary(console: Console, s: dict[str, Any]) -> None:
+def summary(console: Console, s: dict[str, Any], signal: str | None = None) -> None:
+    """How a run ended (`interrupted (SIGTERM) in 0:03: ...` when a signal stopped it), its test metrics, its
+    folder and plots."""
     best = s.get("best") or {}
-    line = f"[bold]{s['status']}[/] in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
+    status = f"[bold]{s['status']}[/]" + (f" ({signal})" if signal else "")
+    line = f"{status} in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
     if best.get("epoch") is not None:
         line += f", best epoch {best['epoch']} ({best['metric']} {best['value']:.4f})"
     if s.get("stopped_early"):
@@ -55,8 +58,10 @@ def summary(console: Console, s: dict[str, Any]) -> None:
             note = None
         if note:
             console.print(note, markup=False, soft_wrap=True)
+    print_path(console, "run folder:", s["dir"])
     plots = [p.name for p in run.plots()]
-    console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
+    if plots:
+        print_names(console, "plots:", plots)
 
 
 NAIVE_NAMES = {"last": "last value", "seasonal": "a season back"}  # series.py's naive forecasts
@@ -100,7 +105,7 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
     if "per_class" in report:
         _per_class(console, report["per_class"])
-    console.print(f"saved: {saved}", soft_wrap=True)
+    print_path(console, "saved:", saved)
 
 
 def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:

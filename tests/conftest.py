@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import random
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -265,9 +266,14 @@ class Terminal:
         fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
         environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         environ.pop("COLUMNS", None)
+
+        def child() -> None:  # its own session, the terminal its controlling one: ^C there is SIGINT to it
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rnnctl", *map(str, args)], stdin=secondary, stdout=secondary, stderr=secondary,
-            env=environ, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            env=environ, start_new_session=True, preexec_fn=child,
         )  # fmt: skip
         os.close(secondary)
         self.raw = b""
@@ -300,6 +306,12 @@ class Terminal:
             self.raw += chunk
         return self.shown
 
+    def type(self, keys: bytes) -> None:
+        """Keys typed at the terminal: b"\\x03" is Ctrl-C (the terminal echoes `^C` and sends SIGINT)."""
+        import os
+
+        os.write(self.primary, keys)
+
     def finish(self, timeout: float = 120) -> tuple[int, str]:
         """Read to the end; the exit code and everything shown."""
         self.read_until(lambda _: False, timeout)  # to the end: the child closed the terminal
@@ -317,6 +329,51 @@ class Terminal:
             os.close(self.primary)
         except OSError:
             pass
+
+
+def screen(shown: str, columns: int) -> list[str]:
+    """The lines a terminal `columns` wide holds after `shown` (what a Terminal read): enough of a VT100 for
+    rich's live display: text with auto-wrap (a character past the last column starts the next line), \\r,
+    \\n, backspace, cursor up/down/left/right, erase in line; colours and modes ignored."""
+    lines: list[list[str]] = [[]]
+    row = col = 0
+    pending = False  # the cursor sits past the last column: the next character wraps first
+    for m in re.finditer(r"\x1b\[([?0-9;]*)([A-Za-z])|\x1b\][^\x07]*\x07|(.)", shown, re.S):
+        args, op, ch = m.group(1), m.group(2), m.group(3)
+        n = int(args) if args and args.isdigit() else 1
+        if op == "A":
+            row, pending = max(row - n, 0), False
+        elif op == "B":
+            row, pending = row + n, False
+        elif op == "C":
+            col, pending = min(col + n, columns - 1), False
+        elif op == "D":
+            col, pending = max(col - n, 0), False
+        elif op == "K":
+            line = lines[row] if row < len(lines) else []
+            lines[row] = [] if args == "2" else line[:col] if args in ("", "0") else [" "] * col + line[col:]
+        elif op is not None or ch is None:
+            continue  # colours, modes, titles
+        elif ch == "\r":
+            col, pending = 0, False
+        elif ch == "\n":
+            row, col, pending = row + 1, 0, False  # the pty turns \n into \r\n
+        elif ch == "\b":
+            col, pending = max(col - 1, 0), False
+        elif ch.isprintable():
+            if pending:
+                row, col, pending = row + 1, 0, False
+            while len(lines) <= row:
+                lines.append([])
+            line = lines[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = ch
+            col += 1
+            if col == columns:
+                col, pending = columns - 1, True
+        while len(lines) <= row:
+            lines.append([])
+    return ["".join(line).rstrip() for line in lines]
 
 
 def in_terminal(args: list[str], columns: int, timeout: float = 120) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, tiny_config
 
 from rnnctl import loop
 from rnnctl.runs import RunFolder, load_checkpoint
@@ -50,8 +51,8 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
             proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
-    assert err.strip().splitlines()[-1] == "interrupted", err
     assert "interrupted in" in out and "continue with: rnnctl train --resume" in out  # the summary, and how on
+    assert "interrupted" not in err, err  # said once, by the summary
 
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
@@ -67,6 +68,32 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     # stdout was a pipe: plain lines, one per epoch that reached the loggers
     assert len(rows) - 1 <= len([line for line in out.splitlines() if line.startswith("epoch ")]) <= len(rows)
     assert not list(run.rglob("*.tmp"))
+
+
+def test_ctrl_c_on_a_terminal_leaves_one_table_one_summary_and_whole_paths(isolated):
+    """Ctrl-C typed at an 80-column terminal: the terminal echoes `^C` after the progress bar, which must not
+    wrap the live display's last line (its next redraw would start a line low and leave the header twice);
+    the summary is said once; a path and the plot names are never broken by the terminal's wrap."""
+    term = Terminal(["train", "smoke/names_tiny", "--set", "train.epochs=500", "--set", "train.batch_size=2"], 80)
+    try:
+        term.read_until(lambda shown: "batches" in shown.partition("epoch 2/500")[2], 120)  # a row, then the bar
+        term.type(b"\x03")  # Ctrl-C, while the bar is the last line
+        code, shown = term.finish(120)
+    finally:
+        term.close()
+    lines = screen(shown, 80)
+    assert code == 130, "\n".join(lines)
+    assert "Traceback" not in shown
+    assert len([line for line in lines if line.startswith("epoch  train loss")]) == 1, "\n".join(lines)
+    assert len([line for line in lines if "interrupted" in line]) == 1, "\n".join(lines)  # the summary's own
+    (run,) = run_dirs(isolated)
+    for label in ("run folder:", f"run {run.name} ->"):  # a path on lines of its own (whole, when joined)
+        at = next(i for i, line in enumerate(lines) if line.startswith(label))
+        rest = lines[at][len(label) :].strip() or "".join(lines[at + 1 : at + 1 + -(-len(str(run)) // 80)])
+        assert rest == str(run), "\n".join(lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith("plots:"))
+    plots = " ".join(lines[at : next(i for i in range(at, len(lines)) if lines[i].startswith("continue with:"))])
+    assert set(re.findall(r"[\w.]+", plots.removeprefix("plots:"))) == {p.name for p in RunFolder(run).plots()}
 
 
 # -- the same, in-process, with Ctrl-C placed at a chosen point ----------------------------------
