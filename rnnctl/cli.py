@@ -287,7 +287,10 @@ def train(
         typer.Option(metavar="RUN", help="Continue this run (id, path or 'latest') from its last checkpoint."),
     ] = None,
     epochs: Annotated[
-        Optional[int], typer.Option(metavar="N", help="With --resume: train up to this many epochs in all.")
+        Optional[int],
+        typer.Option(
+            min=1, metavar="N", help="Train this many epochs in all (the config's train.epochs; with --resume: more)."
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: take over a run whose lock holder stopped its heartbeat.")
