@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -19,9 +20,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from rnnctl.errors import RnnctlError, RunFileWarning
 
 try:  # recent typer carries its own copy of click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import NoSuchOption, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError
+    from click.exceptions import NoSuchOption, UsageError
 
 
 class Option(TyperOption):
@@ -63,6 +64,17 @@ class Command(TyperCommand):
         return readable(super().get_params(ctx))
 
 
+COMMAND_HINTS = {  # words a newcomer tries for a command, and what does it
+    "": {
+        "ls": "runs", "list": "runs", "status": "runs", "resume": "train --resume RUN",
+        "continue": "train --resume RUN", "forecast": "predict RUN --horizon N", "evaluate": "eval",
+        "test": "eval", "generate": "sample", "show": "config show CONFIG", "configs": "config list",
+        "cp": "config cp NAME", "copy": "config cp NAME", "html": "report",
+    },
+    "config": {"ls": "list", "copy": "cp", "cat": "show", "print": "show"},
+}  # fmt: skip
+
+
 class App(TyperGroup):
     """The command group: a usage error (a bad option value, an unknown option or command, a missing
     argument) is one line `error: ...` and exit code 1, like every other user mistake. Parsing happens in
@@ -78,6 +90,17 @@ class App(TyperGroup):
 
     def get_params(self, ctx):
         return readable(super().get_params(ctx))
+
+    def resolve_command(self, ctx, args):
+        """An unknown command: the command that does what its word says (`ls` -> `runs`), else typer's guess."""
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as e:
+            hints = COMMAND_HINTS.get("" if ctx.parent is None else ctx.info_name or "", {})
+            if args and args[0] in hints:
+                path = " ".join(["rnnctl", *([] if ctx.parent is None else [ctx.info_name]), hints[args[0]]])
+                e.message = f"No such command {args[0]!r}. Did you mean '{path}'?"
+            raise
 
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -160,12 +183,33 @@ def usage_errors() -> Iterator[None]:
     except UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `rnnctl`, `rnnctl config`: the help text
             raise
+        if isinstance(e, NoSuchOption):
+            _option_hint(e)
         message = " ".join(e.format_message().replace("Value error, ", "").split())  # one line
         message = message if message.endswith("...") else message.rstrip(".")
         message = re.sub(r"[^\s'\"()]{81,}", lambda m: f"{m[0][:60]}... ({len(m[0]):,} characters)", message)
         where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
         err.print(f"error: {message[:1].lower()}{message[1:]}{where}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _option_hint(e: NoSuchOption) -> None:
+    """An unknown option: a config key of that name is set with --set (`--lr` -> `--set optim.lr=VALUE`);
+    else the command's visible option closest to it, if one is close (click's guess offers `--help` for
+    `--lr`)."""
+    from rnnctl.config import closest_key
+
+    command = e.ctx.command if e.ctx is not None else None
+    params = [p for p in (command.params if command else []) if not getattr(p, "hidden", False)]
+    options = [o for p in params for o in p.opts if o.startswith("--")]
+    word = e.option_name.lstrip("-").replace("-", "_")
+    key = closest_key(word) if "--set" in options else None
+    close = difflib.get_close_matches(e.option_name, [o for o in options if o != "--help"], 1, 0.75)
+    e.possibilities = []  # the hint goes into the message
+    if key and (key.rsplit(".", 1)[-1] == word or not close):
+        e.message = f"No such option: {e.option_name} (a config key: --set {key}=VALUE)"
+    elif close:
+        e.message = f"No such option: {e.option_name}. Did you mean {close[0]}?"
 
 
 @contextmanager
@@ -347,8 +391,9 @@ def eval_(
     ] = None,
     top_members: TopMembers = None,
 ) -> None:
-    """Re-evaluate a saved run on a split and save the result in its folder; a sweep or study: its members
-    and their ensemble (mean probabilities, or mean predictions of a regressor)."""
+    """Re-evaluate a saved run on a split and save the result in its folder.
+
+    A sweep or study: its members and their ensemble (mean probabilities, or mean predictions of a regressor)."""
     from rnnctl import views
     from rnnctl.ensemble import Ensemble, load
 
@@ -381,8 +426,9 @@ def predict(
     device: Device = "auto",
     top_members: TopMembers = None,
 ) -> None:
-    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon); a sweep
-    or study predicts as the ensemble of its members."""
+    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon).
+
+    A sweep or study predicts as the ensemble of its members."""
     from rnnctl import views
     from rnnctl.data import read_lines
     from rnnctl.ensemble import Ensemble, load

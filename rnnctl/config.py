@@ -430,13 +430,19 @@ def _keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def _suggest_anywhere(word: str, cls: type[BaseModel]) -> str:
-    """A key of another section whose last part is close to `word`: `epochs` -> `train.epochs`."""
+def closest_key(word: str, cls: type[BaseModel] = Config) -> str | None:
+    """The dotted key inside a section whose last part is `word` or close to it: `epochs` -> `train.epochs`."""
     keys = [k for k in _keys(cls) if "." in k]
     close = difflib.get_close_matches(word, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.75)
-    if not close:
-        return ""
-    return f" (did you mean '{next(k for k in keys if k.rsplit('.', 1)[-1] == close[0])}'?)"
+    if close:
+        return next(k for k in keys if k.rsplit(".", 1)[-1] == close[0])
+    started = [k for k in keys if len(word) >= 4 and k.rsplit(".", 1)[-1].startswith(word)]  # hidden: hidden_size
+    return started[0] if started else None
+
+
+def _suggest_anywhere(word: str, cls: type[BaseModel]) -> str:
+    key = closest_key(word, cls)
+    return f" (did you mean '{key}'?)" if key else ""
 
 
 def _suggest(word: str, options, prefix: str = "") -> str:

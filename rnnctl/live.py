@@ -102,7 +102,7 @@ def describe(info: dict[str, Any]) -> str:
     cell = CELLS.get(str(model.get("cell")), model.get("cell"))
     net = f"{'bidirectional ' if model.get('bidirectional') else ''}{cell}, " if cell else ""
     done = info.get("epochs_done") or 0
-    epochs = f"{info['epochs']} epochs" + (f" ({done} done)" if done else "")
+    epochs = f"{info['epochs']} epoch{'' if info['epochs'] == 1 else 's'}" + (f" ({done} done)" if done else "")
     ranks = info.get("ranks") or [{}]
     where = str(ranks[0].get("device") or info.get("device"))  # this session's (a resume may move the run)
     world, threads = info.get("world_size") or 1, info.get("threads")

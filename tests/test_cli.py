@@ -422,6 +422,30 @@ def test_usage_errors_are_one_line(cli, isolated, args, needles):
     assert run_dirs(isolated) == []
 
 
+HINTS = {  # what a newcomer types, and what the one line must offer
+    "lr": (["train", TINY, "--lr", "0.1"], "no such option: --lr (a config key: --set optim.lr=VALUE)"),
+    "seed": (["train", TINY, "--seed", "2"], "no such option: --seed (a config key: --set train.seed=VALUE)"),
+    "hidden": (["train", TINY, "--hidden", "8"], "--set model.hidden_size=VALUE"),
+    "epoch": (["train", TINY, "--epoch", "2"], "no such option: --epoch. Did you mean --epochs?"),
+    "ls": (["ls"], "no such command 'ls'. Did you mean 'rnnctl runs'?"),
+    "list": (["list"], "no such command 'list'. Did you mean 'rnnctl runs'?"),
+    "resume": (["resume", "latest"], "Did you mean 'rnnctl train --resume RUN'?"),
+    "forecast": (["forecast"], "Did you mean 'rnnctl predict RUN --horizon N'?"),
+    "config-ls": (["config", "ls"], "Did you mean 'rnnctl config list'?"),
+}
+
+
+@pytest.mark.parametrize("args, hint", HINTS.values(), ids=HINTS.keys())
+def test_unknown_commands_and_options_get_a_useful_hint(cli, args, hint):
+    assert_one_line_error(cli(*args), hint)
+
+
+def test_an_unknown_option_gets_no_far_fetched_guess(cli):
+    for args in (["eval", "--lr", "1"], ["predict", "latest", "x", "--seed", "1"]):
+        line = assert_one_line_error(cli(*args), f"no such option: {args[-2]}")
+        assert "Did you mean" not in line and "Possible options" not in line, line  # not --help, not --set
+
+
 def test_usage_errors_point_to_the_commands_help(cli):
     assert assert_one_line_error(cli("predict", "latest", "--top", "0")).endswith("(see root predict --help)")
     assert assert_one_line_error(cli("config", "show")).endswith("(see root config show --help)")
@@ -505,6 +529,7 @@ def command_paths() -> list[list[str]]:
 PANEL_ROW = {  # at 1,000 columns (conftest) every parameter is one row of its panel, opening like this
     "Arguments": re.compile(r"│ (\*)?\s+[A-Z][A-Z_]*(\|[A-Z][A-Z_]*)*\s"),  # RUN, or RUN|SWEEP|STUDY
     "Options": re.compile(r"│ (\*)?\s*--?[a-z]"),
+    "Commands": re.compile(r"│ [a-z][a-z-]* +[A-Z]"),  # a description on one row: no line break of its own
 }
 
 
@@ -527,6 +552,11 @@ def test_help_of_every_command_reads_as_words(cli, path):
         elif panel in PANEL_ROW:
             assert PANEL_ROW[panel].match(line), (panel, line)  # no row broken in two, no type column of its own
             assert line.rstrip().endswith("│"), line
+
+
+def test_train_help_says_epochs_works_without_resume(cli):
+    row = next(line for line in cli("train", "--help").stdout.splitlines() if "--epochs" in line)
+    assert "Train this many epochs in all" in row and "With --resume:" not in row, row
 
 
 def test_sample_help_shows_the_prompt_and_its_newline_default(cli):

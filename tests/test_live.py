@@ -64,6 +64,7 @@ def test_describe_says_task_data_model_epochs_device_threads():
     line = live.describe(info(derived={}, epochs_done=4, world_size=2, threads=1, ranks=[{"device": "cuda:0"}]))
     assert line.startswith("charlm: 1,003,853 train / 111,539 val · ")
     assert line.endswith(" · 20 epochs (4 done) · cuda:0, 2 processes x 1 thread")
+    assert " · 1 epoch · " in live.describe(info(epochs=1))  # not `1 epochs`
 
 
 def test_train_says_what_will_run_before_training(trained_run):
