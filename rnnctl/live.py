@@ -130,11 +130,16 @@ class _Clock:
         done = row.get("epoch_fraction", row["epoch"]) - self.first_epoch
         return (time.perf_counter() - self.t0) / done * (self.epochs - row["epoch"]) if done > 0 else None
 
-    def run_eta(self, epoch: int, fraction: float) -> float | None:
-        """Seconds left in the run while `fraction` of epoch `epoch` is trained."""
+    def run_eta(self, epoch: int, fraction: float, epoch_left: float | None = None) -> float | None:
+        """Seconds left in the run while `fraction` of epoch `epoch` is trained: what is left of this epoch
+        (`epoch_left`, the ETA shown beside it, else at the session's pace) and the epochs after it at the
+        session's pace. Never less than `epoch_left`: the run ends with its last epoch, not before."""
         done = epoch - 1 + fraction - self.first_epoch
-        left = self.epochs - (epoch - 1 + fraction)
-        return (time.perf_counter() - self.t0) / done * left if done > 0 else None
+        if done <= 0:
+            return epoch_left
+        per_epoch = (time.perf_counter() - self.t0) / done
+        this = epoch_left if epoch_left is not None else per_epoch * (1 - fraction)
+        return this + per_epoch * max(self.epochs - epoch, 0)
 
 
 def rate(per_s: float | None, unit: str = "/s") -> str:
@@ -226,8 +231,9 @@ class PlainLines(Logger):
         loss = running().get("loss") if running is not None else None
         if loss is not None:
             parts.append(f"train loss {loss:.4f}")
-        parts.append(f"epoch ETA {fmt_duration((total - done) / per_s if per_s else None)}")
-        parts.append(f"run ETA {fmt_duration(self.clock.run_eta(self.current, done / total))}")
+        epoch_left = (total - done) / per_s if per_s else None
+        parts.append(f"epoch ETA {fmt_duration(epoch_left)}")
+        parts.append(f"run ETA {fmt_duration(self.clock.run_eta(self.current, done / total, epoch_left))}")
         self._print(", ".join(parts))
 
     def phase(self, name: str, text: str) -> None:
@@ -269,7 +275,10 @@ class _Figures(ProgressColumn):
             (f"{done:,}/{total:,} batches", 0),
             (rate(task.speed), 4),
             (f"ETA {fmt_duration(task.time_remaining)}", 1),
-            (f"run ETA {fmt_duration(d.clock.run_eta(d.current, done / total if total else 0.0))}", 3),
+            (
+                f"run ETA {fmt_duration(d.clock.run_eta(d.current, done / total if total else 0.0, task.time_remaining))}",
+                3,
+            ),
             (f"loss {d.loss:.4f}" if d.loss is not None else "loss -", 2),
         ]
         room = d.width - cell_len(str(task.description)) - 2 - MIN_BAR
