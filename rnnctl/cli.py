@@ -756,8 +756,11 @@ def config_cp(
         str, typer.Argument(metavar="NAME", help="A shipped config's name, e.g. names_gru (see `rnnctl config list`).")
     ],
     dest: Annotated[
-        Optional[Path],
-        typer.Argument(metavar="DEST", help="File or folder to copy it to; default: ./NAME.yaml. Never overwritten."),
+        Optional[str],  # text, not a Path: `mydir/` names a folder, and Path drops the slash
+        typer.Argument(
+            metavar="DEST",
+            help="File or folder (mydir/ is made) to copy it to; default: ./NAME.yaml. Never overwritten.",
+        ),
     ] = None,
 ) -> None:
     """Copy a shipped config into a file of your own to edit (an existing file is never overwritten)."""

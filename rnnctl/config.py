@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -215,12 +216,24 @@ def config_path(ref: str | Path) -> Path:
     raise ConfigError(f"{path}: config file not found ({hint})")
 
 
-def copy_shipped(name: str, dest: Path | None = None) -> Path:
+def copy_shipped(name: str, dest: str | Path | None = None) -> Path:
     """Copy a shipped config as it is (comments kept) to `dest` (a file or a folder; default ./NAME.yaml) and
-    return where; an existing file is never overwritten."""
+    return where; an existing file is never overwritten. `dest` ending in `/` is a folder, made if need be."""
     src = shipped_config(name)
     file_name = f"{PurePosixPath(name).name.removesuffix('.yaml')}.yaml"
-    dest = Path(file_name) if dest is None else dest / file_name if dest.is_dir() else dest
+    if dest is None:
+        dest = Path(file_name)
+    else:
+        folder = str(dest).endswith(("/", os.sep))  # Path("mydir/") forgets the slash: ask the text
+        path = Path(dest).expanduser()
+        if folder and path.exists() and not path.is_dir():
+            raise ConfigError(f"{dest}: a file, not a folder")
+        if folder and not path.is_dir():
+            try:
+                path.mkdir(parents=True)
+            except OSError as e:
+                raise ConfigError(f"{dest}: cannot make the folder: {e.strerror or e}") from None
+        dest = path / file_name if path.is_dir() else path
     try:
         f = dest.open("xb")  # exclusive: fails rather than replace a file, even one made a moment ago
     except FileExistsError:

@@ -592,5 +592,34 @@ def test_shell_completion(cli, monkeypatch, tmp_path):
 
 
 def test_runs_with_a_filter_that_matches_nothing(cli, copy_run):
-    assert cli("runs", "--task", "nosuch").stdout.strip() == "no runs match"
+    assert cli("runs", "--task", "sine").stdout.strip() == "no runs match"
+    assert cli("runs", "--status", "failed").stdout.strip() == "no runs match"
     assert copy_run.name in cli("runs", "--task", "names").stdout
+
+
+def test_runs_with_a_filter_that_cannot_match(cli, copy_run):
+    assert_one_line_error(cli("runs", "--status", "bogus"), "--status 'bogus'", "completed", "interrupted")
+    assert_one_line_error(cli("runs", "--task", "nosuch"), "--task 'nosuch'", "names", "charlm")
+
+
+def test_a_run_by_its_name(cli, copy_run, isolated):
+    import shutil
+
+    newer = isolated / copy_run.name.replace("names_tiny", "names_tiny-2")  # the same second, the same name
+    shutil.copytree(copy_run, newer)
+    result = cli("eval", "names_tiny")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"using run {newer.name}, ")  # the newest of that name
+    info = json.loads((newer / "run.json").read_text())
+    (newer / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    assert cli("eval", "names_tiny").stderr.startswith(f"using run {copy_run.name}, ")  # the newest completed
+    assert_one_line_error(cli("eval", "names_tin"), "unknown run 'names_tin'")
+
+
+def test_an_empty_rnnctl_runs_is_unset(cli, names_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNCTL_RUNS", "")
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(tmp_path / "runs")  # ./runs, not the current folder itself
+    assert not list(tmp_path.glob("2*-names_tiny"))
+    assert cli("runs").stdout.count(run.name) == 1

@@ -84,6 +84,17 @@ def test_config_cp_never_overwrites(cli, tmp_path):
     assert (tmp_path / "folder" / "names_gru.yaml").read_text() == "mine\n"
 
 
+def test_config_cp_into_a_folder_named_with_a_slash(cli, tmp_path):
+    result = cli("config", "cp", "names_gru", "mydir/")  # no such folder yet: made, not a file called mydir
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mydir").is_dir() and (tmp_path / "mydir" / "names_gru.yaml").is_file()
+    assert cli("config", "cp", "sine_rnn", "mydir/").exit_code == 0  # an existing one
+    assert sorted(p.name for p in (tmp_path / "mydir").iterdir()) == ["names_gru.yaml", "sine_rnn.yaml"]
+    (tmp_path / "afile").write_text("mine\n")
+    assert_one_line_error(cli("config", "cp", "names_gru", "afile/"), "afile/: a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_config_cp_mistakes_are_one_line(cli, tmp_path):
     assert_one_line_error(cli("config", "cp", "names_gr"), "unknown config 'names_gr'", "'names_gru'", "config list")
     assert_one_line_error(
