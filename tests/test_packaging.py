@@ -152,3 +152,16 @@ def test_the_charlm_smoke_config_trains_as_shipped(cli, isolated):
     steps = (run / "steps.csv").read_text().splitlines()[1:]
     assert 0 < len(steps) <= MAX_STEPS
     assert "characters:\n    train: 9000\n    val: 1000\n" in (run / "config.yaml").read_text()
+
+
+def test_the_readmes_test_command_ends_in_how_many_passed():
+    """`pytest -q` as the README runs it: pyproject's addopts add no second -q (-qq drops pytest's summary)
+    and no third-party warning is left to bury it. One quick test, on one process."""
+    assert ".venv/bin/pytest -q\n" in (REPO / "README.md").read_text(encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_cli.py::test_version_and_short_help"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().splitlines()[-1].startswith("1 passed in "), done.stdout
+    assert "warnings summary" not in done.stdout, done.stdout
