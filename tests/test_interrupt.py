@@ -96,6 +96,47 @@ def test_ctrl_c_on_a_terminal_leaves_one_table_one_summary_and_whole_paths(isola
     assert set(re.findall(r"[\w.]+", plots.removeprefix("plots:"))) == {p.name for p in RunFolder(run).plots()}
 
 
+CUT_MATPLOTLIB = """
+import os, signal, sys
+from importlib.abc import MetaPathFinder
+
+def profile(frame, event, arg):  # the signal once matplotlib.patches has defined Rectangle, mid-module
+    if event == "call" and frame.f_code.co_name == "__init_subclass__":
+        if getattr(frame.f_locals.get("cls"), "__name__", "") == "RegularPolygon":
+            sys.setprofile(None)
+            os.kill(os.getpid(), SIGNAL)
+
+class Cut(MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "matplotlib.patches":
+            sys.meta_path.remove(self)
+            sys.setprofile(profile)
+
+SIGNAL = getattr(signal, sys.argv[1])
+sys.meta_path.insert(0, Cut())
+sys.argv = ["rnnctl", *sys.argv[2:]]
+from rnnctl.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_cuts_matplotlibs_import_still_ends_in_plots(names_files, isolated, tmp_path, name, code):
+    """A signal landing while the wrap-up imports matplotlib (about 2.3 s into a names smoke run) cut its
+    import in two; the interrupted run's wrap-up then drew again and failed on the half module (KeyError:
+    'Rectangle:kwdoc'). The signal now waits for the plots."""
+    script = tmp_path / "cut.py"
+    script.write_text(CUT_MATPLOTLIB, encoding="utf-8")
+    args = ["train", str(TINY), *names_files.set_args(), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, script, name, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert {p.name for p in RunFolder(run).plots()} >= {"loss.png", "accuracy.png", "confusion.png"}
+
+
 # -- the same, in-process, with Ctrl-C placed at a chosen point ----------------------------------
 
 
