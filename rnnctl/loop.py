@@ -381,8 +381,9 @@ def resume(
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
     ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
-    rows, recorded = len([r for r in run.rows() if not r.get("partial")]), int(run.info().get("epochs_done") or 0)
-    trained = max(rows, recorded)
+    if ckpt is None:
+        rows, recorded = len([r for r in run.rows() if not r.get("partial")]), int(run.info().get("epochs_done") or 0)
+        trained = max(rows, recorded)
     if ckpt is None and (rows > 1 or recorded > 0):  # a row comes before its checkpoint: one may lack it, not two
         raise RunError(
             f"{run.id}: {run.checkpoint_path('last')} is missing, though {trained} epochs were trained: it "
