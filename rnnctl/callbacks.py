@@ -20,7 +20,7 @@ import torch
 
 from rnnctl.runs import HOST, now
 from rnnctl.schedules import EarlyStopping
-from rnnctl.training import git_commit, versions
+from rnnctl.training import deferred_interrupt, git_commit, versions
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer
@@ -113,10 +113,14 @@ class Plots(Callback):
     """Every figure the run's files allow, drawn from the files."""
 
     def on_finish(self, trainer: Trainer, status: str) -> None:
-        from rnnctl import plots
-
         trainer.phase("plot", "drawing the plots")
-        plots.write_all(trainer.run)
+        # Ctrl-C or SIGTERM waits until the plots are drawn: a signal that cuts matplotlib's import leaves half
+        # a module behind, and the interrupted run's own wrap-up, drawing again, would fail on it (KeyError:
+        # 'Rectangle:kwdoc', two classes of one name)
+        with deferred_interrupt():
+            from rnnctl import plots
+
+            plots.write_all(trainer.run)
 
 
 class RunRecord(Callback):

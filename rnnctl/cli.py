@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -19,9 +20,9 @@ from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 from rnnctl.errors import RnnctlError, RunFileWarning
 
 try:  # recent typer carries its own copy of click
-    from typer._click.exceptions import UsageError
+    from typer._click.exceptions import NoSuchOption, UsageError
 except ImportError:  # pragma: no cover
-    from click.exceptions import UsageError
+    from click.exceptions import NoSuchOption, UsageError
 
 
 class Option(TyperOption):
@@ -63,6 +64,17 @@ class Command(TyperCommand):
         return readable(super().get_params(ctx))
 
 
+COMMAND_HINTS = {  # words a newcomer tries for a command, and what does it
+    "": {
+        "ls": "runs", "list": "runs", "status": "runs", "resume": "train --resume RUN",
+        "continue": "train --resume RUN", "forecast": "predict RUN --horizon N", "evaluate": "eval",
+        "test": "eval", "generate": "sample", "show": "config show CONFIG", "configs": "config list",
+        "cp": "config cp NAME", "copy": "config cp NAME", "html": "report",
+    },
+    "config": {"ls": "list", "copy": "cp", "cat": "show", "print": "show"},
+}  # fmt: skip
+
+
 class App(TyperGroup):
     """The command group: a usage error (a bad option value, an unknown option or command, a missing
     argument) is one line `error: ...` and exit code 1, like every other user mistake. Parsing happens in
@@ -78,6 +90,17 @@ class App(TyperGroup):
 
     def get_params(self, ctx):
         return readable(super().get_params(ctx))
+
+    def resolve_command(self, ctx, args):
+        """An unknown command: the command that does what its word says (`ls` -> `runs`), else typer's guess."""
+        try:
+            return super().resolve_command(ctx, args)
+        except UsageError as e:
+            hints = COMMAND_HINTS.get("" if ctx.parent is None else ctx.info_name or "", {})
+            if args and args[0] in hints:
+                path = " ".join(["rnnctl", *([] if ctx.parent is None else [ctx.info_name]), hints[args[0]]])
+                e.message = f"No such command {args[0]!r}. Did you mean '{path}'?"
+            raise
 
 
 HELP = {"help_option_names": ["-h", "--help"]}
@@ -160,12 +183,33 @@ def usage_errors() -> Iterator[None]:
     except UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # `rnnctl`, `rnnctl config`: the help text
             raise
+        if isinstance(e, NoSuchOption):
+            _option_hint(e)
         message = " ".join(e.format_message().replace("Value error, ", "").split())  # one line
         message = message if message.endswith("...") else message.rstrip(".")
         message = re.sub(r"[^\s'\"()]{81,}", lambda m: f"{m[0][:60]}... ({len(m[0]):,} characters)", message)
         where = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
         err.print(f"error: {message[:1].lower()}{message[1:]}{where}", markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def _option_hint(e: NoSuchOption) -> None:
+    """An unknown option: a config key of that name is set with --set (`--lr` -> `--set optim.lr=VALUE`);
+    else the command's visible option closest to it, if one is close (click's guess offers `--help` for
+    `--lr`)."""
+    from rnnctl.config import closest_key
+
+    command = e.ctx.command if e.ctx is not None else None
+    params = [p for p in (command.params if command else []) if not getattr(p, "hidden", False)]
+    options = [o for p in params for o in p.opts if o.startswith("--")]
+    word = e.option_name.lstrip("-").replace("-", "_")
+    key = closest_key(word) if "--set" in options else None
+    close = difflib.get_close_matches(e.option_name, [o for o in options if o != "--help"], 1, 0.75)
+    e.possibilities = []  # the hint goes into the message
+    if key and (key.rsplit(".", 1)[-1] == word or not close):
+        e.message = f"No such option: {e.option_name} (a config key: --set {key}=VALUE)"
+    elif close:
+        e.message = f"No such option: {e.option_name}. Did you mean {close[0]}?"
 
 
 @contextmanager
@@ -180,7 +224,9 @@ def user_errors() -> Iterator[None]:
     rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
     def fail(message: str, code: int, shared: bool = False) -> typer.Exit:
-        if rank is None or rank == 0:
+        if not message:  # said already (the summary of a stopped run)
+            pass
+        elif rank is None or rank == 0:
             err.print(message, markup=False, soft_wrap=True)  # one line, however narrow the terminal
         elif not shared:
             err.print(message.replace("error: ", f"error: rank {rank}: ", 1), markup=False, soft_wrap=True)
@@ -202,11 +248,11 @@ def user_errors() -> Iterator[None]:
             where = f"{e.filename}: " if e.filename else ""
             raise fail(f"error: {where}{e.strerror or e}", 1) from None
         except Terminated as e:
-            _stopped_summary(e, rank)
-            raise fail("terminated (SIGTERM)", 143, shared=True) from None
+            shown = _stopped_summary(e, rank, "SIGTERM")
+            raise fail("" if shown else "terminated (SIGTERM)", 143, shared=True) from None
         except KeyboardInterrupt as e:
-            _stopped_summary(e, rank)
-            raise fail("interrupted", 130, shared=True) from None
+            shown = _stopped_summary(e, rank)
+            raise fail("" if shown else "interrupted", 130, shared=True) from None
         except Exception as e:
             if rank is None:
                 raise  # a bug: the traceback is what a report needs
@@ -226,16 +272,22 @@ def _leave(code: int) -> None:
     os._exit(code)
 
 
-def _stopped_summary(e: BaseException, rank: int | None) -> None:
-    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one, and how to go on."""
-    summary, resume = getattr(e, "summary", None), getattr(e, "resume", None)  # a run's; a group's command
-    if summary and not rank:
-        from rnnctl import views
-
-        views.summary(out, summary)
-        resume = resume or f"rnnctl train --resume {summary['id']}"
+def _stopped_summary(e: BaseException, rank: int | None, signal: str | None = None) -> bool:
+    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one (its first line says it was
+    interrupted), and how to go on; a sweep or search: the command that continues it. False when there is
+    no run to sum up (a group, or a run stopped before it began)."""
+    summary, resume = getattr(e, "summary", None), getattr(e, "resume", None)
     if resume and not rank:
         out.print(f"continue with: {resume}", soft_wrap=True)
+        return False
+    if not summary:
+        return False
+    if not rank:
+        from rnnctl import views
+
+        views.summary(out, summary, signal)
+        out.print(f"continue with: rnnctl train --resume {summary['id']}", soft_wrap=True)
+    return True
 
 
 def _peer_gone(e: Exception) -> bool:
@@ -283,7 +335,10 @@ def train(
         typer.Option(metavar="RUN", help="Continue this run (id, path or 'latest') from its last checkpoint."),
     ] = None,
     epochs: Annotated[
-        Optional[int], typer.Option(metavar="N", help="With --resume: train up to this many epochs in all.")
+        Optional[int],
+        typer.Option(
+            min=1, metavar="N", help="Train this many epochs in all (the config's train.epochs; with --resume: more)."
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="With --resume: take over a run whose lock holder stopped its heartbeat.")
@@ -340,8 +395,9 @@ def eval_(
     ] = None,
     top_members: TopMembers = None,
 ) -> None:
-    """Re-evaluate a saved run on a split and save the result in its folder; a sweep or study: its members
-    and their ensemble (mean probabilities, or mean predictions of a regressor)."""
+    """Re-evaluate a saved run on a split and save the result in its folder.
+
+    A sweep or study: its members and their ensemble (mean probabilities, or mean predictions of a regressor)."""
     from rnnctl import views
     from rnnctl.ensemble import Ensemble, load
 
@@ -374,8 +430,9 @@ def predict(
     device: Device = "auto",
     top_members: TopMembers = None,
 ) -> None:
-    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon); a sweep
-    or study predicts as the ensemble of its members."""
+    """Predict with a saved run: the top classes of each input, or a series' next values (--horizon).
+
+    A sweep or study predicts as the ensemble of its members."""
     from rnnctl import views
     from rnnctl.data import read_lines
     from rnnctl.ensemble import Ensemble, load
@@ -713,8 +770,11 @@ def config_cp(
         str, typer.Argument(metavar="NAME", help="A shipped config's name, e.g. names_gru (see `rnnctl config list`).")
     ],
     dest: Annotated[
-        Optional[Path],
-        typer.Argument(metavar="DEST", help="File or folder to copy it to; default: ./NAME.yaml. Never overwritten."),
+        Optional[str],  # text, not a Path: `mydir/` names a folder, and Path drops the slash
+        typer.Argument(
+            metavar="DEST",
+            help="File or folder (mydir/ is made) to copy it to; default: ./NAME.yaml. Never overwritten.",
+        ),
     ] = None,
 ) -> None:
     """Copy a shipped config into a file of your own to edit (an existing file is never overwritten)."""

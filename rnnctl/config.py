@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import re
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -164,7 +165,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     raw.pop("derived", None)  # written by rnnctl into a run's config.yaml; informative only
     raw.pop("search", None)  # the space of `rnnctl search` (search.py reads it); a run itself ignores it
     raw.setdefault("name", path.stem)
-    return validate(apply_overrides(raw, overrides), source=str(path))
+    return validate(apply_overrides(raw, overrides), source=str(path), overrides=overrides)
 
 
 # -- the configs shipped with rnnctl -----------------------------------------------------------------
@@ -215,12 +216,24 @@ def config_path(ref: str | Path) -> Path:
     raise ConfigError(f"{path}: config file not found ({hint})")
 
 
-def copy_shipped(name: str, dest: Path | None = None) -> Path:
+def copy_shipped(name: str, dest: str | Path | None = None) -> Path:
     """Copy a shipped config as it is (comments kept) to `dest` (a file or a folder; default ./NAME.yaml) and
-    return where; an existing file is never overwritten."""
+    return where; an existing file is never overwritten. `dest` ending in `/` is a folder, made if need be."""
     src = shipped_config(name)
     file_name = f"{PurePosixPath(name).name.removesuffix('.yaml')}.yaml"
-    dest = Path(file_name) if dest is None else dest / file_name if dest.is_dir() else dest
+    if dest is None:
+        dest = Path(file_name)
+    else:
+        folder = str(dest).endswith(("/", os.sep))  # Path("mydir/") forgets the slash: ask the text
+        path = Path(dest).expanduser()
+        if folder and path.exists() and not path.is_dir():
+            raise ConfigError(f"{dest}: a file, not a folder")
+        if folder and not path.is_dir():
+            try:
+                path.mkdir(parents=True)
+            except OSError as e:
+                raise ConfigError(f"{dest}: cannot make the folder: {e.strerror or e}") from None
+        dest = path / file_name if path.is_dir() else path
     try:
         f = dest.open("xb")  # exclusive: fails rather than replace a file, even one made a moment ago
     except FileExistsError:
@@ -342,22 +355,24 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def validate(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a plain dict into the task's Config; errors name the dotted key."""
+def validate(raw: dict[str, Any], source: str = "config", overrides: list[str] = ()) -> Config:
+    """Validate a plain dict into the task's Config; errors name the dotted key, and where it came from: the
+    `--set` that gave it (`overrides`), else `source` (the config file)."""
     task = raw.get("task")
     known = task_names()
     if task is None:
         raise ConfigError(f"{source}: missing key 'task' (one of: {', '.join(known)})")
     if not isinstance(task, str) or task not in known:
         raise ConfigError(
-            f"{source}: task: unknown task {clip(task)}{_suggest(str(task)[:100], known)} (known: {', '.join(known)})"
+            f"{_source(['task'], source, overrides)}: task: unknown task {clip(task)}"
+            f"{_suggest(str(task)[:100], known)} (known: {', '.join(known)})"
         )
     cls = config_class(task)
     try:
         return cls.model_validate(raw)
     except ValidationError as e:
         errors = e.errors()
-        lines = [f"{source}: {_describe(err, cls)}" for err in errors[:MAX_ERRORS]]
+        lines = [f"{_source(err['loc'], source, overrides)}: {_describe(err, cls)}" for err in errors[:MAX_ERRORS]]
         if len(errors) > MAX_ERRORS:
             lines.append(f"{source}: and {len(errors) - MAX_ERRORS} more errors")
         raise ConfigError("\n".join(lines)) from None
@@ -366,16 +381,36 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
 MAX_ERRORS = 10  # validation errors shown, one line each
 
 
+def _source(loc: Any, source: str, overrides: list[str]) -> str:
+    """Who gave the key at `loc`: the last `--set` of it, of a section above it or of a key inside it (as
+    typed, cut if long), else `source`."""
+    key = ".".join(str(p) for p in loc)
+    for item in reversed(overrides):
+        set_key = item.partition("=")[0].strip()
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return f"--set {item if len(item) <= 60 and item.isprintable() else _key([set_key])}"
+    return source
+
+
 def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
     loc = [str(p) for p in err["loc"]]
     key = _key(loc)
     if err["type"] == "extra_forbidden":
         known = _fields_at(cls, loc[:-1])
-        return f"unknown key '{key}'{_suggest(loc[-1][:100], known, prefix='.'.join(loc[:-1]))}"
+        hint = _suggest(loc[-1][:100], known, prefix=".".join(loc[:-1])) or _suggest_anywhere(loc[-1][:100], cls)
+        return f"unknown key '{key}'{hint}"
     if err["type"] == "missing":
         return f"missing key '{key}'"
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type") and _fields_at(cls, loc):
+        got = err.get("input")
+        value = str(got) if isinstance(got, (str, int, float)) and len(str(got)) <= 30 else "..."
+        return (
+            f"{key} is a section, not a value: set a key inside it, e.g. {key}.{_fields_at(cls, loc)[0]}={value} "
+            "(`rnnctl config show CONFIG` shows them all)"
+        )
     got = err.get("input")
     msg = err["msg"].removeprefix("Value error, ")  # our own validators' messages stand alone
+    msg = re.sub(r" or instance of \w+", "", msg)  # pydantic names its classes: not the user's words
     shown = "" if isinstance(got, dict) or clip(got) in msg else f", got {clip(got)}"
     return f"{key}: {msg}{shown}"
 
@@ -396,6 +431,31 @@ def _fields_at(cls: type[BaseModel], loc: list[str]) -> list[str]:
             return []
         cls = ann
     return list(cls.model_fields)
+
+
+def _keys(cls: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config class, sections and the keys inside them."""
+    keys = []
+    for name, field in cls.model_fields.items():
+        keys.append(prefix + name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += _keys(field.annotation, f"{prefix}{name}.")
+    return keys
+
+
+def closest_key(word: str, cls: type[BaseModel] = Config) -> str | None:
+    """The dotted key inside a section whose last part is `word` or close to it: `epochs` -> `train.epochs`."""
+    keys = [k for k in _keys(cls) if "." in k]
+    close = difflib.get_close_matches(word, [k.rsplit(".", 1)[-1] for k in keys], n=1, cutoff=0.75)
+    if close:
+        return next(k for k in keys if k.rsplit(".", 1)[-1] == close[0])
+    started = [k for k in keys if len(word) >= 4 and k.rsplit(".", 1)[-1].startswith(word)]  # hidden: hidden_size
+    return started[0] if started else None
+
+
+def _suggest_anywhere(word: str, cls: type[BaseModel]) -> str:
+    key = closest_key(word, cls)
+    return f" (did you mean '{key}'?)" if key else ""
 
 
 def _suggest(word: str, options, prefix: str = "") -> str:

@@ -68,6 +68,10 @@ def locate(dataset: str, path: str | None) -> Path:
         return user_path(path, "data.path")
     root = os.environ.get(DATA_ENV)
     if root:
+        if not Path(root).expanduser().is_dir():  # a typo: never a silent fall back to the packaged copy
+            raise DataError(
+                f"${DATA_ENV}: {root} is not a folder (unset it to read the packaged data, or set data.path)"
+            )
         p = Path(root).expanduser() / dataset
         if p.exists() or not packaged(dataset).exists():
             if not p.exists():

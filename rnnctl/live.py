@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.constrain import Constrain
 from rich.live import Live
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TaskID, TextColumn
 from rich.spinner import Spinner
@@ -25,6 +26,8 @@ PLAIN_PROGRESS_S = 30.0  # not a terminal: a progress line inside an epoch at mo
 LIVE_RUNNING_S = 1.0  # a terminal: the running training loss is read back from the device this often
 MIN_BAR = 10  # the progress bar's least width; the figures beside it give way first
 WRAP_MIN = 10  # a column of free text needs this much room; it wraps within what is left
+ECHO_ROOM = 2  # the live display leaves the terminal's last columns free: Ctrl-C's echo `^C` must not wrap
+# its last line, or the next redraw starts one line low and leaves the table's header on the screen twice
 CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU", "mingru": "minGRU", "minlstm": "minLSTM"}
 
 
@@ -52,6 +55,22 @@ def fmt_value(key: str, value: Any) -> str:
 def epoch_label(row: dict[str, Any]) -> str:
     """`3` at the end of epoch 3; `2.50` halfway through it (a `train.eval_every` row)."""
     return f"{row['epoch_fraction']:.2f}" if row.get("partial") else str(row["epoch"])
+
+
+def print_path(console: Console, label: str, path: Any) -> None:
+    """`label path` on one line, or, on a terminal too narrow for it, the label and then the path alone on the
+    next line: a path shares its line with nothing that a wrap could break (a pipe keeps one line)."""
+    if console.is_terminal and cell_len(f"{label} {path}") > console.width:
+        console.print(label, markup=False, highlight=False)
+        console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{label} {path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def print_names(console: Console, label: str, names: list[str]) -> None:
+    """`label a, b, c`: on a terminal wrapped between names, never inside one; a pipe keeps one line."""
+    text = Text(f"{label} {', '.join(names)}")
+    console.print(text, soft_wrap=not console.is_terminal, overflow="fold")
 
 
 def metric_columns(row: dict[str, Any]) -> list[str]:
@@ -83,7 +102,7 @@ def describe(info: dict[str, Any]) -> str:
     cell = CELLS.get(str(model.get("cell")), model.get("cell"))
     net = f"{'bidirectional ' if model.get('bidirectional') else ''}{cell}, " if cell else ""
     done = info.get("epochs_done") or 0
-    epochs = f"{info['epochs']} epochs" + (f" ({done} done)" if done else "")
+    epochs = f"{info['epochs']} epoch{'' if info['epochs'] == 1 else 's'}" + (f" ({done} done)" if done else "")
     ranks = info.get("ranks") or [{}]
     where = str(ranks[0].get("device") or info.get("device"))  # this session's (a resume may move the run)
     world, threads = info.get("world_size") or 1, info.get("threads")
@@ -111,11 +130,16 @@ class _Clock:
         done = row.get("epoch_fraction", row["epoch"]) - self.first_epoch
         return (time.perf_counter() - self.t0) / done * (self.epochs - row["epoch"]) if done > 0 else None
 
-    def run_eta(self, epoch: int, fraction: float) -> float | None:
-        """Seconds left in the run while `fraction` of epoch `epoch` is trained."""
+    def run_eta(self, epoch: int, fraction: float, epoch_left: float | None = None) -> float | None:
+        """Seconds left in the run while `fraction` of epoch `epoch` is trained: what is left of this epoch
+        (`epoch_left`, the ETA shown beside it, else at the session's pace) and the epochs after it at the
+        session's pace. Never less than `epoch_left`: the run ends with its last epoch, not before."""
         done = epoch - 1 + fraction - self.first_epoch
-        left = self.epochs - (epoch - 1 + fraction)
-        return (time.perf_counter() - self.t0) / done * left if done > 0 else None
+        if done <= 0:
+            return epoch_left
+        per_epoch = (time.perf_counter() - self.t0) / done
+        this = epoch_left if epoch_left is not None else per_epoch * (1 - fraction)
+        return this + per_epoch * max(self.epochs - epoch, 0)
 
 
 def rate(per_s: float | None, unit: str = "/s") -> str:
@@ -139,7 +163,7 @@ class Col:
     wraps: bool = False  # free text (never a number) that may wrap onto more lines; fitted at WRAP_MIN
 
 
-def _width(cell: str | Text) -> int:
+def cell_width(cell: str | Text) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
@@ -148,7 +172,7 @@ def fit_table(width: int, cols: list[Col], styles: list[str | None] | None = Non
     (the first kept is always there); a number is never cut, free text wraps."""
     need = []
     for c in cols:
-        natural = max([_width(c.header), *map(_width, c.cells)])
+        natural = max([cell_width(c.header), *map(cell_width, c.cells)])
         need.append(min(natural, WRAP_MIN) if c.wraps else natural)
     chosen: set[int] = set()
     used = -2  # no padding at the edges, two spaces between columns
@@ -207,8 +231,9 @@ class PlainLines(Logger):
         loss = running().get("loss") if running is not None else None
         if loss is not None:
             parts.append(f"train loss {loss:.4f}")
-        parts.append(f"epoch ETA {fmt_duration((total - done) / per_s if per_s else None)}")
-        parts.append(f"run ETA {fmt_duration(self.clock.run_eta(self.current, done / total))}")
+        epoch_left = (total - done) / per_s if per_s else None
+        parts.append(f"epoch ETA {fmt_duration(epoch_left)}")
+        parts.append(f"run ETA {fmt_duration(self.clock.run_eta(self.current, done / total, epoch_left))}")
         self._print(", ".join(parts))
 
     def phase(self, name: str, text: str) -> None:
@@ -250,7 +275,10 @@ class _Figures(ProgressColumn):
             (f"{done:,}/{total:,} batches", 0),
             (rate(task.speed), 4),
             (f"ETA {fmt_duration(task.time_remaining)}", 1),
-            (f"run ETA {fmt_duration(d.clock.run_eta(d.current, done / total if total else 0.0))}", 3),
+            (
+                f"run ETA {fmt_duration(d.clock.run_eta(d.current, done / total if total else 0.0, task.time_remaining))}",
+                3,
+            ),
             (f"loss {d.loss:.4f}" if d.loss is not None else "loss -", 2),
         ]
         room = d.width - cell_len(str(task.description)) - 2 - MIN_BAR
@@ -293,7 +321,7 @@ class LiveTable(Logger):
         self.clock.start(info)
         self.monitor = info.get("monitor") or self.monitor
         self.current = self.clock.first_epoch + 1
-        self.console.print(Text.assemble(("run", "bold"), f" {info['id']} -> {info['dir']}"), soft_wrap=True)
+        print_path(self.console, f"run {info['id']} ->", info["dir"])
         self.console.print(Text(describe(info)))
         self.live = Live(self, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
@@ -361,7 +389,7 @@ class LiveTable(Logger):
         return fit_table(self.width, cols, styles)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        self.width = options.max_width
+        self.width = max(options.max_width - ECHO_ROOM, 20)
         parts: list[Any] = [self.table()] if self.rows else []
         if self.rows and "preview" in self.rows[-1]:
             parts.append(
@@ -371,4 +399,4 @@ class LiveTable(Logger):
             parts.append(Spinner("dots", Text(self.doing, style="dim")))
         elif self.task is not None:
             parts.append(self.bar)
-        yield Group(*parts)
+        yield Constrain(Group(*parts), self.width)

@@ -399,6 +399,15 @@ def resume(
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
     ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
+    if ckpt is None:
+        rows, recorded = len([r for r in run.rows() if not r.get("partial")]), int(run.info().get("epochs_done") or 0)
+        trained = max(rows, recorded)
+    if ckpt is None and (rows > 1 or recorded > 0):  # a row comes before its checkpoint: one may lack it, not two
+        raise RunError(
+            f"{run.id}: {run.checkpoint_path('last')} is missing, though {trained} epochs were trained: it "
+            f"cannot go on from where it stopped; start a new run from its config: "
+            f"rnnctl train {run.path / 'config.yaml'}"
+        )
     if ckpt is not None:
         raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
     else:  # killed before the first epoch ended: the resolved config of the run folder
@@ -418,10 +427,11 @@ def resume(
             if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
                 raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
             done = ckpt["epoch"] if ckpt else 0
+            if epochs is not None and epochs < done:
+                raise RunError(f"--epochs {epochs}: {run.id} has already trained {done} epochs: give N > {done}")
             if done >= cfg.train.epochs and info.get("status") == "completed":
                 raise RunError(
-                    f"{run.id} has trained {done} of {cfg.train.epochs} epochs: "
-                    f"pass --epochs N with N > {done} to train longer"
+                    f"{run.id} has trained all its {done} epochs: pass --epochs N with N > {done} to train longer"
                 )
         except BaseException:
             held.pop().release()

@@ -64,7 +64,7 @@ def write_all(run: RunFolder) -> list[Path]:
         )
     test = run.read_eval("test", "best")
     if test is not None and "confusion" in test:
-        written.append(confusion(test, run.plot_path("confusion")))
+        written.append(confusion(test, run.plot_path("confusion"), info))
     for split in ("val", "test"):
         report = run.read_eval(split, "best")
         if report is not None and "series" in report:
@@ -214,6 +214,7 @@ def compare(curves: list[tuple[str, list[dict[str, Any]]]], metric: str, path: P
         by_epoch.plot([r.get("epoch_fraction", r["epoch"]) for r in rows], ys, **style)
         by_time.plot([r["elapsed"] for r in rows], ys, **style)
     by_epoch.set_xlabel("epoch")
+    by_epoch.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     by_time.set_xlabel("training time (s)")
     by_epoch.set_ylabel(metric)
     for ax in (by_epoch, by_time):
@@ -243,13 +244,13 @@ def grad_norms(steps: list[dict[str, float]], clip: float | None, path: Path, in
     return path
 
 
-def confusion(report: dict[str, Any], path: Path) -> Path:
-    """Rows: true class, normalized to recall; the numbers are counts."""
+def confusion(report: dict[str, Any], path: Path, info: dict[str, Any] | None = None) -> Path:
+    """Rows: true class, normalized to recall; the numbers are counts, big enough to read in their cells."""
     classes = report["classes"]
     counts = report["confusion"]
     n = len(classes)
     norm = [[c / max(sum(row), 1) for c in row] for row in counts]
-    size = max(5.0, 0.42 * n + 2)
+    size = max(5.0, 0.5 * n + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size), layout="constrained")
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
@@ -263,12 +264,13 @@ def confusion(report: dict[str, Any], path: Path) -> Path:
                     counts[i][j],
                     ha="center",
                     va="center",
-                    fontsize=6,
+                    fontsize=9 if n <= 24 else 7,
                     color="white" if norm[i][j] > 0.5 else "black",
                 )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}")
+    what = f"{report['split']} confusion ({report['checkpoint']} checkpoint), accuracy {report['acc']:.3f}"
+    ax.set_title(title(info, what) if info else what)
     fig.colorbar(im, ax=ax, fraction=0.04, label="fraction of the true class")
     _save(fig, path)
     return path

@@ -21,12 +21,12 @@ from rnnctl.runs import REPORT, RunFolder, atomic_write, flatten, plain, read_js
 
 MAX_ROWS = 500  # metrics rows shown; a longer run shows its first and last rows
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; padding: 0 1em; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1180px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.5em; word-break: break-all; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: .5em 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ddd; padding: 2px 8px; text-align: right; vertical-align: top; }
 th { background: #f3f3f3; } td.text, th.text { text-align: left; }
-.scroll { overflow-x: auto; } pre { background: #f6f6f6; padding: .6em; overflow-x: auto; white-space: pre-wrap; }
+.scroll { overflow-x: auto; } table.metrics { font-size: 12px; } table.metrics th, table.metrics td { padding: 1px 4px; } pre { background: #f6f6f6; padding: .6em; overflow-x: auto; white-space: pre-wrap; }
 img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1em 0; } figcaption { color: #555; }
 .status-completed { color: #17702c; } .status-failed, .status-died { color: #b00020; } .note { color: #666; }
 """
@@ -244,7 +244,9 @@ def metrics_section(rows: list[dict[str, Any]]) -> Html:
         columns += [k for k in r if k not in columns and k != "preview"]
     shown = rows if len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2 :]
     cut = note(f"{len(rows) - len(shown)} rows in the middle are left out") if len(shown) < len(rows) else ""
-    return section("Metrics", table(columns, ([r.get(c) for c in columns] for r in shown), text=()), cut)
+    header = [Html(esc(c).replace("_", "_<wbr>")) for c in columns]  # `samples_per_s` may break after a `_`
+    body = table(header, ([r.get(c) for c in columns] for r in shown), text=())
+    return section("Metrics", Html(body.replace("<table>", '<table class="metrics">', 1)), cut)
 
 
 def test_section(run: RunFolder) -> Html:
@@ -275,21 +277,19 @@ def test_section(run: RunFolder) -> Html:
                 ],
             ),
         ]
-    confusion, classes = report.get("confusion"), report.get("classes")
-    if isinstance(confusion, list) and isinstance(classes, list) and len(confusion) == len(classes):
-        parts += [
-            tag("h3", "Confusion matrix (rows: true class, columns: predicted)"),
-            Html(
-                table(["true \\ predicted", *classes], [[c, *r] for c, r in zip(classes, confusion)]).replace(
-                    "<table>", '<table class="confusion">', 1
-                )
-            ),
-        ]
+    confusion = next((p for p in run.plots() if p.stem == "confusion"), None)
+    if confusion is not None:  # the figure, counts in its cells: a table of 18 classes would not fit the page
+        parts += [tag("h3", "Confusion matrix (rows: true class, columns: predicted)"), image(confusion, "confusion")]
     return section(f"Test report ({split})", *parts)
 
 
+PLOT_ORDER = {"loss": 0, "prediction_val": 2, "prediction_test": 3, "step_loss": 4, "grad_norm": 5}  # others: 1
+
+
 def plots_section(run: RunFolder) -> Html:
-    plots = run.plots()
+    """The curves (loss first), what a series run predicts, then every step's loss and gradient norm; the
+    confusion matrix is in the test report."""
+    plots = sorted((p for p in run.plots() if p.stem != "confusion"), key=lambda p: (PLOT_ORDER.get(p.stem, 1), p.stem))
     return section("Plots", *(image(p, p.stem) for p in plots)) if plots else Html("")
 
 

@@ -24,6 +24,7 @@ import errno
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -37,6 +38,7 @@ import torch
 import yaml
 
 from rnnctl.errors import RunError, RunFileWarning, StorageError
+from rnnctl.tasks import task_names
 
 RUNS_ENV = "RNNCTL_RUNS"
 CHECKPOINT_FORMAT = "rnnctl-checkpoint"
@@ -47,6 +49,7 @@ CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of eac
     "best": dict, "schedule": dict, "rng": dict,
 }  # fmt: skip
 REPORT = "report.html"  # `rnnctl report`'s page, in a run, sweep or study folder
+STATUSES = ("running", "completed", "failed", "interrupted")  # what a run records; `runs` adds pruned, died
 LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
 HEARTBEAT_S = 10.0  # a lock's holder rewrites its heartbeat this often
 STALE_S = 120.0  # a lock whose heartbeat is older than this may be taken over with --force
@@ -82,7 +85,13 @@ GROUPS = ("sweeps", "studies")  # folders of runs/ whose members are runs too: r
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get(RUNS_ENV, "runs"))
+    return Path(os.environ.get(RUNS_ENV) or "runs")  # set but empty: as if unset, not the current folder
+
+
+def _named(run_id: str, name: str) -> bool:
+    """Whether a run id (`20261123-101500-names_tiny`, `...-names_tiny-2`) is of a run named `name`."""
+    rest = re.sub(r"^\d{8}-\d{6}-", "", run_id)
+    return rest != run_id and bool(rest == safe_name(name) or re.fullmatch(re.escape(safe_name(name)) + r"-\d+", rest))
 
 
 def safe_name(name: str) -> str:
@@ -233,7 +242,16 @@ class RunFolder:
             return matches[0]
         if len(matches) > 1:
             raise RunError(f"run id {ref!r} is ambiguous in {root}/: {', '.join(r.id for r in matches[:5])}")
-        raise RunError(f"unknown run {ref!r}: no such folder, and no run id in {root}/ (see `rnnctl runs`)")
+        named = [r for r in runs if _named(r.id, ref)]  # `names_tiny`: the newest run of that name
+        done = named if latest == "started" else [r for r in named if r.info().get("status") == "completed"]
+        if done:
+            return done[-1]
+        if named:
+            raise RunError(
+                f"no completed run named {ref!r} in {root}/ (the newest, {named[-1].id}, is "
+                f"{named[-1].info().get('status')}): give its id to use it anyway"
+            )
+        raise RunError(f"unknown run {ref!r}: no such folder, and no run id or name in {root}/ (see `rnnctl runs`)")
 
     @property
     def sweep(self) -> str | None:
@@ -709,6 +727,11 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
     """run.json of every run, filtered; sorted by start, by best validation metric (best first), or duration."""
     if sort not in ("created", "best", "duration"):
         raise RunError(f"--sort {sort!r}: expected created, best or duration")
+    shown = (*STATUSES, "pruned", "died", "unreadable")  # what `runs` can show in its status column
+    if status is not None and status not in shown:
+        raise RunError(f"--status {status!r}: expected one of {', '.join(shown)}")
+    if task is not None and task not in task_names():
+        raise RunError(f"--task {task!r}: expected one of {', '.join(task_names())}")
     infos = [{**r.info(), "changes": r.changes()} for r in all_runs()]
     infos = [
         i for i in infos if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)

@@ -6,17 +6,19 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from rnnctl.errors import RunError
-from rnnctl.live import Col, fit_table, fmt_duration
+from rnnctl.live import Col, cell_width, fit_table, fmt_duration, print_names, print_path
 from rnnctl.runs import RunFolder
 
 
 PIPE_WIDTH = 10_000  # not a terminal: a table row stays on one line, every column kept
+INPUT_MIN = 20  # predict on a terminal: the input column gets at least this width beside the classes
 
 
 def print_table(console: Console, cols: list[Col]) -> None:
@@ -36,9 +38,12 @@ def _metrics(d: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in d.items() if isinstance(v, float))
 
 
-def summary(console: Console, s: dict[str, Any]) -> None:
+def summary(console: Console, s: dict[str, Any], signal: str | None = None) -> None:
+    """How a run ended (`interrupted (SIGTERM) in 0:03: ...` when a signal stopped it), its test metrics, its
+    folder and plots."""
     best = s.get("best") or {}
-    line = f"[bold]{s['status']}[/] in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
+    status = f"[bold]{s['status']}[/]" + (f" ({signal})" if signal else "")
+    line = f"{status} in {fmt_duration(s.get('duration'))}: {s['epochs_done']}/{s['epochs']} epochs"
     if best.get("epoch") is not None:
         line += f", best epoch {best['epoch']} ({best['metric']} {best['value']:.4f})"
     if s.get("stopped_early"):
@@ -53,8 +58,10 @@ def summary(console: Console, s: dict[str, Any]) -> None:
             note = None
         if note:
             console.print(note, markup=False, soft_wrap=True)
+    print_path(console, "run folder:", s["dir"])
     plots = [p.name for p in run.plots()]
-    console.print(f"run folder: {s['dir']}" + (f"  (plots: {', '.join(plots)})" if plots else ""), soft_wrap=True)
+    if plots:
+        print_names(console, "plots:", plots)
 
 
 NAIVE_NAMES = {"last": "last value", "seasonal": "a season back"}  # series.py's naive forecasts
@@ -98,7 +105,7 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
         console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
     if "per_class" in report:
         _per_class(console, report["per_class"])
-    console.print(f"saved: {saved}", soft_wrap=True)
+    print_path(console, "saved:", saved)
 
 
 def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:
@@ -155,26 +162,39 @@ def stream_samples(
         stream.flush()
 
 
-def predictions(console: Console, rows: list[dict[str, Any]], width: int = 60) -> None:
-    """One row per input: the input (a long text cut to `width` characters) and its top classes.
-
-    The probability columns keep their width; on a narrow terminal the input is cut further.
-    """
-    cells = [[f"{label} {p:.1%}" for label, p in r["top"]] for r in rows]
-    widths = [max(len(c[i]) for c in cells if i < len(c)) for i in range(max(len(c) for c in cells))]
-    table = Table(box=None, header_style="bold")
-    table.add_column("input", no_wrap=True, overflow="ellipsis")
-    for i, w in enumerate(widths):
-        table.add_column(f"#{i + 1}", no_wrap=True, min_width=w)
-    width = max(min(width, console.width - sum(w + 2 for w in widths) - 2), 8)  # + 2: each column's padding
-    for r, row_cells in zip(rows, cells):
-        text = r["input"] if len(r["input"]) <= width else r["input"][: width - 1].rstrip() + "…"
+def predictions(console: Console, rows: list[dict[str, Any]]) -> None:
+    """One row per input: the input, whole, and its top classes with their probabilities; never a number or
+    an input cut. In a pipe every column, one line a row. On a terminal a table whose input column wraps
+    when the classes fit beside it (the input given at least INPUT_MIN columns), else each input on its own
+    lines with its classes beneath, as many to a line as fit."""
+    inputs = []
+    for r in rows:
+        text = r["input"]
         if r.get("unknown_chars"):
             text += f" (unknown: {''.join(r['unknown_chars'])})"
         if r.get("unknown_words"):
             text += f" ({r['unknown_words']} of {r['words']} words unknown)"
-        table.add_row(Text(text), *row_cells)  # Text: a review's "[...]" is not rich markup
-    console.print(table)
+        inputs.append(Text(text))  # Text: a review's "[...]" is not rich markup
+    cells = [[f"{label} {p:.1%}" for label, p in r["top"]] for r in rows]
+    k = max(len(c) for c in cells)
+    cols = [Col("input", inputs, 0, "left", wraps=True)]
+    cols += [Col(f"#{i + 1}", [c[i] if i < len(c) else "" for c in cells], 1, "left") for i in range(k)]
+    if not console.is_terminal:
+        print_table(console, cols)
+        return
+    beside = sum(max(map(cell_width, [c.header, *c.cells])) + 2 for c in cols[1:])
+    if min(max(map(cell_width, inputs)), INPUT_MIN) + beside <= console.width:
+        console.print(fit_table(console.width, cols))
+        return
+    for text, classes in zip(inputs, cells):  # stacked: the classes go beneath their input
+        console.print(text)
+        line = ""
+        for cell in classes:
+            if line and 2 + cell_len(line) + 2 + cell_len(cell) > console.width:
+                console.print(Text("  " + line), overflow="fold")
+                line = ""
+            line = f"{line}  {cell}" if line else cell
+        console.print(Text("  " + line), overflow="fold")
 
 
 def forecast(console: Console, result: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import random
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -271,3 +272,142 @@ def assert_lm_trains_and_samples(cli, tmp_path: Path, cell: str) -> None:
     result = cli("sample", "--prompt", "the ", "--length", "20", "--rng-seed", "1")
     assert result.exit_code == 0, result.output
     assert len(result.stdout.strip()) >= 20
+
+
+# -- a real terminal -------------------------------------------------------------------------------
+
+
+class Terminal:
+    """`rnnctl ARGS` in a child process whose stdin, stdout and stderr are a pseudo-terminal `columns` wide
+    (COLUMNS unset: rich asks the terminal, as on a user's screen). `shown` is what it printed so far,
+    escape sequences and all, with the terminal's CRLF as LF."""
+
+    def __init__(self, args: list[str], columns: int, env: dict[str, str] | None = None):
+        import fcntl
+        import os
+        import pty
+        import signal
+        import struct
+        import subprocess
+        import termios
+
+        self.primary, secondary = pty.openpty()
+        fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        environ = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        environ.pop("COLUMNS", None)
+
+        def child() -> None:  # its own session, the terminal its controlling one: ^C there is SIGINT to it
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rnnctl", *map(str, args)], stdin=secondary, stdout=secondary, stderr=secondary,
+            env=environ, start_new_session=True, preexec_fn=child,
+        )  # fmt: skip
+        os.close(secondary)
+        self.raw = b""
+
+    @property
+    def shown(self) -> str:
+        return self.raw.decode("utf-8", "replace").replace("\r\n", "\n")
+
+    def read_until(self, predicate, timeout: float = 120) -> str:
+        """Read what the child prints until `predicate(shown)` holds or the child closes the terminal; fails
+        at the deadline."""
+        import os
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not predicate(self.shown):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise AssertionError(f"timed out after {timeout}s; shown:\n{self.shown}")
+            if not select.select([self.primary], [], [], min(left, 1.0))[0]:
+                continue
+            try:
+                chunk = os.read(self.primary, 65536)
+            except OSError:  # the child closed the terminal (EIO)
+                chunk = b""
+            if not chunk:
+                break
+            self.raw += chunk
+        return self.shown
+
+    def type(self, keys: bytes) -> None:
+        """Keys typed at the terminal: b"\\x03" is Ctrl-C (the terminal echoes `^C` and sends SIGINT)."""
+        import os
+
+        os.write(self.primary, keys)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        """Read to the end; the exit code and everything shown."""
+        self.read_until(lambda _: False, timeout)  # to the end: the child closed the terminal
+        code = self.proc.wait(timeout=timeout)
+        self.close()
+        return code, self.shown
+
+    def close(self) -> None:
+        import os
+
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            os.close(self.primary)
+        except OSError:
+            pass
+
+
+def screen(shown: str, columns: int) -> list[str]:
+    """The lines a terminal `columns` wide holds after `shown` (what a Terminal read): enough of a VT100 for
+    rich's live display: text with auto-wrap (a character past the last column starts the next line), \\r,
+    \\n, backspace, cursor up/down/left/right, erase in line; colours and modes ignored."""
+    lines: list[list[str]] = [[]]
+    row = col = 0
+    pending = False  # the cursor sits past the last column: the next character wraps first
+    for m in re.finditer(r"\x1b\[([?0-9;]*)([A-Za-z])|\x1b\][^\x07]*\x07|(.)", shown, re.S):
+        args, op, ch = m.group(1), m.group(2), m.group(3)
+        n = int(args) if args and args.isdigit() else 1
+        if op == "A":
+            row, pending = max(row - n, 0), False
+        elif op == "B":
+            row, pending = row + n, False
+        elif op == "C":
+            col, pending = min(col + n, columns - 1), False
+        elif op == "D":
+            col, pending = max(col - n, 0), False
+        elif op == "K":
+            line = lines[row] if row < len(lines) else []
+            lines[row] = [] if args == "2" else line[:col] if args in ("", "0") else [" "] * col + line[col:]
+        elif op is not None or ch is None:
+            continue  # colours, modes, titles
+        elif ch == "\r":
+            col, pending = 0, False
+        elif ch == "\n":
+            row, col, pending = row + 1, 0, False  # the pty turns \n into \r\n
+        elif ch == "\b":
+            col, pending = max(col - 1, 0), False
+        elif ch.isprintable():
+            if pending:
+                row, col, pending = row + 1, 0, False
+            while len(lines) <= row:
+                lines.append([])
+            line = lines[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = ch
+            col += 1
+            if col == columns:
+                col, pending = columns - 1, True
+        while len(lines) <= row:
+            lines.append([])
+    return ["".join(line).rstrip() for line in lines]
+
+
+def in_terminal(args: list[str], columns: int, timeout: float = 120) -> str:
+    """Run `rnnctl ARGS` to its end on a terminal `columns` wide; what it showed (exit code 0 asserted)."""
+    term = Terminal(args, columns)
+    code, shown = term.finish(timeout)
+    assert code == 0, shown
+    return shown

@@ -12,12 +12,13 @@ import shlex
 import pytest
 import torch
 import yaml
-from conftest import TINY, assert_one_line_error, gen_names, run_dirs, write_names
+from conftest import TINY, assert_one_line_error, gen_names, in_terminal, run_dirs, write_names
 
 from rnnctl.errors import RunError
 from rnnctl.runs import RunFolder, load_checkpoint
 
 PNG = b"\x89PNG\r\n\x1a\n"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 CLASSES = ["Gaelic", "Iberic", "Nippon", "Slavic"]
 
 
@@ -177,6 +178,51 @@ def test_predict_prints_top3_with_probabilities(cli, trained_run):
         probs = [float(p) for _, p in cells]
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.1
     assert "#1" in result.stdout and "#3" in result.stdout and "#4" not in result.stdout
+
+
+@pytest.mark.parametrize("columns", [80, 50])
+def test_predict_on_a_terminal_cuts_no_name_and_no_number(cli, columns):
+    assert cli("train", "smoke/names_tiny", "-q").exit_code == 0  # the packaged names: 18 languages
+    names = ["Nakamura", "Dostoevsky", "O'Neill"]
+    shown = ANSI.sub("", in_terminal(["predict", "latest", *names], columns))
+    lines = [line for line in shown.splitlines() if line.strip() and not line.startswith("using run")]
+    assert all(len(line) <= columns for line in lines) and "…" not in shown, shown
+    text = "\n".join(lines)
+    starts = [re.search(rf"^ ?{re.escape(name)}\b", text, re.M).start() for name in names]  # each name whole
+    for start, end in zip(starts, [*starts[1:], len(text)]):
+        assert len(re.findall(r"\b[A-Z][a-z]+ \d+\.\d%(?=\s|$)", text[start:end])) == 3, text[start:end]
+
+
+def test_predict_stacks_the_classes_when_they_do_not_fit_beside_the_input(cli, trained_run, monkeypatch):
+    from rich.console import Console
+
+    from rnnctl import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "out", Console(width=30, force_terminal=True, color_system=None, highlight=False))
+    result = cli("predict", str(trained_run.dir), "Petrovski", "McKolan", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 30 for line in lines) and "…" not in result.stdout, result.stdout
+    assert lines[0] == "Petrovski" and "McKolan" in lines
+    classes = " ".join(lines[1 : lines.index("McKolan")])  # beneath their input, indented, each whole
+    assert all(line.startswith("  ") for line in lines[1 : lines.index("McKolan")])
+    assert len(re.findall(r"(?:Gaelic|Iberic|Nippon|Slavic) \d+\.\d%", classes)) == 4, result.stdout
+
+
+def test_predict_in_a_pipe_keeps_every_column_and_the_whole_input(cli, trained_run, monkeypatch):
+    from rich.console import Console
+
+    from rnnctl import cli as cli_module
+
+    monkeypatch.setattr(cli_module, "out", Console(width=160, force_terminal=False, highlight=False))  # cli's pipe
+    long = "Mc" + "Kolan" * 40  # 202 characters
+    result = cli("predict", str(trained_run.dir), long, "Petrovski", "--top", "4")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["input", "#1", "#2", "#3", "#4"] and len(lines) == 3, result.stdout
+    assert lines[1].startswith(long + "  ") and lines[2].startswith("Petrovski ")
+    for line in lines[1:]:
+        assert len(re.findall(r" \w+ \d+\.\d%", line)) == 4 and line.endswith("%"), line
 
 
 def test_predict_top_option_and_unknown_chars(cli, trained_run):
@@ -376,6 +422,30 @@ def test_usage_errors_are_one_line(cli, isolated, args, needles):
     assert run_dirs(isolated) == []
 
 
+HINTS = {  # what a newcomer types, and what the one line must offer
+    "lr": (["train", TINY, "--lr", "0.1"], "no such option: --lr (a config key: --set optim.lr=VALUE)"),
+    "seed": (["train", TINY, "--seed", "2"], "no such option: --seed (a config key: --set train.seed=VALUE)"),
+    "hidden": (["train", TINY, "--hidden", "8"], "--set model.hidden_size=VALUE"),
+    "epoch": (["train", TINY, "--epoch", "2"], "no such option: --epoch. Did you mean --epochs?"),
+    "ls": (["ls"], "no such command 'ls'. Did you mean 'rnnctl runs'?"),
+    "list": (["list"], "no such command 'list'. Did you mean 'rnnctl runs'?"),
+    "resume": (["resume", "latest"], "Did you mean 'rnnctl train --resume RUN'?"),
+    "forecast": (["forecast"], "Did you mean 'rnnctl predict RUN --horizon N'?"),
+    "config-ls": (["config", "ls"], "Did you mean 'rnnctl config list'?"),
+}
+
+
+@pytest.mark.parametrize("args, hint", HINTS.values(), ids=HINTS.keys())
+def test_unknown_commands_and_options_get_a_useful_hint(cli, args, hint):
+    assert_one_line_error(cli(*args), hint)
+
+
+def test_an_unknown_option_gets_no_far_fetched_guess(cli):
+    for args in (["eval", "--lr", "1"], ["predict", "latest", "x", "--seed", "1"]):
+        line = assert_one_line_error(cli(*args), f"no such option: {args[-2]}")
+        assert "Did you mean" not in line and "Possible options" not in line, line  # not --help, not --set
+
+
 def test_usage_errors_point_to_the_commands_help(cli):
     assert assert_one_line_error(cli("predict", "latest", "--top", "0")).endswith("(see root predict --help)")
     assert assert_one_line_error(cli("config", "show")).endswith("(see root config show --help)")
@@ -459,6 +529,7 @@ def command_paths() -> list[list[str]]:
 PANEL_ROW = {  # at 1,000 columns (conftest) every parameter is one row of its panel, opening like this
     "Arguments": re.compile(r"│ (\*)?\s+[A-Z][A-Z_]*(\|[A-Z][A-Z_]*)*\s"),  # RUN, or RUN|SWEEP|STUDY
     "Options": re.compile(r"│ (\*)?\s*--?[a-z]"),
+    "Commands": re.compile(r"│ [a-z][a-z-]* +[A-Z]"),  # a description on one row: no line break of its own
 }
 
 
@@ -481,6 +552,11 @@ def test_help_of_every_command_reads_as_words(cli, path):
         elif panel in PANEL_ROW:
             assert PANEL_ROW[panel].match(line), (panel, line)  # no row broken in two, no type column of its own
             assert line.rstrip().endswith("│"), line
+
+
+def test_train_help_says_epochs_works_without_resume(cli):
+    row = next(line for line in cli("train", "--help").stdout.splitlines() if "--epochs" in line)
+    assert "Train this many epochs in all" in row and "With --resume:" not in row, row
 
 
 def test_sample_help_shows_the_prompt_and_its_newline_default(cli):
@@ -516,5 +592,34 @@ def test_shell_completion(cli, monkeypatch, tmp_path):
 
 
 def test_runs_with_a_filter_that_matches_nothing(cli, copy_run):
-    assert cli("runs", "--task", "nosuch").stdout.strip() == "no runs match"
+    assert cli("runs", "--task", "sine").stdout.strip() == "no runs match"
+    assert cli("runs", "--status", "failed").stdout.strip() == "no runs match"
     assert copy_run.name in cli("runs", "--task", "names").stdout
+
+
+def test_runs_with_a_filter_that_cannot_match(cli, copy_run):
+    assert_one_line_error(cli("runs", "--status", "bogus"), "--status 'bogus'", "completed", "interrupted")
+    assert_one_line_error(cli("runs", "--task", "nosuch"), "--task 'nosuch'", "names", "charlm")
+
+
+def test_a_run_by_its_name(cli, copy_run, isolated):
+    import shutil
+
+    newer = isolated / copy_run.name.replace("names_tiny", "names_tiny-2")  # the same second, the same name
+    shutil.copytree(copy_run, newer)
+    result = cli("eval", "names_tiny")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"using run {newer.name}, ")  # the newest of that name
+    info = json.loads((newer / "run.json").read_text())
+    (newer / "run.json").write_text(json.dumps({**info, "status": "failed"}))
+    assert cli("eval", "names_tiny").stderr.startswith(f"using run {copy_run.name}, ")  # the newest completed
+    assert_one_line_error(cli("eval", "names_tin"), "unknown run 'names_tin'")
+
+
+def test_an_empty_rnnctl_runs_is_unset(cli, names_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNCTL_RUNS", "")
+    result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1", "-q")
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(tmp_path / "runs")  # ./runs, not the current folder itself
+    assert not list(tmp_path.glob("2*-names_tiny"))
+    assert cli("runs").stdout.count(run.name) == 1

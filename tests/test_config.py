@@ -73,7 +73,7 @@ def test_override_into_a_value_is_an_error():
         load_config(TINY, ["task.x=1"])
 
 
-# -- errors: each one line, naming the file and the key ------------------------------------------
+# -- errors: each one line, naming the --set or the file, and the key ----------------------------
 
 BAD_OVERRIDES = [
     # (override, words the message must contain)
@@ -87,6 +87,11 @@ BAD_OVERRIDES = [
     ("model.dropout=-0.1", ["model.dropout", "greater than or equal to 0"]),
     ("model.cell=transformer", ["model.cell", "'transformer'", "lstm"]),
     ("task=nmes", ["task", "unknown task 'nmes'", "did you mean 'names'"]),
+    ("train.epoch=2", ["unknown key 'train.epoch'", "did you mean 'train.epochs'"]),
+    ("epochs=2", ["unknown key 'epochs'", "did you mean 'train.epochs'"]),  # another section's key
+    ("train.lr=0.1", ["unknown key 'train.lr'", "did you mean 'optim.lr'"]),
+    ("model=lstm", ["model is a section, not a value", "e.g. model.cell=lstm"]),
+    ("train=3", ["train is a section, not a value", "e.g. train.epochs=3"]),
 ]
 
 
@@ -96,7 +101,8 @@ def test_bad_override_raises_config_error(override, needles):
         load_config(TINY, [override])
     msg = str(info.value)
     assert "\n" not in msg
-    assert msg.startswith(f"{TINY}: ")
+    assert msg.startswith(f"--set {override}: ")  # the --set is the mistake, not the config file
+    assert str(TINY) not in msg and "Config" not in msg  # nor a class name of the code
     for n in needles:
         assert n in msg, (n, msg)
 
@@ -104,8 +110,18 @@ def test_bad_override_raises_config_error(override, needles):
 @pytest.mark.parametrize("override,needles", BAD_OVERRIDES, ids=[o for o, _ in BAD_OVERRIDES])
 def test_bad_override_through_cli(cli, isolated, override, needles):
     result = cli("train", TINY, "--set", override)
-    assert_one_line_error(result, str(TINY), *needles)
+    line = assert_one_line_error(result, f"--set {override}: ", *needles)
+    assert "names_tiny.yaml" not in line and "instance of" not in line
     assert not isolated.exists() or not any(isolated.iterdir())
+
+
+def test_a_bad_value_in_the_file_still_names_the_file(tmp_path, cli):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text("task: names\nmodel: gru\ntrain:\n  epochs: 3\n", encoding="utf-8")
+    line = assert_one_line_error(
+        cli("config", "show", cfg, "--set", "train.epochs=4"), f"{cfg}: ", "model is a section"
+    )
+    assert "--set" not in line and "Config" not in line
 
 
 def test_missing_config_file(cli, isolated):

@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 import torch
-from conftest import TINY, gen_names, tiny_config, write_names
+from conftest import TINY, assert_one_line_error, gen_names, tiny_config, write_names
 
 from rnnctl.data import read_text, stratified_split
 from rnnctl.errors import DataError
@@ -249,6 +249,16 @@ def test_default_path_uses_rnnctl_data(tmp_path, monkeypatch, names_files):
     monkeypatch.setenv("RNNCTL_DATA", str(local))
     train, test = load_examples(NamesData())
     assert pairs(train) == ROWS and pairs(test) == TEST_ROWS
+
+
+def test_a_wrong_rnnctl_data_is_an_error_not_the_packaged_copy(tmp_path, monkeypatch, cli, isolated):
+    monkeypatch.setenv("RNNCTL_DATA", str(tmp_path / "no-such-folder"))
+    with pytest.raises(DataError, match=r"\$RNNCTL_DATA: .*no-such-folder is not a folder"):
+        load_examples(NamesData())
+    assert_one_line_error(cli("train", "smoke/names_tiny"), "$RNNCTL_DATA", "no-such-folder", "not a folder")
+    assert not isolated.exists() or not any(isolated.iterdir())  # no run folder
+    monkeypatch.setenv("RNNCTL_DATA", "")  # set but empty: as if unset
+    assert len(load_examples(NamesData())[0]) == 13374
 
 
 def test_not_utf8(tmp_path, names_files):

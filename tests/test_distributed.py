@@ -195,7 +195,7 @@ def test_sigterm_to_nproc_stops_every_rank_and_the_run_resumes(names_files, isol
     proc.send_signal(signal.SIGTERM)  # what SLURM sends the launcher
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, (out, err)
-    assert err.strip().splitlines() == ["terminated (SIGTERM)"], err
+    assert "interrupted (SIGTERM) in" in out and err.strip() == "", (out, err)  # rank 0's summary says it, once
     (run_dir,) = run_dirs(isolated)
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, tiny_config
 
 from rnnctl import loop
 from rnnctl.runs import RunFolder, load_checkpoint
@@ -50,8 +51,8 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
             proc.communicate()
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
-    assert err.strip().splitlines()[-1] == "interrupted", err
     assert "interrupted in" in out and "continue with: rnnctl train --resume" in out  # the summary, and how on
+    assert "interrupted" not in err, err  # said once, by the summary
 
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
@@ -67,6 +68,73 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     # stdout was a pipe: plain lines, one per epoch that reached the loggers
     assert len(rows) - 1 <= len([line for line in out.splitlines() if line.startswith("epoch ")]) <= len(rows)
     assert not list(run.rglob("*.tmp"))
+
+
+def test_ctrl_c_on_a_terminal_leaves_one_table_one_summary_and_whole_paths(isolated):
+    """Ctrl-C typed at an 80-column terminal: the terminal echoes `^C` after the progress bar, which must not
+    wrap the live display's last line (its next redraw would start a line low and leave the header twice);
+    the summary is said once; a path and the plot names are never broken by the terminal's wrap."""
+    term = Terminal(["train", "smoke/names_tiny", "--set", "train.epochs=500", "--set", "train.batch_size=2"], 80)
+    try:
+        term.read_until(lambda shown: "batches" in shown.partition("epoch 2/500")[2], 120)  # a row, then the bar
+        term.type(b"\x03")  # Ctrl-C, while the bar is the last line
+        code, shown = term.finish(120)
+    finally:
+        term.close()
+    lines = screen(shown, 80)
+    assert code == 130, "\n".join(lines)
+    assert "Traceback" not in shown
+    assert len([line for line in lines if line.startswith("epoch  train loss")]) == 1, "\n".join(lines)
+    assert len([line for line in lines if "interrupted" in line]) == 1, "\n".join(lines)  # the summary's own
+    (run,) = run_dirs(isolated)
+    for label in ("run folder:", f"run {run.name} ->"):  # a path on lines of its own (whole, when joined)
+        at = next(i for i, line in enumerate(lines) if line.startswith(label))
+        rest = lines[at][len(label) :].strip() or "".join(lines[at + 1 : at + 1 + -(-len(str(run)) // 80)])
+        assert rest == str(run), "\n".join(lines)
+    at = next(i for i, line in enumerate(lines) if line.startswith("plots:"))
+    plots = " ".join(lines[at : next(i for i in range(at, len(lines)) if lines[i].startswith("continue with:"))])
+    assert set(re.findall(r"[\w.]+", plots.removeprefix("plots:"))) == {p.name for p in RunFolder(run).plots()}
+
+
+CUT_MATPLOTLIB = """
+import os, signal, sys
+from importlib.abc import MetaPathFinder
+
+def profile(frame, event, arg):  # the signal once matplotlib.patches has defined Rectangle, mid-module
+    if event == "call" and frame.f_code.co_name == "__init_subclass__":
+        if getattr(frame.f_locals.get("cls"), "__name__", "") == "RegularPolygon":
+            sys.setprofile(None)
+            os.kill(os.getpid(), SIGNAL)
+
+class Cut(MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "matplotlib.patches":
+            sys.meta_path.remove(self)
+            sys.setprofile(profile)
+
+SIGNAL = getattr(signal, sys.argv[1])
+sys.meta_path.insert(0, Cut())
+sys.argv = ["rnnctl", *sys.argv[2:]]
+from rnnctl.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_that_cuts_matplotlibs_import_still_ends_in_plots(names_files, isolated, tmp_path, name, code):
+    """A signal landing while the wrap-up imports matplotlib (about 2.3 s into a names smoke run) cut its
+    import in two; the interrupted run's wrap-up then drew again and failed on the half module (KeyError:
+    'Rectangle:kwdoc'). The signal now waits for the plots."""
+    script = tmp_path / "cut.py"
+    script.write_text(CUT_MATPLOTLIB, encoding="utf-8")
+    args = ["train", str(TINY), *names_files.set_args(), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, script, name, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == code, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert {p.name for p in RunFolder(run).plots()} >= {"loss.png", "accuracy.png", "confusion.png"}
 
 
 # -- the same, in-process, with Ctrl-C placed at a chosen point ----------------------------------

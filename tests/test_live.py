@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from types import SimpleNamespace
 
 from conftest import TINY, run_dirs
 from rich.console import Console
@@ -64,6 +65,7 @@ def test_describe_says_task_data_model_epochs_device_threads():
     line = live.describe(info(derived={}, epochs_done=4, world_size=2, threads=1, ranks=[{"device": "cuda:0"}]))
     assert line.startswith("charlm: 1,003,853 train / 111,539 val · ")
     assert line.endswith(" · 20 epochs (4 done) · cuda:0, 2 processes x 1 thread")
+    assert " · 1 epoch · " in live.describe(info(epochs=1))  # not `1 epochs`
 
 
 def test_train_says_what_will_run_before_training(trained_run):
@@ -103,6 +105,34 @@ def test_plain_progress_lines_come_at_most_every_n_seconds(monkeypatch):
     assert len(reads) == 3  # the running loss is read only when a line is printed
     assert "0.1 batches/s" in progress[1] and "train loss 1.2346" in progress[1]
     assert "epoch ETA 21:46:10" in progress[1] and "run ETA " in progress[1]
+
+
+def test_the_run_eta_is_never_shorter_than_the_epoch_eta(monkeypatch):
+    """Two quick epochs, then a last one whose batches go slower: the run ends with that epoch, so its ETA is
+    at least the epoch's (it said `ETA 0:14  run ETA 0:08`)."""
+    now = [1000.0]
+    monkeypatch.setattr(live.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(live.time, "perf_counter", lambda: now[0])
+    out = io.StringIO()
+    lines = PlainLines(out)
+    lines.every = 0.0
+    lines.start(info(epochs=3))
+    for epoch in (1, 2):
+        now[0] += 2
+        lines.epoch(lm_row(epoch))
+    lines.progress(1, 101)
+    now[0] += 14
+    lines.progress(51, 101)  # 50 batches in 14 s: 14 s of this epoch left
+    last = out.getvalue().splitlines()[-1]
+    epoch_eta, run_eta = re.search(r"epoch ETA (\d+:\d+), run ETA (\d+:\d+)", last).groups()
+    assert epoch_eta == "0:14" and run_eta == "0:14", last  # the last epoch: nothing after it
+    con, _ = console()
+    table = LiveTable(con)
+    table.start(info(epochs=3))
+    table.clock.t0, table.current = now[0] - 4.0, 3  # two epochs in 4 s, the last one half done
+    task = SimpleNamespace(completed=50, total=100, speed=3.6, time_remaining=14.0, description="epoch 3/3")
+    figures = live._Figures(table).render(task).plain  # beside the bar
+    assert "ETA 0:14" in figures and "run ETA 0:14" in figures, figures
 
 
 def test_plain_output_shows_progress_and_the_final_test(cli, names_files, isolated, monkeypatch):

@@ -84,6 +84,17 @@ def test_config_cp_never_overwrites(cli, tmp_path):
     assert (tmp_path / "folder" / "names_gru.yaml").read_text() == "mine\n"
 
 
+def test_config_cp_into_a_folder_named_with_a_slash(cli, tmp_path):
+    result = cli("config", "cp", "names_gru", "mydir/")  # no such folder yet: made, not a file called mydir
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mydir").is_dir() and (tmp_path / "mydir" / "names_gru.yaml").is_file()
+    assert cli("config", "cp", "sine_rnn", "mydir/").exit_code == 0  # an existing one
+    assert sorted(p.name for p in (tmp_path / "mydir").iterdir()) == ["names_gru.yaml", "sine_rnn.yaml"]
+    (tmp_path / "afile").write_text("mine\n")
+    assert_one_line_error(cli("config", "cp", "names_gru", "afile/"), "afile/: a file, not a folder")
+    assert (tmp_path / "afile").read_text() == "mine\n"
+
+
 def test_config_cp_mistakes_are_one_line(cli, tmp_path):
     assert_one_line_error(cli("config", "cp", "names_gr"), "unknown config 'names_gr'", "'names_gru'", "config list")
     assert_one_line_error(
@@ -141,3 +152,16 @@ def test_the_charlm_smoke_config_trains_as_shipped(cli, isolated):
     steps = (run / "steps.csv").read_text().splitlines()[1:]
     assert 0 < len(steps) <= MAX_STEPS
     assert "characters:\n    train: 9000\n    val: 1000\n" in (run / "config.yaml").read_text()
+
+
+def test_the_readmes_test_command_ends_in_how_many_passed():
+    """`pytest -q` as the README runs it: pyproject's addopts add no second -q (-qq drops pytest's summary)
+    and no third-party warning is left to bury it. One quick test, on one process."""
+    assert ".venv/bin/pytest -q\n" in (REPO / "README.md").read_text(encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_cli.py::test_version_and_short_help"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.rstrip().splitlines()[-1].startswith("1 passed in "), done.stdout
+    assert "warnings summary" not in done.stdout, done.stdout

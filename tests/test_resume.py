@@ -44,10 +44,23 @@ def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, re
 def test_completed_run_extends_with_epochs(names_files, isolated, reference, cli):
     loop.train(tiny_config(names_files, "train.epochs=2", "model.dropout=0.3", "name=short"), command="s", loggers=[])
     (short,) = [d for d in run_dirs(isolated) if d.name.endswith("-short")]
-    assert_one_line_error(cli("train", "--resume", str(short)), "trained 2 of 2 epochs", "--epochs")
+    assert_one_line_error(cli("train", "--resume", str(short)), "has trained all its 2 epochs", "--epochs N")
+    line = assert_one_line_error(cli("train", "--resume", str(short), "--epochs", "1"), "--epochs 1", "give N > 2")
+    assert "2 of 1" not in line and "1 of 2" not in line
     result = cli("train", "--resume", str(short), "--epochs", "4")
     assert result.exit_code == 0, result.output
     assert numbers(short) == numbers(reference)
+
+
+def test_resume_without_checkpoints_says_what_is_missing_and_how_to_start_over(cli, copy_run):
+    import shutil
+
+    shutil.rmtree(copy_run / "checkpoints")  # metrics for 3 epochs stay
+    before = (copy_run / "metrics.jsonl").read_text()
+    line = assert_one_line_error(cli("train", "--resume", copy_run.name), "last.pt is missing", "3 epochs")
+    assert f"rnnctl train {copy_run / 'config.yaml'}" in line
+    assert (copy_run / "metrics.jsonl").read_text() == before  # nothing started over
+    assert cli("train", copy_run / "config.yaml", "--set", "train.epochs=1", "-q").exit_code == 0  # as it says
 
 
 def test_resume_argument_errors(cli, copy_run, names_files):

@@ -656,7 +656,7 @@ def test_predict_rejects_text_without_words(cli, sentiment_run):
 
 def test_predict_file_one_review_per_line(cli, sentiment_run, tmp_path):
     run, _, _ = sentiment_run
-    long_review = "A wonderful film. " * 20  # cut in the table, whole for the model
+    long_review = "A wonderful film. " * 20  # whole: a pipe keeps every row on one line
     reviews = tmp_path / "reviews.txt"
     reviews.write_text(f"Awful, boring plot.\n\n   \n{long_review}\nsuperb zebrafish\n", encoding="utf-8")
     result = cli("predict", run, "--file", reviews, "--top", "1")
@@ -664,12 +664,29 @@ def test_predict_file_one_review_per_line(cli, sentiment_run, tmp_path):
     lines = [line for line in result.stdout.splitlines()[1:] if line.strip()]
     assert len(lines) == 3  # blank lines skipped
     assert lines[0].lstrip().startswith("Awful, boring plot.") and " neg " in lines[0]
-    assert "A wonderful film. A wonderful film. A wonderful film." in lines[1] and "…" in lines[1]
-    assert long_review.strip() not in result.stdout and " pos " in lines[1]
+    assert long_review.strip() in lines[1] and "…" not in result.stdout and " pos " in lines[1]
     assert "superb zebrafish (1 of 2 words unknown)" in lines[2]
     # arguments and --file together: arguments first
     both = cli("predict", run, "great", "--file", reviews)
     assert both.exit_code == 0 and both.stdout.splitlines()[1].split()[0] == "great"
+
+
+def test_predict_on_an_80_column_terminal_wraps_a_review_and_cuts_nothing(cli, sentiment_run, monkeypatch):
+    from rich.console import Console
+
+    from rnnctl import cli as cli_module
+
+    run, _, _ = sentiment_run
+    monkeypatch.setattr(cli_module, "out", Console(width=80, force_terminal=True, color_system=None, highlight=False))
+    review = "An awful, boring zebrafish plot and a waste of a quixotic evening, with nothing good in it at all."
+    result = cli("predict", run, review)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.rstrip().splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in result.stdout, result.stdout
+    assert re.fullmatch(r"input\s+#1\s+#2", lines[0].strip()), lines[0]
+    assert re.search(r"  (neg|pos) \d+\.\d%  (neg|pos) \d+\.\d%$", lines[1]), lines[1]  # every number whole
+    shown = " ".join(line[: lines[0].index("#1")].strip() for line in lines[1:])  # the input column, wrapped
+    assert re.fullmatch(re.escape(review) + r" \(\d+ of \d+ words unknown\)", shown), shown
 
 
 def test_predict_input_is_not_rich_markup(cli, sentiment_run):

@@ -226,6 +226,16 @@ def test_rows_out_of_time_order_are_one_line(cli, tmp_path, isolated):
     assert run_dirs(isolated) == []
 
 
+def test_a_value_the_log_transform_cannot_take_is_one_plain_line(cli, tmp_path, isolated):
+    values = [round(100 + 10 * math.sin(i), 1) for i in range(96)]
+    values[40] = 0
+    path = monthly_csv(tmp_path / "zero.csv", values=values)
+    args = ["train", SERIES_TINY, "--set", f"data.path={path}", "--set", "data.transform=log"]
+    line = assert_one_line_error(cli(*args), str(path), "row 42: the value 0 is not positive", "data.transform: none")
+    assert "<=" not in line and ", and" not in line, line
+    assert run_dirs(isolated) == []
+
+
 def test_eval_on_a_changed_file_is_one_line(cli, tmp_path, isolated):
     csv = monthly_csv(tmp_path / "a.csv")
     assert cli("train", SERIES_TINY, "--set", f"data.path={csv}").exit_code == 0

@@ -64,7 +64,8 @@ class SeriesTask:
         values, dates, column, lines = read_series(path, data.column, data.date_column)
         if data.transform == "log" and (bad := next((i for i, v in enumerate(values) if v <= 0), None)) is not None:
             raise DataError(
-                f"{path}: row {lines[bad]}: {values[bad]:g} <= 0, and data.transform: log needs positive values"
+                f"{path}: row {lines[bad]}: the value {values[bad]:g} is not positive; data.transform: log needs "
+                "every value > 0 (set data.transform: none for this series)"
             )
         n = len(values)
         if meta is not None and meta.get("rows", n) != n:  # eval on a file that changed since training
