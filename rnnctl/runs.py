@@ -553,14 +553,22 @@ class FolderLock:
         return {"host": HOST, "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
 
     def _create(self) -> bool:
+        """The lock file appears whole or not at all: its record is written to a file of this taker's own,
+        then linked to the lock's name (atomic, and refused when the name exists). A reader never sees an
+        empty lock that a taker created but had not yet written."""
+        mine = self.path.with_name(f"{LOCK}.{self.token}")
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(self._record()))
+            os.link(mine, self.path)
         except FileExistsError:
             return False
         except OSError as e:
             raise StorageError(f"{self.path}: cannot create the lock: {e.strerror or e}") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self._record()))
+        finally:
+            with contextlib.suppress(OSError):
+                mine.unlink()
         return True
 
     def holder(self) -> dict[str, Any] | None:
