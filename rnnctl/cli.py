@@ -589,7 +589,7 @@ def sweep(
     from rnnctl.groups import engine as groups
     from rnnctl import views
     from rnnctl.errors import ConfigError
-    from rnnctl.groups.workers import parse_devices
+    from rnnctl.training import parse_devices
 
     with user_errors():
         slots = parse_devices(devices)  # before any sweep folder exists
@@ -667,7 +667,7 @@ def search(
     from rnnctl import views
     from rnnctl.errors import ConfigError
     from rnnctl.groups.space import parse_duration
-    from rnnctl.groups.workers import parse_devices
+    from rnnctl.training import parse_devices
 
     with user_errors():
         if show is not None or resume is not None:

@@ -370,7 +370,7 @@ def number(text: str) -> Any:
 def group_page(group: GroupFolder) -> str:
     """A sweep or a study: what it varies, its ranked groups (sweeps) or best member, its figures, its members."""
     spec, summary = group.spec, group.summary()
-    header, *rows = list(csv.reader(io.StringIO(group.trials_text() or ""))) or [[]]
+    header, *rows = list(csv.reader(io.StringIO(group.read("trials") or ""))) or [[]]
     run_col = header.index("run") if "run" in header else None
     shown = [
         [member_cell(group, v) if i == run_col and v else number(v) for i, v in enumerate(r)]
@@ -412,9 +412,9 @@ def group_page(group: GroupFolder) -> str:
                     (spec["metric"], best["value"]),
                 ]
             ),
-            tag("pre", group.best_path.read_text(encoding="utf-8")),
+            tag("pre", group.read("best")),
         )  # fmt: skip
-        if best and group.best_path.is_file()
+        if best and group.file("best").is_file()
         else "",
         section("Plots", *(image(p, p.stem) for p in group.plots())) if group.plots() else "",
         section(

@@ -18,7 +18,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +34,27 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def parse_devices(spec: str | None) -> list[str] | None:
+    """`--devices cuda:0,cuda:1`, `auto` (every CUDA GPU) or None; each listed device is one worker's."""
+    if spec is None:
+        return None
+    if spec.strip() == "auto":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError("--devices auto: this machine has no CUDA GPU (use --jobs to run members side by side)")
+        return [f"cuda:{i}" for i in range(count)]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    for d in devices:
+        kind, _, index = d.partition(":")
+        if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (kind == "cpu" and index):
+            raise ConfigError(f"--devices: {d!r} is not a device (expected cpu, cuda, cuda:N or mps, comma-separated)")
+        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--devices: {d} does not exist here ({torch.cuda.device_count()} CUDA GPUs)")
+    if not devices:
+        raise ConfigError("--devices: give at least one device, e.g. cuda:0,cuda:1, or auto")
+    return devices
 
 
 def pick_device(name: str, what: str = "train.device") -> torch.device:
@@ -377,6 +398,48 @@ def deferred_interrupt():
             outer(caught[0], None)
         else:
             raise _stop_exception(caught[0])
+
+
+class Signals:
+    """A process that must stop cleanly between pieces of work (a sweep's or search's worker): SIGINT and
+    SIGTERM are held (noted) outside `training()` and raised at once inside it."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.main = threading.current_thread() is threading.main_thread()
+
+    def _set(self, raising: bool) -> None:
+        def handler(signum, frame):
+            self.caught = self.caught or signum
+            if raising:
+                raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+        handler.holds = not raising  # a deferred_interrupt block inside hands its signal to this one
+        if self.main:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, handler)
+
+    def __enter__(self) -> Signals:
+        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
+        self._set(raising=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def check(self) -> None:
+        if self.caught:
+            raise Terminated() if self.caught == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        self.check()
+        self._set(raising=True)
+        try:
+            yield
+        finally:
+            self._set(raising=False)
 
 
 def rng_states(generator: torch.Generator) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import check, direction, parse_grid, parse_space
 from rnnctl.groups.storage import open_study, quiet, shown_url, storage
 from rnnctl.runs import safe_name
-from rnnctl.training import deferred_interrupt
+from rnnctl.training import Signals, deferred_interrupt
 
 PRUNERS = ("median", "hyperband", "none")
 MAX_TRIALS = 100_000
@@ -62,7 +62,7 @@ def create(
     }  # fmt: skip
     if kind == "study" and name is None:
         name = config.stem
-    group = GroupFolder.named(spec["kind"], name) if name else None
+    group = GroupFolder(GroupFolder.root(spec["kind"]) / name) if name else None
     if group is not None and group.exists():
         old = group.spec
         differs = [k for k in (*SAME, "storage") if old.get(k) != spec[k]]
@@ -75,7 +75,7 @@ def create(
         spec = {**old, **{k: spec[k] for k in keep}, "trials": trials or old["trials"]}
     else:
         group = GroupFolder.create(spec["kind"], name, config.stem)
-        group.write_config(text)
+        group.write("config", text)
     group.write_spec(spec)
     _join(group)
     return group
@@ -129,7 +129,7 @@ def run(
     worker; the exception raised then carries `resume`, the command that continues the group."""
     slots = devices or [None] * jobs
     stop: KeyboardInterrupt | None = None
-    with group.lock(), workers.Signals() as signals:  # held outside the members' training: files stay whole
+    with group.lock(), Signals() as signals:  # held outside the members' training: files stay whole
         with quiet():
             s = open_study(group)
             trials.requeue(s, group)

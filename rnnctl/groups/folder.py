@@ -36,18 +36,18 @@ from rnnctl.runs import (
 )
 
 ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
-SPEC = "study.json"
+FILES = {  # what each file of a group folder is called
+    "spec": "study.json", "config": "config.yaml", "storage": "study.db", "trials": "trials.csv",
+    "summary": "summary.json", "best": "best.yaml", "report": REPORT,
+}  # fmt: skip
 PLOTS = ("summary", "history", "importance", "parallel")
 
 
 class GroupFolder:
-    """A sweep's or a search study's folder: every path in it, and the writes of its result files."""
+    """A sweep's or a search study's folder: every path in it, and the writes of its files."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-
-    def __repr__(self) -> str:
-        return f"GroupFolder({str(self.path)!r})"
 
     @property
     def name(self) -> str:
@@ -58,8 +58,6 @@ class GroupFolder:
         """`sweep` or `study` (a search's), as messages name it."""
         return self.spec["kind"]
 
-    # -- finding and making ---------------------------------------------------------------------
-
     @staticmethod
     def root(kind: str) -> Path:
         return runs_root() / ROOTS[kind]
@@ -69,23 +67,17 @@ class GroupFolder:
         """The folder runs/<kind's root>/<name> (made if new), or a new timestamped one for an unnamed group."""
         if name is None:
             return cls(new_folder(cls.root(kind), stem, what=kind))
-        path = cls.root(kind) / name
-        path.mkdir(parents=True, exist_ok=True)
-        return cls(path)
-
-    @classmethod
-    def named(cls, kind: str, name: str) -> GroupFolder:
+        (cls.root(kind) / name).mkdir(parents=True, exist_ok=True)
         return cls(cls.root(kind) / name)
 
     @classmethod
     def resolve(cls, ref: str, kinds: tuple[str, ...] = ("sweep", "study")) -> GroupFolder:
         """A group from its folder's path or its name (a sweep is tried before a study)."""
         for path in [Path(ref).expanduser(), *(cls.root(kind) / ref for kind in kinds)]:
-            group = cls(path)
-            if group.exists() and group.kind in kinds:
+            if (group := cls(path)).exists() and group.kind in kinds:
                 return group
         where = " or ".join(f"{cls.root(k)}/" for k in kinds)
-        raise RunError(f"unknown {' or '.join(kinds)} {ref!r}: no {SPEC} there or in {where}")
+        raise RunError(f"unknown {' or '.join(kinds)} {ref!r}: no {FILES['spec']} there or in {where}")
 
     @classmethod
     def find(cls, ref: str) -> GroupFolder | None:
@@ -95,37 +87,62 @@ class GroupFolder:
             return None
 
     def exists(self) -> bool:
-        return (self.path / SPEC).is_file()
+        return self.file("spec").is_file()
 
     def lock(self) -> FolderLock:
         """The group's lock: one process drives it at a time (its workers train under their own runs' locks)."""
         return FolderLock(self.path, what=self.kind).acquire()
 
-    # -- what was asked: study.json and config.yaml ---------------------------------------------
+    # -- its files ------------------------------------------------------------------------------
+
+    def file(self, what: str) -> Path:
+        return self.path / FILES[what]
+
+    def write(self, what: str, data: str | dict[str, Any]) -> Path:
+        """A file written whole (JSON for a dict)."""
+        if isinstance(data, dict):
+            write_json(self.file(what), data)
+        else:
+            atomic_write(self.file(what), data)
+        return self.file(what)
+
+    def read(self, what: str) -> str | None:
+        return self.file(what).read_text(encoding="utf-8") if self.file(what).is_file() else None
 
     @property
     def spec(self) -> dict[str, Any]:
+        """study.json: what was asked (kind, config, --set, grid or space, metric, storage, trials, pruner)."""
         if not hasattr(self, "_spec"):
-            spec = read_json(self.path / SPEC)
+            spec = read_json(self.file("spec"))
             if not isinstance(spec, dict) or spec.get("kind") not in ROOTS:
-                raise RunError(f"{self.path / SPEC}: not a group record of rnnctl (no kind sweep or study)")
+                raise RunError(f"{self.file('spec')}: not a group record of rnnctl (no kind sweep or study)")
             self._spec = spec
         return self._spec
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         made = spec.get("created") or dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        write_json(self.path / SPEC, {**spec, "created": made})
+        self.write("spec", {**spec, "created": made})
         self.__dict__.pop("_spec", None)
 
     @property
     def config(self) -> Path:
-        return self.path / "config.yaml"
+        return self.file("config")
 
-    def write_config(self, text: str) -> None:
-        atomic_write(self.config, text)
+    @property
+    def report_path(self) -> Path:
+        return self.file("report")
 
     def storage_url(self) -> str:
-        return self.spec["storage"] or f"sqlite:///{(self.path / 'study.db').resolve()}"
+        return self.spec["storage"] or f"sqlite:///{self.file('storage').resolve()}"
+
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.file("summary")) if self.file("summary").is_file() else {}
+
+    def plot_path(self, stem: str) -> Path:
+        return self.path / f"{stem}.png"
+
+    def plots(self) -> list[Path]:
+        return [p for stem in PLOTS if (p := self.plot_path(stem)).is_file()]
 
     # -- members and workers --------------------------------------------------------------------
 
@@ -153,42 +170,6 @@ class GroupFolder:
 
     def worker_logs(self, index: int) -> list[Path]:
         return sorted(self.logs.glob(f"*-worker-{index}.log"))
-
-    # -- the result -----------------------------------------------------------------------------
-
-    def write_trials(self, header: list[str], rows: list[list[Any]]) -> Path:
-        atomic_write(self.path / "trials.csv", table_text(header, rows))
-        return self.path / "trials.csv"
-
-    def trials_text(self) -> str | None:
-        path = self.path / "trials.csv"
-        return path.read_text(encoding="utf-8") if path.is_file() else None
-
-    def write_summary(self, summary: dict[str, Any]) -> Path:
-        write_json(self.path / "summary.json", summary)
-        return self.path / "summary.json"
-
-    def summary(self) -> dict[str, Any]:
-        path = self.path / "summary.json"
-        return read_json(path) if path.is_file() else {}
-
-    def write_best(self, text: str) -> Path:
-        atomic_write(self.path / "best.yaml", text)
-        return self.path / "best.yaml"
-
-    @property
-    def best_path(self) -> Path:
-        return self.path / "best.yaml"
-
-    def plot_path(self, stem: str) -> Path:
-        return self.path / f"{stem}.png"
-
-    def plots(self) -> list[Path]:
-        return [p for stem in PLOTS if (p := self.plot_path(stem)).is_file()]
-
-    @property
-    def report_path(self) -> Path:
-        return self.path / REPORT
 
     # -- an ensemble of its members: eval/ and forecast/ ----------------------------------------
 

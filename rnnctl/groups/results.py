@@ -12,6 +12,7 @@ from rnnctl.errors import ConfigError
 from rnnctl.groups import trials as tr
 from rnnctl.groups.space import direction
 from rnnctl.groups.storage import open_study, quiet, shown_url
+from rnnctl.runs import table_text
 
 if TYPE_CHECKING:
     from rnnctl.groups.folder import GroupFolder
@@ -61,11 +62,11 @@ def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
         s = open_study(group)
         rows = tr.members(s.get_trials(deepcopy=False), grid)
     keys = list(grid or spec["space"])
-    group.write_trials(
+    group.write("trials", table_text(
         ["member" if grid else "trial", "status", spec["metric"], *keys, "seconds", "run", "host"],
         [[r["member"], r["status"], r["value"], *(r["values"].get(k) for k in keys), r["seconds"], r["run"], r["host"]]
          for r in rows],
-    )  # fmt: skip
+    ))  # fmt: skip
     complete = [r for r in rows if r["status"] == "completed" and r["value"] is not None]
     best = None
     if complete:
@@ -74,7 +75,7 @@ def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
         cfg = load_config(group.config, [f"{k}={v}" for k, v in best["values"].items()]).to_dict()
         cfg["name"] = f"{group.name}-best"
         head = f"# The best member of {group.kind} {group.name}: {spec['metric']} {best['value']:.4f}.\n"
-        group.write_best(head + f"# Train it with: rnnctl train {group.best_path}\n" + dump_yaml(cfg))
+        group.write("best", head + f"# Train it with: rnnctl train {group.file('best')}\n" + dump_yaml(cfg))
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -87,10 +88,10 @@ def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
     elif complete:
         drawn = ["history", "parallel"] + (["importance"] if len(complete) >= MIN_FOR_IMPORTANCE else [])
         plots.study(s, {stem: group.plot_path(stem) for stem in drawn}, spec["metric"])
-    written = group.write_summary(summary)
+    written = group.write("summary", summary)
     return {**summary, "members": rows, "dir": str(group.path), "plots": [str(p) for p in group.plots()],
             "summary_json": str(written),
-            "best_yaml": str(group.best_path) if best else None}  # fmt: skip
+            "best_yaml": str(group.file("best")) if best else None}  # fmt: skip
 
 
 def _groups(group: GroupFolder, rows: list[dict[str, Any]], metric: str | None) -> dict[str, Any]:

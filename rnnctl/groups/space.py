@@ -144,7 +144,7 @@ def direction(metric: str, task_monitor: str, task_mode: str) -> str:
     name = metric.removeprefix("val_")
     if name == task_monitor:
         return "maximize" if task_mode == "max" else "minimize"
-    return "maximize" if name in MAXIMIZED else "minimize"
+    return "maximize" if any(name == m or name.endswith(f"_{m}") for m in MAXIMIZED) else "minimize"  # macro_f1
 
 
 def parse_duration(text: str | None, option: str = "--timeout") -> float | None:

@@ -9,6 +9,8 @@ failure, the heartbeat's retry after its worker died. The newest trial says what
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 import shlex
@@ -57,41 +59,39 @@ def member_of(t, grid: dict[str, list[str]] | None) -> int:
     """A trial's member: its attribute, else (a trial a sampler made) its grid point or its own number."""
     if isinstance(t.user_attrs.get("member"), int):
         return t.user_attrs["member"]
-    if grid is not None:
-        values = {k: str(t.params.get(k)) for k in grid}
-        return combinations(grid).index(values) if values in combinations(grid) else -1
-    return t.number
+    if grid is None:
+        return t.number
+    return _points(json.dumps(grid)).get(json.dumps({k: str(t.params.get(k)) for k in grid}), -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _points(grid: str) -> dict[str, int]:
+    """A grid's points (as JSON) -> their member index: read once, not once per trial."""
+    return {json.dumps(values): i for i, values in enumerate(combinations(json.loads(grid)))}
 
 
 def latest(trials: list, grid: dict[str, list[str]] | None) -> dict[int, Any]:
     """The newest trial of each member."""
-    out: dict[int, Any] = {}
-    for t in sorted(counted(trials), key=lambda t: t.number):
-        out[member_of(t, grid)] = t
-    return out
+    return {member_of(t, grid): t for t in sorted(counted(trials), key=lambda t: t.number)}
 
 
 def members(trials: list, grid: dict[str, list[str]] | None) -> list[dict[str, Any]]:
     """One row per member, in member order; a grid point without any trial yet is pending."""
-    newest = latest(trials, grid)
-    seconds: dict[int, float] = {}
+    newest, seconds = latest(trials, grid), {}
     for t in counted(trials):  # a member's time is that of all its trials (a continued run trained in two)
         if t.datetime_complete and t.datetime_start:
             m = member_of(t, grid)
             seconds[m] = seconds.get(m, 0.0) + (t.datetime_complete - t.datetime_start).total_seconds()
-    ids = range(len(combinations(grid))) if grid is not None else sorted(newest)
+    points = combinations(grid) if grid is not None else []
     rows = []
-    for m in ids:
+    for m in range(len(points)) if grid is not None else sorted(newest):
         t = newest.get(m)
-        values = combinations(grid)[m] if grid is not None else {}
-        if t is not None:
-            values = t.user_attrs.get("values") or {k: str(v) for k, v in t.params.items()}
+        attrs = t.user_attrs if t is not None else {}
+        values = attrs.get("values") or ({k: str(v) for k, v in t.params.items()} if t else points[m])
         rows.append({
             "member": m, "values": values, "status": status(t) if t else "pending", "trial": t.number if t else None,
-            "value": t.value if t is not None and t.state.name == "COMPLETE" else None,
-            "seconds": seconds.get(m), "run": t.user_attrs.get("run") if t else None,
-            "host": t.user_attrs.get("host") if t else None, "device": t.user_attrs.get("device") if t else None,
-            "error": t.user_attrs.get("error") if t else None,
+            "value": t.value if t is not None and t.state.name == "COMPLETE" else None, "seconds": seconds.get(m),
+            **{key: attrs.get(key) for key in ("run", "host", "device", "error")},
         })  # fmt: skip
     return rows
 
@@ -124,10 +124,6 @@ def requeue(s: optuna.Study, group: GroupFolder) -> None:
             if t.user_attrs.get("interrupted") and t.user_attrs.get("run"):
                 again["resume"] = t.user_attrs["run"]
             s.enqueue_trial(dict(t.params), user_attrs=again)
-
-
-def finished(trials: list, grid: dict[str, list[str]] | None) -> int:
-    return sum(status(t) in ("completed", "pruned") for t in latest(trials, grid).values())
 
 
 def waiting(trials: list) -> int:

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError, RunError, Terminated
+from rnnctl.errors import RunError
 from rnnctl.groups import trials as tr
 from rnnctl.groups.space import Param, combinations, parse_param
 from rnnctl.groups.storage import fail_stale_trials, open_study, quiet
+from rnnctl.training import Signals
 
 if TYPE_CHECKING:
     import optuna
@@ -33,47 +32,6 @@ if TYPE_CHECKING:
 MAX_FAILED_IN_A_ROW = 5  # a worker stops after this many failed members in a row (data every member lacks)
 MAX_WAIT_S = 120  # how long the driving process waits for a signalled worker to record its run
 POLL_S = 0.5
-
-
-class Signals:
-    """SIGINT and SIGTERM held (noted) outside `training()`, raised at once inside it."""
-
-    def __init__(self) -> None:
-        self.caught: int | None = None
-        self.main = threading.current_thread() is threading.main_thread()
-
-    def _set(self, raising: bool) -> None:
-        def handler(signum, frame):
-            self.caught = self.caught or signum
-            if raising:
-                raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-        handler.holds = not raising  # a deferred_interrupt block inside hands its signal to this one
-        if self.main:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(s, handler)
-
-    def __enter__(self) -> Signals:
-        self.previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
-        self._set(raising=False)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def check(self) -> None:
-        if self.caught:
-            raise Terminated() if self.caught == signal.SIGTERM else KeyboardInterrupt()
-
-    @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        self.check()
-        self._set(raising=True)
-        try:
-            yield
-        finally:
-            self._set(raising=False)
 
 
 def space(group: GroupFolder) -> list[Param]:
@@ -205,26 +163,3 @@ def drive(group: GroupFolder, slots: list[str | None], timeout: float | None, on
         lines = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines() if logs else []
         why = next((ln[7:] for ln in reversed(lines) if ln.startswith("error: ")), None)
         raise RunError(f"worker {i} exited with code {code}{': ' + why if why else ''} (see {group.logs})")
-
-
-def parse_devices(spec: str | None) -> list[str] | None:
-    """`--devices cuda:0,cuda:1`, `auto` (every CUDA GPU) or None; each listed device is one worker's."""
-    if spec is None:
-        return None
-    import torch
-
-    if spec.strip() == "auto":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ConfigError("--devices auto: this machine has no CUDA GPU (use --jobs to run members side by side)")
-        return [f"cuda:{i}" for i in range(count)]
-    devices = [d.strip() for d in spec.split(",") if d.strip()]
-    for d in devices:
-        kind, _, index = d.partition(":")
-        if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (kind == "cpu" and index):
-            raise ConfigError(f"--devices: {d!r} is not a device (expected cpu, cuda, cuda:N or mps, comma-separated)")
-        if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-            raise ConfigError(f"--devices: {d} does not exist here ({torch.cuda.device_count()} CUDA GPUs)")
-    if not devices:
-        raise ConfigError("--devices: give at least one device, e.g. cuda:0,cuda:1, or auto")
-    return devices
