@@ -139,7 +139,7 @@ class Ensemble:
         report = {
             "split": split, "checkpoint": self.checkpoint, "created": now(), self.kind: self.name,
             "averages": self.averages, "selected_by": self.metric, "top": self.top, "completed": self.completed,
-            "members": rows, "ensemble": ensemble.report(),
+            "members": rows, "ensemble": ensemble.report(), "unit": first.task.unit,
         }  # fmt: skip
         return report, self.group.write_ensemble_eval(split, self.stem, report)
 

@@ -32,7 +32,8 @@ def evaluate_and_save(
     `precision`: the run's own during training (its final test); a saved run is evaluated in fp32."""
     meter = task.meter(meta, detailed=True)
     report = evaluate(model, split, meter, device, batch_size, precision=precision).report()
-    report = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch, **report}
+    when = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch}
+    report = {**when, "unit": task.unit, **report}  # unit: what the report's `n` counts
     return report, run.write_eval(split_name, checkpoint, report)
 
 

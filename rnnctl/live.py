@@ -52,6 +52,12 @@ def fmt_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def speed_label(unit: str | None) -> str:
+    """What `samples_per_s` is shown as: `chars/s`, `names/s`, `values/s` (the task's unit; `samples/s` for a
+    run.json that names none)."""
+    return f"{unit or 'samples'}/s"
+
+
 def epoch_label(row: dict[str, Any]) -> str:
     """`3` at the end of epoch 3; `2.50` halfway through it (a `train.eval_every` row)."""
     return f"{row['epoch_fraction']:.2f}" if row.get("partial") else str(row["epoch"])
@@ -204,6 +210,7 @@ class PlainLines(Logger):
         self.every = PLAIN_PROGRESS_S
         self.last = time.monotonic()  # when a line was last printed
         self.current = 1  # the epoch being trained
+        self.speed = speed_label(None)
         self.epoch_t0: tuple[float, int] | None = None  # (time, batches) when the epoch's first batch was seen
 
     def _print(self, text: str) -> None:
@@ -213,6 +220,7 @@ class PlainLines(Logger):
     def start(self, info: dict[str, Any]) -> None:
         self.clock.start(info)
         self.current = self.clock.first_epoch + 1
+        self.speed = speed_label(info.get("unit"))
         self._print(f"run {info['id']} -> {info['dir']}")
         self._print(describe(info))
 
@@ -247,7 +255,7 @@ class PlainLines(Logger):
         if not row.get("partial"):
             parts += [
                 f"grad_norm {row['grad_norm']:.3f}",
-                f"{row['samples_per_s']:,.0f} samples/s",
+                f"{row['samples_per_s']:,.0f} {self.speed}",
                 f"elapsed {fmt_duration(row['elapsed'])}",
                 f"eta {fmt_duration(self.clock.eta(row))}",
             ]
@@ -301,6 +309,7 @@ class LiveTable(Logger):
         self.clock = _Clock()
         self.rows: list[dict[str, Any]] = []
         self.monitor = "val_loss"
+        self.speed = speed_label(None)
         self.current = 1  # the epoch being trained
         self.doing: str | None = None  # a phase's text, shown instead of the bar
         self.loss: float | None = None  # the epoch's running training loss
@@ -320,6 +329,7 @@ class LiveTable(Logger):
     def start(self, info: dict[str, Any]) -> None:
         self.clock.start(info)
         self.monitor = info.get("monitor") or self.monitor
+        self.speed = speed_label(info.get("unit"))
         self.current = self.clock.first_epoch + 1
         print_path(self.console, f"run {info['id']} ->", info["dir"])
         self.console.print(Text(describe(info)))
@@ -363,7 +373,7 @@ class LiveTable(Logger):
 
     def table(self) -> Table:
         """The last rows that fit the screen, in the columns that fit its width: epoch, the validation metric
-        that picks the best epoch, the losses and the best epoch stay; lr, gradient norm, samples/s, elapsed
+        that picks the best epoch, the losses and the best epoch stay; lr, gradient norm, speed, elapsed
         go first."""
         rows = self.rows[-max(self.console.height - 8, 5) :]
         best = self.rows[-1]["best_epoch"]
@@ -380,7 +390,7 @@ class LiveTable(Logger):
         cols += [
             Col("lr", [fmt_value("lr", r["lr"]) for r in rows], 10),
             Col("grad norm", [fmt_value("grad_norm", r.get("grad_norm")) for r in rows], 11),
-            Col("samples/s", [fmt_value("samples_per_s", r.get("samples_per_s")) for r in rows], 12),
+            Col(self.speed, [fmt_value("samples_per_s", r.get("samples_per_s")) for r in rows], 12),
             Col("elapsed", [fmt_duration(r["elapsed"]) for r in rows], 9),
             Col("ETA", [fmt_duration(r["eta"]) for r in rows], 8),
             Col("best", [str(r["best_epoch"]) for r in rows], 4),

@@ -95,7 +95,7 @@ def using(console: Console, run: RunFolder, checkpoint: str | None, epoch: int |
 def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
     console.print(
         f"[bold]{run_dir.name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
-        f"{report['n']:,} examples"
+        f"{report['n']:,} {report.get('unit', 'examples')}"  # what n counts: names, chars, values
     )
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
     scalars = [(k, v) for k, v in report.items() if isinstance(v, float)]
@@ -114,7 +114,8 @@ def ensemble_report(console: Console, folder: Path, report: dict[str, Any], save
     kind = "sweep" if "sweep" in report else "study"
     console.print(
         f"[bold]{escape(folder.name)}[/] ({kind}): {report['split']} split, {report['checkpoint']} checkpoints, "
-        f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} examples",
+        f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} "
+        f"{report.get('unit', 'examples')}",
         soft_wrap=True,
     )
     chosen = report["selected_by"]

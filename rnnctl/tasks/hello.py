@@ -90,6 +90,7 @@ class HelloTask:
     model_config = HelloModel
     monitor, monitor_mode = "loss", "min"
     averages = "probabilities"  # in an ensemble of its runs
+    unit = "chars"  # a batch's size counts predicted characters
     report_splits = ()  # the pair is all there is: the preview shows the predicted string
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
