@@ -172,6 +172,8 @@ class RunRecord(Callback):
         if point.end_of_epoch:
             trainer.info["epochs_done"] = trainer.epoch
         trainer.info["best"] = dict(trainer.best)
+        if point.improved:  # the best validation's every metric: `rnnctl runs` shows a regressor's MSE
+            trainer.info["best_val"] = {k: v for k, v in point.row.items() if k.startswith("val_")}
         if trainer.stopped_early:
             trainer.info["stopped_early"] = trainer.stopped_early
         trainer.run.write_info(trainer.info)

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from rnnctl.errors import RunError
 from rnnctl.live import Col, cell_width, fit_table, fmt_duration, print_names, print_path
-from rnnctl.runs import RunFolder
+from rnnctl.runs import RunFolder, shown_best
 
 
 PIPE_WIDTH = 10_000  # not a terminal: a table row stays on one line, every column kept
@@ -306,8 +306,10 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
     for r in runs:
         best = r.get("best") if isinstance(r.get("best"), dict) else {}
         test = r.get("test") if isinstance(r.get("test"), dict) else {}
-        metric = str(best.get("metric") or "val_").removeprefix("val_")  # the metric that picked the best epoch
-        best_s.append(f"{metric} {best['value']:.4f} @{best['epoch']}" if best.get("epoch") is not None else "-")
+        shown, value, _ = shown_best(r)  # the metric that picked the best epoch; a regressor's MSE in data units
+        metric = shown.removeprefix("val_")
+        epoch = best.get("epoch")
+        best_s.append(f"{metric} {value:.4f} @{epoch}" if epoch is not None and value is not None else "-")
         test_s.append(f"{metric} {test[metric]:.4f}" if metric in test else "-")
     statuses = [str(r.get("status", "?")) for r in runs]
     cols = [
