@@ -79,6 +79,27 @@ def print_names(console: Console, label: str, names: list[str]) -> None:
     console.print(text, soft_wrap=not console.is_terminal, overflow="fold")
 
 
+ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}  # a backslash doubled: `\\n` is the text's own
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    """A preview (a sample, a predicted string) as one line, the same in a pipe and on a terminal: a newline
+    shown as `\\n`, a tab `\\t`, a backslash `\\\\`, any other control character `\\xNN`; no quotes. With
+    `width`, cut to that many cells with `…`, between two characters, never inside an escape."""
+    pieces = [
+        ESCAPES.get(ch) or (ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")) for ch in text
+    ]
+    if width is None or sum(map(cell_len, pieces)) <= width:
+        return "".join(pieces)
+    kept, used = [], 1  # room for the `…`
+    for piece in pieces:
+        if used + cell_len(piece) > width:
+            break
+        kept.append(piece)
+        used += cell_len(piece)
+    return "".join(kept) + "…"
+
+
 def metric_columns(row: dict[str, Any]) -> list[str]:
     """train_* then val_* metrics, in the row's order."""
     return [k for k in row if k.startswith("train_")] + [k for k in row if k.startswith("val_")]
@@ -263,7 +284,7 @@ class PlainLines(Logger):
         parts += [f"best {row['best_epoch']}" + (" *" if row["best_epoch"] == row["epoch"] else "")]
         self._print("  ".join(parts))
         if "preview" in row:
-            self._print(f"  preview: {row['preview']!r}")
+            self._print(f"  preview: {one_line(row['preview'])}")  # a pipe has no width: whole
 
 
 # -- the live table --------------------------------------------------------------------------------
@@ -402,9 +423,9 @@ class LiveTable(Logger):
         self.width = max(options.max_width - ECHO_ROOM, 20)
         parts: list[Any] = [self.table()] if self.rows else []
         if self.rows and "preview" in self.rows[-1]:
-            parts.append(
-                Text(f"preview (epoch {self.rows[-1]['epoch']}): ", style="bold") + Text(self.rows[-1]["preview"])
-            )
+            label = f"preview (epoch {epoch_label(self.rows[-1])}): "
+            text = one_line(self.rows[-1]["preview"], max(self.width - cell_len(label), 1))
+            parts.append(Text(label, style="bold") + Text(text, no_wrap=True))
         if self.doing:
             parts.append(Spinner("dots", Text(self.doing, style="dim")))
         elif self.task is not None:

@@ -240,3 +240,11 @@ def test_speed_and_counts_say_the_tasks_unit_not_samples(cli, isolated, monkeypa
     lines = screen(in_terminal(["train", "smoke/charlm_tiny", "--set", "train.epochs=1"], 160), 160)
     header = next(line for line in lines if line.startswith("epoch  train loss"))
     assert "chars/s" in header and "samples/s" not in header, "\n".join(lines)
+
+
+def test_one_line_escapes_and_cuts_between_characters():
+    assert live.one_line("to be\n\tor\\not\x01") == "to be\\n\\tor\\\\not\\x01"
+    assert live.one_line("ab\ncd", 4) == "ab…"  # `\n` would need two cells: it goes whole
+    assert live.one_line("ab\ncd", 5) == "ab\\n…"
+    assert live.one_line("日本語", 4) == "日…"  # wide characters count two cells
+    assert live.one_line("ohlol", 5) == "ohlol"
