@@ -13,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rnnctl.errors import RunError
-from rnnctl.live import Col, cell_width, fit_table, fmt_duration, print_names, print_path
+from rnnctl.live import Col, cell_width, fit_table, fmt_duration, one_line, print_names, print_path
 from rnnctl.runs import RunFolder, shown_best
 
 
@@ -103,9 +103,18 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     for name, metrics in report.get("naive", {}).items():  # baselines scored by the same code (series)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
+    _predicted(console, report.get("predictions") or [])
     if "per_class" in report:
         _per_class(console, report["per_class"])
     print_path(console, "saved:", saved)
+
+
+def _predicted(console: Console, strings: list[dict[str, str]]) -> None:
+    """What a task that maps a string to a string predicts (hello): `predicts "ohlol" for "hello" (target
+    "ohlol")`, one line each, escaped as a preview is."""
+    for s in strings:
+        line = f'predicts "{one_line(s["predicted"])}" for "{one_line(s["input"])}" (target "{one_line(s["target"])}")'
+        console.print(Text(line), soft_wrap=True)
 
 
 def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:
@@ -128,6 +137,7 @@ def ensemble_report(console: Console, folder: Path, report: dict[str, Any], save
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
     scalars = [(k, v) for k, v in ens.items() if isinstance(v, float)]
     console.print("ensemble: " + "  ".join(f"{names.get(k, k)} [bold]{v:.4g}[/]" for k, v in scalars), soft_wrap=True)
+    _predicted(console, ens.get("predictions") or [])
     if "per_class" in ens:
         _per_class(console, ens["per_class"])
     console.print(f"saved: {saved}", soft_wrap=True)
