@@ -155,8 +155,7 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
         if not rows:
             columns = ", ".join(all_rows[0]) if all_rows else "none"
             raise RunError(f"{run.id}: no {metric!r} in its metrics (columns: {columns})")
-        mode = (info.get("best") or {}).get("mode") or ("min" if metric.endswith("loss") else "max")
-        best = (min if mode == "min" else max)(rows, key=lambda r: r[metric])
+        best = (min if better(metric, info.get("best") or {}) == "min" else max)(rows, key=lambda r: r[metric])
         test = info.get("test") or {}
         table.append({
             "id": run.id, "task": info.get("task"), "parameters": info.get("parameters"),
@@ -173,6 +172,17 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
     plots.compare(list(zip(labels, curves)), metric, out / "compare.png")
     write_json(out / "compare.json", {"metric": metric, "differs": differs, "labels": labels, "runs": table})
     return metric, table, out
+
+
+HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "r2", "precision", "recall", "auc")  # a metric's last word; others: lower
+
+
+def better(metric: str, best: dict[str, Any]) -> str:
+    """Whether `metric` is better "min" or "max": the run's own mode for the metric that picked its best epoch
+    (`best`: run.json's), else by its name (acc, f1, r2 up; a loss, an error, bits, perplexity down)."""
+    if metric == best.get("metric") and best.get("mode") in ("min", "max"):
+        return str(best["mode"])
+    return "max" if metric.split("_")[-1] in HIGHER_IS_BETTER else "min"
 
 
 def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[str]]:
