@@ -15,6 +15,9 @@ from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
 from rnnctl.training import Precision, evaluate, pick_device
 
 
+NO_INPUTS = "nothing to predict: give INPUT arguments or --file with one input per line"
+
+
 def evaluate_and_save(
     task: Task,
     model: torch.nn.Module,
@@ -87,6 +90,8 @@ class LoadedRun:
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         if not isinstance(self.task, Predicts):
             raise RunError(f"{self.run.id} is a {self.cfg.task} run: it does not classify inputs; {self._instead()}")
+        if not inputs:
+            raise RunError(NO_INPUTS)
         return self.task.predict(self.model, self.meta, inputs, top)
 
     def forecast(self, steps: int) -> dict[str, Any]:

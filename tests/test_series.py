@@ -137,10 +137,18 @@ def test_sincos_train_and_eval_through_the_cli(cli, isolated):
 def test_predict_needs_inputs_or_horizon(cli, tmp_path, isolated):
     assert cli("train", SERIES_TINY, "--set", f"data.path={monthly_csv(tmp_path / 'a.csv')}").exit_code == 0
     (run,) = run_dirs(isolated)
-    assert_one_line_error(cli("predict", run.name), "--horizon")
+    assert "INPUT" not in assert_one_line_error(cli("predict", run.name), "it forecasts", "--horizon N")
     assert_one_line_error(cli("predict", run.name, "x"), "--horizon")
     assert_one_line_error(cli("predict", run.name, "x", "--horizon", "2"), "no INPUTS")
     assert_one_line_error(cli("predict", run.name, "--horizon", "0"), "--horizon 0")
+
+
+def test_predict_without_inputs_says_what_a_run_that_cannot_classify_does(cli, isolated):
+    """`predict RUN` on a sincos run asked for INPUT arguments it would then refuse: it says what the run does."""
+    assert cli("train", SINCOS_TINY, "--quiet").exit_code == 0
+    (run,) = run_dirs(isolated)
+    error = assert_one_line_error(cli("predict", run.name), "is a sincos run", "does not classify", "rnnctl eval RUN")
+    assert "INPUT" not in error and "--horizon" not in error, error
 
 
 def test_same_config_same_numbers(tmp_path):
