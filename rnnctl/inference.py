@@ -170,8 +170,8 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
         })  # fmt: skip
         curves.append(rows)
     differs = config_differences([run.config() for run in runs])
-    for i, row in enumerate(table):
-        row["differs"] = " ".join(f"{key}={values[i]}" for key, values in differs.items())
+    for i, row in enumerate(table):  # a key the run has not (another task's) is left out: the others show it
+        row["differs"] = " ".join(f"{key}={values[i]}" for key, values in differs.items() if values[i] != "-")
     labels = legend_labels([r["id"] for r in table], differs)
     out = compare_folder(len(runs))
     plots.compare(list(zip(labels, curves)), metric, out / "compare.png")
