@@ -134,6 +134,7 @@ class RunRecord(Callback):
             "id": trainer.run.id, "task": cfg.task, "name": cfg.name, "status": "running", "command": command,
             "overrides": list(overrides),  # what its command line or its group changed in the config file
             "created": now(), "created_ns": time.time_ns(),  # orders runs started within the same second
+            "unit": trainer.task.unit,  # what its speed (`samples_per_s`) and an evaluation's size count
             "seed": cfg.train.seed, "device": str(trainer.device), "threads": torch.get_num_threads(),
             "precision": cfg.train.precision, **trainer.math,  # tf32: whether TF32 math ran; deterministic: the mode
             "versions": versions(), "git_commit": git_commit(),
@@ -155,7 +156,7 @@ class RunRecord(Callback):
             }  # fmt: skip
         )
         info.update(
-            status="running", epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
+            status="running", unit=trainer.task.unit, epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
             pid=os.getpid(), host=HOST, device=str(trainer.device), precision=trainer.cfg.train.precision,
             **trainer.math,
         )  # fmt: skip
@@ -171,6 +172,8 @@ class RunRecord(Callback):
         if point.end_of_epoch:
             trainer.info["epochs_done"] = trainer.epoch
         trainer.info["best"] = dict(trainer.best)
+        if point.improved:  # the best validation's every metric: `rnnctl runs` shows a regressor's MSE
+            trainer.info["best_val"] = {k: v for k, v in point.row.items() if k.startswith("val_")}
         if trainer.stopped_early:
             trainer.info["stopped_early"] = trainer.stopped_early
         trainer.run.write_info(trainer.info)

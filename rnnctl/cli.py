@@ -454,13 +454,8 @@ def predict(
             views.forecast(out, result)
             return
         inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
-        if not inputs:
-            raise RunError(
-                "nothing to predict: give INPUT arguments, --file with one input per line, "
-                "or --horizon N for a series run"
-            )
         loaded = load(run, top_members, checkpoint, device)
-        rows = loaded.predict(inputs, top)
+        rows = loaded.predict(inputs, top)  # no inputs: what the run can do instead, or what to give it
         using(loaded)
         views.predictions(out, rows)
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rnnctl.errors import RunError
-from rnnctl.inference import LoadedRun, config_differences
+from rnnctl.inference import NO_INPUTS, LoadedRun, config_differences
 from rnnctl.models import Output, mean_probability
 from rnnctl.groups.folder import GroupFolder, ensemble_stem
 from rnnctl.runs import RunFolder, now
@@ -139,7 +139,7 @@ class Ensemble:
         report = {
             "split": split, "checkpoint": self.checkpoint, "created": now(), self.kind: self.name,
             "averages": self.averages, "selected_by": self.metric, "top": self.top, "completed": self.completed,
-            "members": rows, "ensemble": ensemble.report(),
+            "members": rows, "ensemble": ensemble.report(), "unit": first.task.unit,
         }  # fmt: skip
         return report, self.group.write_ensemble_eval(split, self.stem, report)
 
@@ -147,6 +147,8 @@ class Ensemble:
         """Each input's top classes by the members' mean probability."""
         if not isinstance(self.task, Predicts):
             raise RunError(f"{self.kind} {self.name}: its {self.members[0].cfg.task} runs do not classify inputs")
+        if not inputs:
+            raise RunError(NO_INPUTS)
         per_member = [m.task.predict(m.model, m.meta, inputs, EVERY_CLASS) for m in self.members]
         rows = []
         for i, row in enumerate(per_member[0]):

@@ -15,6 +15,9 @@ from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
 from rnnctl.training import Precision, evaluate, pick_device
 
 
+NO_INPUTS = "nothing to predict: give INPUT arguments or --file with one input per line"
+
+
 def evaluate_and_save(
     task: Task,
     model: torch.nn.Module,
@@ -32,7 +35,8 @@ def evaluate_and_save(
     `precision`: the run's own during training (its final test); a saved run is evaluated in fp32."""
     meter = task.meter(meta, detailed=True)
     report = evaluate(model, split, meter, device, batch_size, precision=precision).report()
-    report = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch, **report}
+    when = {"split": split_name, "checkpoint": checkpoint, "created": now(), "epoch": epoch}
+    report = {**when, "unit": task.unit, **report}  # unit: what the report's `n` counts
     return report, run.write_eval(split_name, checkpoint, report)
 
 
@@ -86,6 +90,8 @@ class LoadedRun:
     def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
         if not isinstance(self.task, Predicts):
             raise RunError(f"{self.run.id} is a {self.cfg.task} run: it does not classify inputs; {self._instead()}")
+        if not inputs:
+            raise RunError(NO_INPUTS)
         return self.task.predict(self.model, self.meta, inputs, top)
 
     def forecast(self, steps: int) -> dict[str, Any]:
@@ -154,8 +160,7 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
         if not rows:
             columns = ", ".join(all_rows[0]) if all_rows else "none"
             raise RunError(f"{run.id}: no {metric!r} in its metrics (columns: {columns})")
-        mode = (info.get("best") or {}).get("mode") or ("min" if metric.endswith("loss") else "max")
-        best = (min if mode == "min" else max)(rows, key=lambda r: r[metric])
+        best = (min if better(metric, info.get("best") or {}) == "min" else max)(rows, key=lambda r: r[metric])
         test = info.get("test") or {}
         table.append({
             "id": run.id, "task": info.get("task"), "parameters": info.get("parameters"),
@@ -165,13 +170,24 @@ def compare_runs(refs: list[str], metric: str | None = None) -> tuple[str, list[
         })  # fmt: skip
         curves.append(rows)
     differs = config_differences([run.config() for run in runs])
-    for i, row in enumerate(table):
-        row["differs"] = " ".join(f"{key}={values[i]}" for key, values in differs.items())
+    for i, row in enumerate(table):  # a key the run has not (another task's) is left out: the others show it
+        row["differs"] = " ".join(f"{key}={values[i]}" for key, values in differs.items() if values[i] != "-")
     labels = legend_labels([r["id"] for r in table], differs)
     out = compare_folder(len(runs))
     plots.compare(list(zip(labels, curves)), metric, out / "compare.png")
     write_json(out / "compare.json", {"metric": metric, "differs": differs, "labels": labels, "runs": table})
     return metric, table, out
+
+
+HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "r2", "precision", "recall", "auc")  # a metric's last word; others: lower
+
+
+def better(metric: str, best: dict[str, Any]) -> str:
+    """Whether `metric` is better "min" or "max": the run's own mode for the metric that picked its best epoch
+    (`best`: run.json's), else by its name (acc, f1, r2 up; a loss, an error, bits, perplexity down)."""
+    if metric == best.get("metric") and best.get("mode") in ("min", "max"):
+        return str(best["mode"])
+    return "max" if metric.split("_")[-1] in HIGHER_IS_BETTER else "min"
 
 
 def config_differences(configs: list[dict[str, Any]]) -> dict[str, list[str]]:

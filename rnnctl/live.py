@@ -52,6 +52,12 @@ def fmt_value(key: str, value: Any) -> str:
     return str(value)
 
 
+def speed_label(unit: str | None) -> str:
+    """What `samples_per_s` is shown as: `chars/s`, `names/s`, `values/s` (the task's unit; `samples/s` for a
+    run.json that names none)."""
+    return f"{unit or 'samples'}/s"
+
+
 def epoch_label(row: dict[str, Any]) -> str:
     """`3` at the end of epoch 3; `2.50` halfway through it (a `train.eval_every` row)."""
     return f"{row['epoch_fraction']:.2f}" if row.get("partial") else str(row["epoch"])
@@ -71,6 +77,27 @@ def print_names(console: Console, label: str, names: list[str]) -> None:
     """`label a, b, c`: on a terminal wrapped between names, never inside one; a pipe keeps one line."""
     text = Text(f"{label} {', '.join(names)}")
     console.print(text, soft_wrap=not console.is_terminal, overflow="fold")
+
+
+ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}  # a backslash doubled: `\\n` is the text's own
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    """A preview (a sample, a predicted string) as one line, the same in a pipe and on a terminal: a newline
+    shown as `\\n`, a tab `\\t`, a backslash `\\\\`, any other control character `\\xNN`; no quotes. With
+    `width`, cut to that many cells with `…`, between two characters, never inside an escape."""
+    pieces = [
+        ESCAPES.get(ch) or (ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")) for ch in text
+    ]
+    if width is None or sum(map(cell_len, pieces)) <= width:
+        return "".join(pieces)
+    kept, used = [], 1  # room for the `…`
+    for piece in pieces:
+        if used + cell_len(piece) > width:
+            break
+        kept.append(piece)
+        used += cell_len(piece)
+    return "".join(kept) + "…"
 
 
 def metric_columns(row: dict[str, Any]) -> list[str]:
@@ -204,6 +231,7 @@ class PlainLines(Logger):
         self.every = PLAIN_PROGRESS_S
         self.last = time.monotonic()  # when a line was last printed
         self.current = 1  # the epoch being trained
+        self.speed = speed_label(None)
         self.epoch_t0: tuple[float, int] | None = None  # (time, batches) when the epoch's first batch was seen
 
     def _print(self, text: str) -> None:
@@ -213,6 +241,7 @@ class PlainLines(Logger):
     def start(self, info: dict[str, Any]) -> None:
         self.clock.start(info)
         self.current = self.clock.first_epoch + 1
+        self.speed = speed_label(info.get("unit"))
         self._print(f"run {info['id']} -> {info['dir']}")
         self._print(describe(info))
 
@@ -247,7 +276,7 @@ class PlainLines(Logger):
         if not row.get("partial"):
             parts += [
                 f"grad_norm {row['grad_norm']:.3f}",
-                f"{row['samples_per_s']:,.0f} samples/s",
+                f"{row['samples_per_s']:,.0f} {self.speed}",
                 f"elapsed {fmt_duration(row['elapsed'])}",
                 f"eta {fmt_duration(self.clock.eta(row))}",
             ]
@@ -255,7 +284,7 @@ class PlainLines(Logger):
         parts += [f"best {row['best_epoch']}" + (" *" if row["best_epoch"] == row["epoch"] else "")]
         self._print("  ".join(parts))
         if "preview" in row:
-            self._print(f"  preview: {row['preview']!r}")
+            self._print(f"  preview: {one_line(row['preview'])}")  # a pipe has no width: whole
 
 
 # -- the live table --------------------------------------------------------------------------------
@@ -301,6 +330,7 @@ class LiveTable(Logger):
         self.clock = _Clock()
         self.rows: list[dict[str, Any]] = []
         self.monitor = "val_loss"
+        self.speed = speed_label(None)
         self.current = 1  # the epoch being trained
         self.doing: str | None = None  # a phase's text, shown instead of the bar
         self.loss: float | None = None  # the epoch's running training loss
@@ -320,6 +350,7 @@ class LiveTable(Logger):
     def start(self, info: dict[str, Any]) -> None:
         self.clock.start(info)
         self.monitor = info.get("monitor") or self.monitor
+        self.speed = speed_label(info.get("unit"))
         self.current = self.clock.first_epoch + 1
         print_path(self.console, f"run {info['id']} ->", info["dir"])
         self.console.print(Text(describe(info)))
@@ -363,7 +394,7 @@ class LiveTable(Logger):
 
     def table(self) -> Table:
         """The last rows that fit the screen, in the columns that fit its width: epoch, the validation metric
-        that picks the best epoch, the losses and the best epoch stay; lr, gradient norm, samples/s, elapsed
+        that picks the best epoch, the losses and the best epoch stay; lr, gradient norm, speed, elapsed
         go first."""
         rows = self.rows[-max(self.console.height - 8, 5) :]
         best = self.rows[-1]["best_epoch"]
@@ -380,7 +411,7 @@ class LiveTable(Logger):
         cols += [
             Col("lr", [fmt_value("lr", r["lr"]) for r in rows], 10),
             Col("grad norm", [fmt_value("grad_norm", r.get("grad_norm")) for r in rows], 11),
-            Col("samples/s", [fmt_value("samples_per_s", r.get("samples_per_s")) for r in rows], 12),
+            Col(self.speed, [fmt_value("samples_per_s", r.get("samples_per_s")) for r in rows], 12),
             Col("elapsed", [fmt_duration(r["elapsed"]) for r in rows], 9),
             Col("ETA", [fmt_duration(r["eta"]) for r in rows], 8),
             Col("best", [str(r["best_epoch"]) for r in rows], 4),
@@ -392,9 +423,9 @@ class LiveTable(Logger):
         self.width = max(options.max_width - ECHO_ROOM, 20)
         parts: list[Any] = [self.table()] if self.rows else []
         if self.rows and "preview" in self.rows[-1]:
-            parts.append(
-                Text(f"preview (epoch {self.rows[-1]['epoch']}): ", style="bold") + Text(self.rows[-1]["preview"])
-            )
+            label = f"preview (epoch {epoch_label(self.rows[-1])}): "
+            text = one_line(self.rows[-1]["preview"], max(self.width - cell_len(label), 1))
+            parts.append(Text(label, style="bold") + Text(text, no_wrap=True))
         if self.doing:
             parts.append(Spinner("dots", Text(self.doing, style="dim")))
         elif self.task is not None:

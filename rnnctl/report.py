@@ -148,7 +148,7 @@ def run_page(run: RunFolder) -> str:
         tag("h1", f"Run {run.id}"),
         header(run, info),
         config_section(config, str(info.get("task") or config.get("task") or "")),
-        metrics_section(rows),
+        metrics_section(rows, info.get("unit")),
         test_section(run),
         plots_section(run),
         samples_section(rows),
@@ -236,7 +236,8 @@ def plain_yaml(data: dict[str, Any]) -> str:
     return dump_yaml(data)
 
 
-def metrics_section(rows: list[dict[str, Any]]) -> Html:
+def metrics_section(rows: list[dict[str, Any]], unit: Any = None) -> Html:
+    """Every metrics row (the middle left out past MAX_ROWS); the speed headed in the task's unit (`chars/s`)."""
     if not rows:
         return section("Metrics", note("no metrics rows yet"))
     columns: list[str] = []
@@ -244,7 +245,8 @@ def metrics_section(rows: list[dict[str, Any]]) -> Html:
         columns += [k for k in r if k not in columns and k != "preview"]
     shown = rows if len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2 :]
     cut = note(f"{len(rows) - len(shown)} rows in the middle are left out") if len(shown) < len(rows) else ""
-    header = [Html(esc(c).replace("_", "_<wbr>")) for c in columns]  # `samples_per_s` may break after a `_`
+    names = {"samples_per_s": f"{unit}/s"} if isinstance(unit, str) else {}
+    header = [Html(esc(names.get(c, c)).replace("_", "_<wbr>")) for c in columns]  # `train_loss` may break after `_`
     body = table(header, ([r.get(c) for c in columns] for r in shown), text=())
     return section("Metrics", Html(body.replace("<table>", '<table class="metrics">', 1)), cut)
 

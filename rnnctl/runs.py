@@ -320,6 +320,21 @@ class RunFolder:
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
 
+    def best_val(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Every validation metric at the run's best point (`info`: its run.json): as run.json keeps it, else
+        (a run.json without them) from the metrics row of the best step; {} when neither has them."""
+        kept = info.get("best_val")
+        if isinstance(kept, dict):
+            return kept
+        step = (info.get("best") or {}).get("step") if isinstance(info.get("best"), dict) else None
+        if not isinstance(step, int):
+            return {}
+        try:
+            row = next((r for r in self.rows() if r["step"] == step), {})
+        except RunError:
+            return {}
+        return {k: v for k, v in row.items() if k.startswith("val_")}
+
     def changes(self) -> list[str]:
         """What the run changed from the config file it was started from, `key=value` each: the overrides
         run.json records (--set, --epochs, a group's values, and its resumes' --epochs), valued as
@@ -740,9 +755,11 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
         raise RunError(f"--status {status!r}: expected one of {', '.join(shown)}")
     if task is not None and task not in task_names():
         raise RunError(f"--task {task!r}: expected one of {', '.join(task_names())}")
-    infos = [{**r.info(), "changes": r.changes()} for r in all_runs()]
+    infos = [(r, r.info()) for r in all_runs()]
     infos = [
-        i for i in infos if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
+        {**i, "changes": r.changes(), "best_val": r.best_val(i)}
+        for r, i in infos
+        if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
     ]
     if sort == "duration":
         infos.sort(key=lambda i: -(i.get("duration") or 0))
@@ -750,14 +767,25 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
 
         def rank(i: dict[str, Any]) -> tuple[int, str, float]:
             """Runs of one metric together (a loss never ranks against an accuracy), best first within it."""
-            best = i.get("best") if isinstance(i.get("best"), dict) else {}
-            value = best.get("value")
-            if not isinstance(value, (int, float)):
+            metric, value, mode = shown_best(i)
+            if value is None:
                 return 1, "", 0.0
-            return 0, str(best.get("metric")), value if best.get("mode") == "min" else -value
+            return 0, metric, value if mode == "min" else -value
 
         infos.sort(key=rank)
     return infos
+
+
+def shown_best(info: dict[str, Any]) -> tuple[str, float | None, str]:
+    """What a run list shows of a run's best point: (metric, value, "min" or "max"). The metric that picked it,
+    but for a regressor (picked by its loss in scaled units, logging `val_mse`) its MSE in the data's units,
+    as a sweep ranks it; `info` is run.json with `best_val` (`RunFolder.best_val`)."""
+    best = info.get("best") if isinstance(info.get("best"), dict) else {}
+    metric, value = str(best.get("metric") or "val_loss"), best.get("value")
+    mse = (info.get("best_val") or {}).get("val_mse")
+    if metric == "val_loss" and isinstance(mse, (int, float)):
+        return "val_mse", float(mse), "min"
+    return metric, float(value) if isinstance(value, (int, float)) else None, str(best.get("mode") or "min")
 
 
 def compare_folder(count: int) -> Path:

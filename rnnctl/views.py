@@ -13,8 +13,8 @@ from rich.table import Table
 from rich.text import Text
 
 from rnnctl.errors import RunError
-from rnnctl.live import Col, cell_width, fit_table, fmt_duration, print_names, print_path
-from rnnctl.runs import RunFolder
+from rnnctl.live import Col, cell_width, fit_table, fmt_duration, one_line, print_names, print_path
+from rnnctl.runs import RunFolder, shown_best
 
 
 PIPE_WIDTH = 10_000  # not a terminal: a table row stays on one line, every column kept
@@ -95,7 +95,7 @@ def using(console: Console, run: RunFolder, checkpoint: str | None, epoch: int |
 def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
     console.print(
         f"[bold]{run_dir.name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
-        f"{report['n']:,} examples"
+        f"{report['n']:,} {report.get('unit', 'examples')}"  # what n counts: names, chars, values
     )
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
     scalars = [(k, v) for k, v in report.items() if isinstance(v, float)]
@@ -103,9 +103,18 @@ def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: 
     for name, metrics in report.get("naive", {}).items():  # baselines scored by the same code (series)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         console.print(f"naive forecast ({name}): {shown}", soft_wrap=True)
+    _predicted(console, report.get("predictions") or [])
     if "per_class" in report:
         _per_class(console, report["per_class"])
     print_path(console, "saved:", saved)
+
+
+def _predicted(console: Console, strings: list[dict[str, str]]) -> None:
+    """What a task that maps a string to a string predicts (hello): `predicts "ohlol" for "hello" (target
+    "ohlol")`, one line each, escaped as a preview is."""
+    for s in strings:
+        line = f'predicts "{one_line(s["predicted"])}" for "{one_line(s["input"])}" (target "{one_line(s["target"])}")'
+        console.print(Text(line), soft_wrap=True)
 
 
 def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:
@@ -114,7 +123,8 @@ def ensemble_report(console: Console, folder: Path, report: dict[str, Any], save
     kind = "sweep" if "sweep" in report else "study"
     console.print(
         f"[bold]{escape(folder.name)}[/] ({kind}): {report['split']} split, {report['checkpoint']} checkpoints, "
-        f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} examples",
+        f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} "
+        f"{report.get('unit', 'examples')}",
         soft_wrap=True,
     )
     chosen = report["selected_by"]
@@ -127,6 +137,7 @@ def ensemble_report(console: Console, folder: Path, report: dict[str, Any], save
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
     scalars = [(k, v) for k, v in ens.items() if isinstance(v, float)]
     console.print("ensemble: " + "  ".join(f"{names.get(k, k)} [bold]{v:.4g}[/]" for k, v in scalars), soft_wrap=True)
+    _predicted(console, ens.get("predictions") or [])
     if "per_class" in ens:
         _per_class(console, ens["per_class"])
     console.print(f"saved: {saved}", soft_wrap=True)
@@ -305,8 +316,10 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
     for r in runs:
         best = r.get("best") if isinstance(r.get("best"), dict) else {}
         test = r.get("test") if isinstance(r.get("test"), dict) else {}
-        metric = str(best.get("metric") or "val_").removeprefix("val_")  # the metric that picked the best epoch
-        best_s.append(f"{metric} {best['value']:.4f} @{best['epoch']}" if best.get("epoch") is not None else "-")
+        shown, value, _ = shown_best(r)  # the metric that picked the best epoch; a regressor's MSE in data units
+        metric = shown.removeprefix("val_")
+        epoch = best.get("epoch")
+        best_s.append(f"{metric} {value:.4f} @{epoch}" if epoch is not None and value is not None else "-")
         test_s.append(f"{metric} {test[metric]:.4f}" if metric in test else "-")
     statuses = [str(r.get("status", "?")) for r in runs]
     cols = [

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, TINY, _isolate, assert_one_line_error, run_dirs
+from conftest import CONFIGS, TINY, Terminal, _isolate, assert_one_line_error, run_dirs, screen
 
 from rnnctl import inference, training
+from rnnctl.live import one_line
 from rnnctl.config import load_config
 from rnnctl.errors import ConfigError
 from rnnctl.models import CharLM
@@ -271,6 +272,36 @@ def test_sample_skips_incomplete_runs(cli, char_run, isolated):
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "status": "failed"}))
     assert_one_line_error(cli("sample"), "no completed language-model run")
+
+
+PREVIEW_PIECE = r"(?:\\[nt\\]|[^\\\n])"  # one character as a preview shows it: an escape or a plain character
+
+
+def test_the_preview_is_one_readable_line_in_a_pipe_and_on_a_terminal(cli, tmp_path, isolated):
+    """The sample shown each epoch: in a pipe and on an 80-column terminal the same way, newlines, tabs and
+    backslashes as escapes on one line, no repr quotes; on the terminal cut to its width between escapes."""
+    text = tmp_path / "text.txt"
+    text.write_text("ab\\c\td\n" * 600)  # every character the preview escapes, over and over
+    args = ["train", CHARLM_TINY, "--set", f"data.path={text}", "--set", "train.epochs=1"]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(isolated)
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "\n" in row["preview"] and "\\" in row["preview"]  # what there is to show
+    (shown,) = [line for line in result.stdout.splitlines() if line.startswith("  preview: ")]
+    assert shown == f"  preview: {one_line(row['preview'])}" and "'" not in shown and '"' not in shown
+    assert re.fullmatch(f"{PREVIEW_PIECE}+", shown.removeprefix("  preview: ")), shown
+
+    term = Terminal(args, 80)
+    code, raw = term.finish(120)
+    lines = screen(raw, 80)
+    assert code == 0, "\n".join(lines)
+    (run,) = [r for r in run_dirs(isolated) if r.name != run.name]
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    at = next(i for i, line in enumerate(lines) if line.startswith("preview (epoch 1): "))
+    body = lines[at].removeprefix("preview (epoch 1): ")
+    assert re.fullmatch(f"{PREVIEW_PIECE}+…", body) and len(lines[at]) <= 80 - 2, "\n".join(lines)  # cut, whole
+    assert one_line(row["preview"]).startswith(body.removesuffix("…"))
 
 
 def test_train_bidirectional_charlm_is_refused(cli, tmp_path, isolated):

@@ -28,6 +28,24 @@ def test_hello_config_reaches_ohlol_and_shows_the_string_each_epoch(cli, isolate
     assert "preview" not in (run / "metrics.csv").read_text().splitlines()[0]  # text stays out of the CSV
 
 
+def test_hello_eval_shows_the_string_it_predicts_beside_the_target(cli, isolated, monkeypatch):
+    """`accuracy 1` alone never showed the string: eval says what it predicts for the source, and the target."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli("train", HELLO).exit_code == 0
+    result = cli("eval", "latest")
+    assert result.exit_code == 0, result.output
+    assert 'predicts "ohlol" for "hello" (target "ohlol")' in result.stdout.splitlines(), result.stdout
+    assert result.stdout.splitlines()[0].endswith(", 5 chars")
+    assert cli("train", HELLO, "--set", "train.epochs=1", "--quiet").exit_code == 0  # not learned yet: its own guess
+    result = cli("eval", "latest")
+    assert result.exit_code == 0, result.output
+    run = max(run_dirs(isolated))
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert f'predicts "{row["preview"]}" for "hello" (target "ohlol")' in result.stdout.splitlines(), result.stdout
+    report = json.loads((run / "eval" / "val-best.json").read_text())
+    assert report["predictions"] == [{"input": "hello", "predicted": row["preview"], "target": "ohlol"}]
+
+
 def test_hello_teaches_other_pairs(cli, isolated):
     result = cli("train", HELLO, "--set", "data.source=abcd", "--set", "data.target=dcba", "--set", "model.output_layer=true",
                  "--set", "model.hidden_size=16", "--set", "train.epochs=40", "--quiet")  # fmt: skip

@@ -9,7 +9,7 @@ import json
 import re
 from types import SimpleNamespace
 
-from conftest import TINY, run_dirs
+from conftest import TINY, in_terminal, run_dirs, screen
 from rich.console import Console
 
 from rnnctl import cli as cli_module
@@ -213,3 +213,38 @@ def test_train_on_an_80_column_terminal(cli, names_files, monkeypatch):
     assert "val acc" in header and "train loss" in header and "best" in header
     assert re.search(r"^\s+2/2\s+\d\.\d{4}\s", shown, re.M), shown
     assert "completed in" in shown
+
+
+# -- the task's unit -------------------------------------------------------------------------------
+
+
+def test_speed_and_counts_say_the_tasks_unit_not_samples(cli, isolated, monkeypatch):
+    """A regressor's speed is values per second, a language model's characters per second: each task's own
+    word in the plain lines, the live table, eval's count and the report; the metrics files keep samples_per_s."""
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli("train", "smoke/sincos_tiny")
+    assert result.exit_code == 0, result.output
+    epoch_lines = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert epoch_lines and all(" values/s " in line for line in epoch_lines), epoch_lines
+    assert "samples/s" not in result.stdout
+    (run,) = run_dirs(isolated)
+    assert all("samples_per_s" in json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines())
+    result = cli("eval", "latest")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].endswith("(epoch 2), 800 values"), result.stdout  # 4 streams of 200
+    assert cli("report", "latest").exit_code == 0
+    assert (
+        "values/s</th>" in (run / "report.html").read_text()
+        and "samples_<wbr>per_<wbr>s" not in (run / "report.html").read_text()
+    )
+    lines = screen(in_terminal(["train", "smoke/charlm_tiny", "--set", "train.epochs=1"], 160), 160)
+    header = next(line for line in lines if line.startswith("epoch  train loss"))
+    assert "chars/s" in header and "samples/s" not in header, "\n".join(lines)
+
+
+def test_one_line_escapes_and_cuts_between_characters():
+    assert live.one_line("to be\n\tor\\not\x01") == "to be\\n\\tor\\\\not\\x01"
+    assert live.one_line("ab\ncd", 4) == "ab…"  # `\n` would need two cells: it goes whole
+    assert live.one_line("ab\ncd", 5) == "ab\\n…"
+    assert live.one_line("日本語", 4) == "日…"  # wide characters count two cells
+    assert live.one_line("ohlol", 5) == "ohlol"

@@ -135,6 +135,40 @@ def test_compare_two_runs_writes_a_plot_and_a_table(cli, copy_run, isolated):
     assert_one_line_error(cli("compare", copy_run.name, other.name, "--metric", "val_bleu"), "val_bleu")
 
 
+def test_compare_on_another_metric_than_the_runs_picks_by_that_metrics_direction(cli, copy_run, isolated):
+    """Runs picked by accuracy (max) compared on their loss: the best loss is the lowest, not the highest."""
+    import shutil
+
+    other = Path(shutil.copytree(copy_run, isolated / "20200101-000000-twin"))
+    result = cli("compare", copy_run.name, other.name, "--metric", "val_loss")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (copy_run / "metrics.jsonl").read_text().splitlines()]
+    lowest = min(rows, key=lambda r: r["val_loss"])
+    (out,) = (isolated / "compare").iterdir()
+    shown = json.loads((out / "compare.json").read_text())["runs"][0]
+    assert (shown["best"], shown["best_epoch"]) == (lowest["val_loss"], lowest["epoch"])
+    line = next(line for line in result.stdout.splitlines() if line.startswith(copy_run.name))
+    assert f"{lowest['val_loss']:.4f}" in line.split()[3], line  # the `best val_loss` column
+
+
+def test_compare_runs_of_two_tasks_lists_only_the_keys_each_run_has(cli, copy_run, isolated, monkeypatch):
+    """A sincos run beside a names run: each says its own settings, not `data.bucket=-` for every key of the other."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert cli("train", "smoke/sincos_tiny", "--quiet").exit_code == 0
+    wave = next(r for r in isolated.iterdir() if r.name.endswith("sincos_tiny"))
+    result = cli("compare", copy_run.name, wave.name, "--metric", "val_loss")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    rows = {
+        line.split()[0]: line
+        for line in lines[lines.index("what differs:") + 1 :]
+        if line.split()[0] in (copy_run.name, wave.name)
+    }
+    assert "task=sincos" in rows[wave.name] and "data.points=200" in rows[wave.name], rows
+    assert "task=names" in rows[copy_run.name] and "data.bucket=" in rows[copy_run.name], rows
+    assert "=-" not in rows[wave.name] and "=-" not in rows[copy_run.name], rows
+
+
 def test_latest_is_the_newest_completed_run_and_resume_takes_the_newest(copy_run, isolated, cli):
     import shutil
 

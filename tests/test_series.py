@@ -94,6 +94,31 @@ def test_series_train_eval_predict_through_the_cli(cli, tmp_path, isolated):
     assert (run / "forecast" / "forecast-5.csv").read_text().splitlines() == lines  # deterministic
 
 
+def test_runs_lists_a_regressor_by_its_mse_in_the_datas_units(cli, tmp_path, isolated, monkeypatch):
+    """A series run picks its best epoch by the loss in scaled units; `runs` shows that epoch's MSE in the
+    data's units (as a sweep ranks it), and its test MSE, also for a run.json written without `best_val`."""
+    monkeypatch.setenv("COLUMNS", "80")
+    csv = monthly_csv(tmp_path / "air.csv")
+    assert cli("train", SERIES_TINY, "--set", f"data.path={csv}", "--set", "train.epochs=2").exit_code == 0
+    (run,) = run_dirs(isolated)
+    info = json.loads((run / "run.json").read_text())
+    row = next(
+        r
+        for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if r["step"] == info["best"]["step"]
+    )
+    assert abs(row["val_mse"] - row["val_loss"]) > 1e-3  # the two are not the same number here
+    expected = f"mse {row['val_mse']:.4f} @{info['best']['epoch']}"
+    for sort in ("created", "best"):
+        result = cli("runs", "--sort", sort)
+        assert result.exit_code == 0, result.output
+        line = next(line for line in result.stdout.splitlines() if line.startswith(run.name))
+        assert expected in line and f"mse {info['test']['mse']:.4f}" in line and "loss" not in line, line
+    del info["best_val"]  # a run.json that does not keep the best point's metrics: read from metrics.jsonl
+    (run / "run.json").write_text(json.dumps(info))
+    assert expected in cli("runs").stdout
+
+
 def test_sincos_train_and_eval_through_the_cli(cli, isolated):
     result = cli("train", SINCOS_TINY)
     assert result.exit_code == 0, result.output
@@ -112,10 +137,18 @@ def test_sincos_train_and_eval_through_the_cli(cli, isolated):
 def test_predict_needs_inputs_or_horizon(cli, tmp_path, isolated):
     assert cli("train", SERIES_TINY, "--set", f"data.path={monthly_csv(tmp_path / 'a.csv')}").exit_code == 0
     (run,) = run_dirs(isolated)
-    assert_one_line_error(cli("predict", run.name), "--horizon")
+    assert "INPUT" not in assert_one_line_error(cli("predict", run.name), "it forecasts", "--horizon N")
     assert_one_line_error(cli("predict", run.name, "x"), "--horizon")
     assert_one_line_error(cli("predict", run.name, "x", "--horizon", "2"), "no INPUTS")
     assert_one_line_error(cli("predict", run.name, "--horizon", "0"), "--horizon 0")
+
+
+def test_predict_without_inputs_says_what_a_run_that_cannot_classify_does(cli, isolated):
+    """`predict RUN` on a sincos run asked for INPUT arguments it would then refuse: it says what the run does."""
+    assert cli("train", SINCOS_TINY, "--quiet").exit_code == 0
+    (run,) = run_dirs(isolated)
+    error = assert_one_line_error(cli("predict", run.name), "is a sincos run", "does not classify", "rnnctl eval RUN")
+    assert "INPUT" not in error and "--horizon" not in error, error
 
 
 def test_same_config_same_numbers(tmp_path):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Batch(Protocol):
     inputs: dict[str, Any]  # keyword arguments of the model's forward
     targets: torch.Tensor
-    size: int  # what the loss is a mean over (examples, tokens, values); for samples/s and rank weights
+    size: int  # what the loss is a mean over (examples, tokens, values: the task's `unit`); for speed and rank weights
     rows: int  # independent rows (examples, streams): what ranks share out
 
     def to(self, device: torch.device) -> "Batch": ...
@@ -70,6 +70,7 @@ class Task(Protocol):
     monitor_mode: str  # "max" or "min"
     report_splits: tuple[str, ...]  # the splits tested with the best checkpoint when training ends
     averages: str  # what an ensemble of its runs averages: "probabilities" (softmax of the logits) or "values"
+    unit: str  # what one of its batch's `size` counts, plural ("chars", "names", "values"): `chars/s`, `800 values`
 
     def prepare(self, cfg: "Config", meta: dict[str, Any] | None = None) -> Prepared:
         """Load and tensorize the data. With `meta` (from a checkpoint), reuse its vocabulary."""

@@ -80,6 +80,7 @@ class CharLMTask:
     model_config = CharLMModel
     monitor, monitor_mode = "loss", "min"
     averages = "probabilities"  # in an ensemble of its runs
+    unit = "chars"  # a batch's size counts predicted characters
     report_splits = ()  # a language model has no test split: validation picks and reports
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:

@@ -63,15 +63,26 @@ class PairSplit:
 
 
 class HelloMeter(LMMeter):
-    """Per-character loss, plus the share of characters predicted right."""
+    """Per-character loss, plus the share of characters predicted right; with `vocab` (an evaluation's
+    detailed report) also each string it predicts, beside its input and target."""
 
-    def __init__(self) -> None:
+    def __init__(self, vocab: list[str] | None = None) -> None:
         super().__init__()
         self.correct = 0
+        self.vocab = vocab
+        self.strings: list[dict[str, str]] = []
 
     def update(self, batch: TextBatch, out) -> None:
         super().update(batch, out)
-        self.correct = self.correct + (out.logits.detach().argmax(-1) == batch.targets).sum()
+        predicted = out.logits.detach().argmax(-1)
+        self.correct = self.correct + (predicted == batch.targets).sum()
+        if self.vocab is not None:
+            text = lambda ids: "".join(self.vocab[i] for i in ids)  # noqa: E731
+            for x, p, y in zip(batch.x.tolist(), predicted.tolist(), batch.targets.tolist()):
+                self.strings.append({"input": text(x), "predicted": text(p), "target": text(y)})
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), **({"predictions": self.strings} if self.vocab is not None else {})}
 
     def compute(self) -> dict[str, float]:
         return {"loss": super().compute()["loss"], "acc": float(self.correct) / max(self.count, 1)}
@@ -90,6 +101,7 @@ class HelloTask:
     model_config = HelloModel
     monitor, monitor_mode = "loss", "min"
     averages = "probabilities"  # in an ensemble of its runs
+    unit = "chars"  # a batch's size counts predicted characters
     report_splits = ()  # the pair is all there is: the preview shows the predicted string
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:
@@ -111,7 +123,7 @@ class HelloTask:
         return SequenceTagger(m, len(meta["vocab"]))
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> HelloMeter:
-        return HelloMeter()
+        return HelloMeter(meta["vocab"] if detailed else None)
 
     @torch.no_grad()
     def preview(self, model: torch.nn.Module, meta: dict[str, Any], cfg: Config, step: int) -> str:

@@ -34,6 +34,7 @@ class NamesData(TextData):
 
 class NamesTask(TextClassificationTask):
     name = "names"
+    unit = "names"  # a batch's size counts examples
     data_config = NamesData
     vocab_key = "alphabet"
     vocab_order = "sorted"

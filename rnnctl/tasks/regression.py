@@ -53,7 +53,7 @@ class WindowBatch:
 
     @property
     def size(self) -> int:
-        return self.targets.numel()  # predicted values, so samples/s reads as values/s
+        return self.targets.numel()  # predicted values: the task's unit is values
 
     @property
     def rows(self) -> int:

@@ -70,6 +70,7 @@ class SentimentModel(ClassifierConfig):
 
 class SentimentTask(TextClassificationTask):
     name = "sentiment"
+    unit = "reviews"  # a batch's size counts examples
     data_config = SentimentData
     model_config = SentimentModel
 

@@ -54,6 +54,7 @@ class SeriesTask:
     model_config = SeriesModel
     monitor, monitor_mode = "loss", "min"
     averages = "values"  # in an ensemble of its runs
+    unit = "values"  # a batch's size counts predicted values
     report_splits = ("val", "test")  # both get a prediction-vs-truth plot at the end
 
     def prepare(self, cfg: Config, meta: dict[str, Any] | None = None) -> Prepared:

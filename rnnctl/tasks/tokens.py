@@ -23,7 +23,7 @@ class TextBatch:
 
     @property
     def size(self) -> int:
-        return self.targets.numel()  # tokens, so samples/s reads as characters/s
+        return self.targets.numel()  # tokens: the task's unit is chars
 
     @property
     def rows(self) -> int:

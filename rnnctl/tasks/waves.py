@@ -62,6 +62,7 @@ class WavesTask:
     model_config = WaveModel
     monitor, monitor_mode = "loss", "min"
     averages = "values"  # in an ensemble of its runs
+    unit = "values"  # a batch's size counts predicted values
     report_splits = ("val", "test")  # both get a prediction-vs-truth plot at the end
 
     def __init__(self, name: str, target: str, carry_default: bool):
