@@ -86,7 +86,7 @@ class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
-    grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
+    grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (min-char-rnn: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
     ema: float = Field(0.0, ge=0, lt=1)  # > 0: validation and checkpoints read a moving average of the weights
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
