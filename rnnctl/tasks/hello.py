@@ -20,8 +20,8 @@ from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
 class HelloData(Section):
-    source: str = "hello"
-    target: str = "ohlol"
+    source: str = "hello"  # the input string
+    target: str = "ohlol"  # the output string, as long as the input
 
     @model_validator(mode="after")
     def _same_length(self) -> "HelloData":

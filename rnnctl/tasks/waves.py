@@ -44,7 +44,7 @@ class WaveData(Section):
 
 
 class WaveModel(ModelConfig):
-    cell: str = "rnn"  # nn.RNN, 2 layers of 32
+    cell: str = "rnn"
     hidden_size: int = Field(32, ge=1)
     layers: int = Field(2, ge=1)
 
