@@ -249,7 +249,9 @@ def _params(command, ctx) -> list[str]:
             name = ", ".join(p.opts + p.secondary_opts) + (f" {p.metavar}" if p.metavar and not p.is_flag else "")
         default = ""
         if p.default is not None and not getattr(p, "is_flag", False) and not p.multiple:
-            default = f"`{p.default!r}`" if isinstance(p.default, str) and not p.default.isprintable() else f"`{p.default}`"
+            default = (
+                f"`{p.default!r}`" if isinstance(p.default, str) and not p.default.isprintable() else f"`{p.default}`"
+            )
         rows.append(f"| `{name}` | {default} | {_escape(' '.join((p.help or '').split()))} |")
     return [*rows, ""]
 
