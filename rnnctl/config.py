@@ -43,10 +43,10 @@ class ModelConfig(Section):
     """The model section, handed to the models as one object."""
 
     cell: str = "gru"  # a name in the cell registry (rnnctl.cells): rnn | lstm | gru | ...
-    layers: int = Field(1, ge=1)
-    hidden_size: int = Field(128, ge=1)
-    embedding_size: int = Field(64, ge=1)
-    bidirectional: bool = False
+    layers: int = Field(1, ge=1)  # stacked recurrent layers
+    hidden_size: int = Field(128, ge=1)  # units of each layer (each direction)
+    embedding_size: int = Field(64, ge=1)  # size of the token embedding (tasks that embed tokens)
+    bidirectional: bool = False  # also read each sequence backwards (classifiers)
     dropout: float = Field(0.0, ge=0, lt=1)  # between stacked layers and before the output layer
     stepwise: bool = False  # step the cell by hand over time instead of its fused module (slow; for teaching)
 
@@ -61,15 +61,15 @@ class ModelConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=1e3)
-    weight_decay: float = Field(0.0, ge=0)
+    name: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"  # the optimizer
+    lr: float = Field(1e-3, gt=0, le=1e3)  # learning rate (the peak of a schedule)
+    weight_decay: float = Field(0.0, ge=0)  # L2 penalty (adamw: decoupled weight decay)
     momentum: float = Field(0.0, ge=0, lt=1)  # sgd only
     fused: bool = False  # PyTorch's fused kernel: one step over many weights at once (3x over big embeddings)
 
 
 class ScheduleConfig(Section):
-    name: Literal["none", "step", "cosine", "plateau"] = "none"
+    name: Literal["none", "step", "cosine", "plateau"] = "none"  # how the learning rate changes over training
     warmup_steps: int = Field(0, ge=0)  # linear ramp from 0 to optim.lr over the first steps
     step_size: int = Field(10, ge=1)  # step: epochs between decays
     gamma: float = Field(0.1, gt=0, le=1)  # step, plateau: the factor of each decay
@@ -83,14 +83,14 @@ class EarlyStopConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1)  # passes over the training split
+    batch_size: int = Field(64, ge=1)  # examples (or parallel streams) per step, over all processes
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
-    grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (seed 002: 5)
+    grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (min-char-rnn: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
     ema: float = Field(0.0, ge=0, lt=1)  # > 0: validation and checkpoints read a moving average of the weights
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
-    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)
+    early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)  # stop when validation stops improving
     seed: int = Field(0, ge=0, lt=2**32)  # seeds python, numpy (32-bit) and torch
     device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast around forward and loss
@@ -112,7 +112,7 @@ class LogConfig(Section):
 
 
 class Config(Section):
-    task: str
+    task: str  # what to learn: a name in the task registry (names, charlm, sentiment, ...)
     name: str | None = Field(None, max_length=100)  # run folder suffix; default: the config file's stem
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -31,7 +31,7 @@ class CharLMData(DataConfig):
 
 
 class CharLMModel(ModelConfig):
-    one_hot: bool = False  # one-hot characters as input (seed 002) instead of a learned embedding
+    one_hot: bool = False  # one-hot characters as input (as min-char-rnn) instead of a learned embedding
 
     @model_validator(mode="after")
     def _forward_only(self) -> "CharLMModel":

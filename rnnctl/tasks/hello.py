@@ -20,8 +20,8 @@ from rnnctl.tasks.tokens import LMMeter, TextBatch
 
 
 class HelloData(Section):
-    source: str = "hello"
-    target: str = "ohlol"
+    source: str = "hello"  # the input string
+    target: str = "ohlol"  # the output string, as long as the input
 
     @model_validator(mode="after")
     def _same_length(self) -> "HelloData":
@@ -36,8 +36,8 @@ class HelloData(Section):
 class HelloModel(ModelConfig):
     cell: str = "rnn"
     hidden_size: int = Field(4, ge=1)
-    stepwise: bool = True  # step an nn.*Cell by hand over the sequence (seed 000) instead of the fused module
-    output_layer: bool = False  # false: the hidden state is the logits (seed 000); needs hidden_size = vocabulary
+    stepwise: bool = True  # step an nn.*Cell by hand over the sequence instead of the fused module
+    output_layer: bool = False  # false: the hidden state is the logits; needs hidden_size = vocabulary
 
     @model_validator(mode="after")
     def _forward_only(self) -> "HelloModel":

@@ -52,7 +52,7 @@ HEADER_WORDS = {"text", "review", "sentence", "document", "label", "sentiment", 
 
 
 class SentimentData(TextData):
-    lowercase: bool = True
+    lowercase: bool = True  # lowercase the text before splitting it into words
     min_freq: int = Field(1, ge=1)  # a word enters the vocabulary if it occurs this often in train
     max_size: int | None = Field(None, ge=1)  # keep the most frequent words (<pad> and <unk> not counted)
     max_len: int | None = Field(None, ge=1)  # cut longer texts to this many words; null: keep every word

@@ -27,7 +27,7 @@ class WaveData(Section):
     start: float = 0.0  # x of the first point (radians), before each stream's random phase
     end: float = 100.0  # x of the last point
     points: int = Field(1000, ge=2)  # points per stream
-    window: int = Field(10, ge=1)  # steps per window (seed 004: 10)
+    window: int = Field(10, ge=1)  # steps per window
     noise: float = Field(0.0, ge=0)  # std of the Gaussian noise added to the input
     streams: int = Field(64, ge=1)  # training streams (independent phases)
     eval_streams: int = Field(16, ge=1)  # validation streams, and as many test streams
@@ -44,7 +44,7 @@ class WaveData(Section):
 
 
 class WaveModel(ModelConfig):
-    cell: str = "rnn"  # seed 004: nn.RNN, 2 layers of 32
+    cell: str = "rnn"
     hidden_size: int = Field(32, ge=1)
     layers: int = Field(2, ge=1)
 
