@@ -404,6 +404,7 @@ def _describe(err: dict[str, Any], cls: type[BaseModel]) -> str:
     if err["type"] in ("model_type", "model_attributes_type", "dict_type") and _fields_at(cls, loc):
         got = err.get("input")
         value = str(got) if isinstance(got, (str, int, float)) and len(str(got)) <= 30 else "..."
+        value = value if value.isprintable() and value.strip() else "VALUE"  # an error stays one readable line
         return (
             f"{key} is a section, not a value: set a key inside it, e.g. {key}.{_fields_at(cls, loc)[0]}={value} "
             "(`rnnctl config show CONFIG` shows them all)"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from rnnctl import cells
@@ -130,6 +130,7 @@ def test_any_bytes_as_a_config_file(tmp_path, data):
 
 @PROPERTY
 @given(raw=st.one_of(SECTIONS, REALISTIC, TREES))
+@example(raw={"task": "charlm", "log": "\r"})  # a section given a control character: the error stayed one line
 def test_any_yaml_data_as_a_config_file(tmp_path, raw):
     path = tmp_path / "data.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True, sort_keys=False), encoding="utf-8")
