@@ -34,12 +34,13 @@ def main() -> None:
             wall = time.perf_counter() - t0
             (folder,) = (Path(runs) / "sweeps").iterdir()
             summary = json.loads((folder / "summary.json").read_text())
+            counts = summary["counts"]
             print(f"\n--jobs {jobs}: wall time {wall:.0f} s ({wall / 60:.1f} min), "
-                  f"{summary['members'] - len(summary['failed'])}/{summary['members']} members completed\n")  # fmt: skip
-            print(f"| group | runs | {summary['metric']} mean | std |")
+                  f"{counts.get('completed', 0)}/{sum(counts.values())} members completed\n")  # fmt: skip
+            print(f"| group | runs | {summary['group_metric']} mean | std |")
             print("|---|---:|---:|---:|")
             for g in sorted(summary["groups"], key=lambda g: -g["mean"]):
-                print(f"| {g['group']} | {g['n']} | {g['mean']:.4f} | {g['std']:.4f} |")
+                print(f"| {g['group']} | {g['n']} | {g['mean']:.4f} | {g['std'] or 0:.4f} |")
             sys.stdout.flush()
 
 

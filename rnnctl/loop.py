@@ -370,15 +370,9 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
 
 
-def train(
-    cfg: Config,
-    command: str,
-    loggers: list[Logger],
-    root=None,
-    callbacks: list[Callback] = (),
-    overrides: list[str] = (),
-) -> dict[str, Any]:
-    return Trainer.start(cfg, command, loggers, root, callbacks, overrides).fit()
+def train(cfg: Config, command: str, loggers: list[Logger], **options: Any) -> dict[str, Any]:
+    """A new run trained to its end; `options` as Trainer.start takes them (root, callbacks, overrides)."""
+    return Trainer.start(cfg, command, loggers, **options).fit()
 
 
 def resume(

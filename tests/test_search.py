@@ -113,15 +113,21 @@ def test_two_processes_join_one_study_through_a_journal_file(names_files, isolat
     assert sum(ran) == 4 and min(ran) >= 1
 
 
-def test_a_killed_search_s_trial_continues_its_own_run(cli, names_files, isolated):
-    env = _env(isolated)
+def _killed_search(names_files, root: Path) -> tuple[list, Path]:
+    """A one-trial search SIGKILLed once its run has a checkpoint: no wrap-up, the trial stays `running`."""
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=30", "--space", "optim.lr=choice(0.01)"]
     args += ["--trials", "1", "--pruner", "none"]
-    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
-    folder = isolated / "studies" / "names_tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=_env(root))
+    folder = root / "studies" / "names_tiny"
     wait_for(lambda: list((folder / "runs").glob("*/checkpoints/last.pt")), what="a checkpoint")
-    proc.kill()  # SIGKILL: no wrap-up, the trial stays `running` in the storage
+    proc.kill()
     proc.wait()
+    return args, folder
+
+
+def test_a_killed_search_s_trial_continues_its_own_run(cli, names_files, isolated):
+    env = _env(isolated)
+    args, folder = _killed_search(names_files, isolated)
     assert _states(_study(folder, "names_tiny")) == ["RUNNING"]
     # another --set on the same command would be another study: the epochs stay 30 in the study's config
     assert_one_line_error(cli("search", *args, "--set", "train.epochs=2"), "another config_text")
@@ -140,13 +146,7 @@ def test_a_dead_worker_of_another_machine_is_found_by_its_heartbeat(names_files,
 
     monkeypatch.setenv("RNNCTL_SEARCH_HEARTBEAT", "1")
     env = _env(isolated)
-    args = [TINY, *names_files.set_args(), "--set", "train.epochs=30", "--space", "optim.lr=choice(0.01)"]
-    args += ["--trials", "1", "--pruner", "none"]
-    proc = subprocess.Popen([sys.executable, "-m", "rnnctl.cli", "search", *map(str, args)], env=env)
-    folder = isolated / "studies" / "names_tiny"
-    wait_for(lambda: list((folder / "runs").glob("*/checkpoints/last.pt")), what="a checkpoint")
-    proc.kill()
-    proc.wait()
+    _, folder = _killed_search(names_files, isolated)  # with 1-second heartbeats (set above)
     study = _study(folder, "names_tiny")
     (trial,) = study.trials
     study._storage.set_trial_user_attr(trial._trial_id, "host", "another-machine")  # not provably gone from here
