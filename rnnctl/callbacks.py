@@ -156,8 +156,8 @@ class RunRecord(Callback):
             }  # fmt: skip
         )
         info.update(
-            status="running", unit=trainer.task.unit, epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch, best=dict(trainer.best),
-            pid=os.getpid(), host=HOST, device=str(trainer.device), precision=trainer.cfg.train.precision,
+            status="running", unit=trainer.task.unit, epochs=trainer.cfg.train.epochs, epochs_done=trainer.epoch,
+            best=dict(trainer.best), pid=os.getpid(), host=HOST, device=str(trainer.device), precision=trainer.cfg.train.precision,
             **trainer.math,
         )  # fmt: skip
         for key in ("finished", "duration", "stopped_early"):

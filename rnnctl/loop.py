@@ -393,10 +393,10 @@ def resume(
     if distributed.launched():
         distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
     ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
-    if ckpt is None:
-        rows, recorded = len([r for r in run.rows() if not r.get("partial")]), int(run.info().get("epochs_done") or 0)
+    rows = len([r for r in run.rows() if not r.get("partial")]) if ckpt is None else 0
+    recorded = int(run.info().get("epochs_done") or 0) if ckpt is None else 0
+    if rows > 1 or recorded > 0:  # no checkpoint, yet epochs trained (a row may precede its checkpoint: one, not two)
         trained = max(rows, recorded)
-    if ckpt is None and (rows > 1 or recorded > 0):  # a row comes before its checkpoint: one may lack it, not two
         raise RunError(
             f"{run.id}: {run.checkpoint_path('last')} is missing, though {trained} epochs were trained: it "
             f"cannot go on from where it stopped; start a new run from its config: "

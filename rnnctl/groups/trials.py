@@ -183,7 +183,8 @@ class Objective:
         from rnnctl import loop
 
         values = {p.key: p.suggest(trial) for p in self.space}
-        member = member_of(trial.study._storage.get_trial(trial._trial_id), self.grid)
+        mine = trial.study._storage.get_trial(trial._trial_id)  # its attributes as queued (member, resume)
+        member = member_of(mine, self.grid)
         if not self._needed(trial, member):
             trial.set_user_attr(SKIPPED, True)
             raise Skipped()
@@ -193,7 +194,6 @@ class Objective:
             trial.set_user_attr(key, value)
         self.on_start()
         pruning = Pruning(trial, self.group.spec["metric"])
-        mine = trial.study._storage.get_trial(trial._trial_id)
         retried = mine.user_attrs.get("run") if "failed_trial" in mine.system_attrs else None  # its worker died
         again = self.group.member(mine.user_attrs.get("resume") or retried)
         try:
