@@ -8,10 +8,14 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
 import random
 import re
 import shutil
+import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
@@ -202,10 +206,14 @@ def without_timing(rows: list[dict]) -> list[dict]:
 
 
 def metrics(run_dir: Path) -> list[dict]:
-    """A run folder's metrics rows, without timings."""
-    import json
-
+    """A run folder's metrics rows as metrics.jsonl holds them (read here, not through RunFolder), without
+    timings: what two runs that should have trained the same must agree on."""
     return without_timing([json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()])
+
+
+def run_info(run_dir: Path) -> dict:
+    """A run folder's run.json."""
+    return json.loads((run_dir / "run.json").read_text())
 
 
 def members(group: Path) -> list[dict[str, str]]:
@@ -213,14 +221,34 @@ def members(group: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO((group / "trials.csv").read_text(encoding="utf-8"))))
 
 
-def wait_for(condition, timeout: float = 120, what: str = "the condition") -> None:
-    """Poll `condition()` until it is true; fail after `timeout` seconds."""
-    import time
+def pairs(examples) -> list[tuple[str, str]]:
+    """A text task's examples as (text, label) pairs."""
+    return [(e.text, e.label) for e in examples]
 
+
+def wait_for(condition, timeout: float = 120, what: str = "the condition", proc: subprocess.Popen | None = None):
+    """Poll `condition()` until it returns something true, and return that. Fail after `timeout` seconds, and
+    as soon as `proc` (the process that should bring it about) has exited, with what it printed."""
     deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.1)
+    while not (found := condition()):
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"exited early with {proc.returncode}, waiting for {what}:\n{out}\n{err}")
+        if time.monotonic() >= deadline:
+            if proc is not None:
+                proc.kill()
+                out, err = proc.communicate()
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{out}\n{err}")
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def assert_one_line_error(result, *needles: str) -> str:
@@ -288,7 +316,6 @@ class Terminal:
         import pty
         import signal
         import struct
-        import subprocess
         import termios
 
         self.primary, secondary = pty.openpty()
@@ -316,7 +343,6 @@ class Terminal:
         at the deadline."""
         import os
         import select
-        import time
 
         deadline = time.monotonic() + timeout
         while not predicate(self.shown):

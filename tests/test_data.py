@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 import torch
-from conftest import TINY, assert_one_line_error, gen_names, tiny_config, write_names
+from conftest import TINY, assert_one_line_error, gen_names, pairs, tiny_config, write_names
 
 from rnnctl.data import read_text, stratified_split
 from rnnctl.errors import DataError
@@ -25,10 +25,6 @@ def load_examples(data: NamesData):
     """(train, test) examples, whatever else load_examples returns between them."""
     found = _load_examples(data)
     return found[0], found[-1]
-
-
-def pairs(examples):
-    return [(e.text, e.label) for e in examples]
 
 
 # -- file formats --------------------------------------------------------------------------------

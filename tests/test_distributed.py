@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, TINY, run_dirs
+from conftest import CONFIGS, TINY, free_port, metrics, run_dirs
 
-from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import RunFolder
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -26,10 +24,6 @@ def env() -> dict[str, str]:
 
 def run(cmd: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout)
-
-
-def numbers(run_dir: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run_dir).rows()]
 
 
 def assert_close_rows(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
@@ -51,12 +45,6 @@ def one_process(args: list[str], root: Path) -> Path:
     return only
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_m_rnnctl_matches_one_process(names_files, tmp_path, isolated):
     args = [str(TINY), *names_files.set_args(), "--set", "train.batch_size=30"]  # 30 rows: shards of 15
     single = one_process(args, tmp_path / "single")
@@ -64,7 +52,7 @@ def test_torchrun_m_rnnctl_matches_one_process(names_files, tmp_path, isolated):
     result = run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "rnnctl", "train", *args])
     assert result.returncode == 0, result.stderr
     (multi,) = run_dirs(isolated)  # rank 0 alone made a run folder
-    assert_close_rows(numbers(multi), numbers(single))
+    assert_close_rows(metrics(multi), metrics(single))
     info = json.loads((multi / "run.json").read_text())
     assert info["world_size"] == 2 and info["backend"] == "gloo" and len(info["ranks"]) == 2
     assert info["test"]["acc"] == pytest.approx(json.loads((single / "run.json").read_text())["test"]["acc"])
@@ -93,7 +81,7 @@ def test_nproc_shards_streams_and_carried_state(task, tmp_path, isolated):
     (multi,) = run_dirs(isolated)
     # the carried state makes sincos chaotic: float rounding of a sharded matmul grows to ~1e-4 in 80 steps,
     # while a wrong shard (a stream's state handed to another stream) is off by far more
-    assert_close_rows(numbers(multi), numbers(single), rel=1e-4 if task == "charlm" else 2e-3)
+    assert_close_rows(metrics(multi), metrics(single), rel=1e-4 if task == "charlm" else 2e-3)
 
 
 def test_resume_under_torchrun_with_another_world_size(names_files, tmp_path, isolated):
@@ -103,7 +91,7 @@ def test_resume_under_torchrun_with_another_world_size(names_files, tmp_path, is
     os.environ["RNNCTL_RUNS"] = str(isolated)
     result = run([*RNNCTL, "train", "--resume", cut.name, "--epochs", "4", "--nproc", "2", "--quiet"])
     assert result.returncode == 0, result.stderr
-    assert_close_rows(numbers(cut), numbers(reference))
+    assert_close_rows(metrics(cut), metrics(reference))
     assert json.loads((cut / "run.json").read_text())["world_size"] == 2
 
 
@@ -177,7 +165,7 @@ def test_two_nodes_on_this_machine(names_files, tmp_path, isolated):
     outs = [a.communicate(timeout=180) for a in agents]
     assert [a.returncode for a in agents] == [0, 0], outs
     (multi,) = run_dirs(isolated)
-    assert_close_rows(numbers(multi), numbers(single))
+    assert_close_rows(metrics(multi), metrics(single))
     assert json.loads((multi / "run.json").read_text())["world_size"] == 2
 
 

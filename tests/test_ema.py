@@ -6,16 +6,11 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, metrics, run_dirs, tiny_config
 
 from rnnctl import loop
-from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import RunFolder
 from rnnctl.training import WeightAverage
-
-
-def numbers(run) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run).rows()]
 
 
 def test_the_average_follows_the_formula_and_copies_buffers():
@@ -54,7 +49,7 @@ def test_checkpoints_hold_the_average_and_a_resumed_run_equals_an_uncut_one(cli,
 
     result = cli("train", "--resume", str(cut))
     assert result.exit_code == 0, result.output
-    assert numbers(cut) == numbers(ref)
+    assert metrics(cut) == metrics(ref)
     assert json.loads((cut / "run.json").read_text())["test"] == json.loads((ref / "run.json").read_text())["test"]
     # eval reads the checkpoint's "model": the average, as the run's own test did
     result = cli("eval", str(ref), "--split", "val")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_dirs, tiny_config
+from conftest import run_dirs, tiny_config, without_timing
 
 from rnnctl import loop
 from rnnctl.config import validate
@@ -30,10 +30,6 @@ EPOCH1_TRAIN_LOSS = 1.3859351829246238
 def train(files, root: Path, *overrides: str) -> Path:
     summary = loop.train(tiny_config(files, *overrides), command="test", loggers=[], root=root)
     return Path(summary["dir"])
-
-
-def without_timing(rows):
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def test_seeded_regression_first_epoch_loss(names_files, tmp_path):

@@ -15,20 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, assert_one_line_error, metrics, run_dirs, run_info, tiny_config, wait_for
 
 from rnnctl import loop, plots, runs
 from rnnctl.errors import StorageError
-from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import LOCK, FolderLock, RunFolder
-
-
-def numbers(run: Path) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run).rows()]
-
-
-def info(run: Path) -> dict:
-    return json.loads((run / "run.json").read_text())
 
 
 def spawn(args: list[str], **env: str) -> subprocess.Popen:
@@ -39,25 +30,13 @@ def spawn(args: list[str], **env: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early with {proc.returncode}: {proc.communicate()}")
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"timed out: {proc.communicate()}")
-
-
 # -- signals -------------------------------------------------------------------------------------
 
 
 def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resume_continues(names_files, isolated, cli):
     proc = spawn(["train", str(TINY), *names_files.set_args(), "--set", "train.epochs=400"])
     try:
-        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), proc)
+        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc=proc)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -65,7 +44,7 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resume_continues(names_file
             proc.kill()
     assert proc.returncode == 143, (out, err)
     assert "Traceback" not in err and "interrupted (SIGTERM) in" in out and "SIGTERM" not in err  # said once
-    record = info(run)
+    record = run_info(run)
     assert record["status"] == "interrupted" and record["epochs_done"] >= 1
     assert (run / "eval" / "test-best.json").is_file()  # the best checkpoint was tested in the grace period
     assert not (run / LOCK).exists()  # released
@@ -77,8 +56,8 @@ def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resume_continues(names_file
 
 def test_a_run_killed_before_its_wrap_up_resumes_into_it(copy_run, cli):
     """Killed after the last epoch, before testing best.pt and drawing plots: resume does just that."""
-    record = info(copy_run)
-    before = numbers(copy_run)
+    record = run_info(copy_run)
+    before = metrics(copy_run)
     for key in ("test", "finished", "duration"):
         record.pop(key)
     record.update(status="running", pid=2**22 + 12345)  # a process that is gone
@@ -89,10 +68,10 @@ def test_a_run_killed_before_its_wrap_up_resumes_into_it(copy_run, cli):
     assert "died" in cli("runs").stdout
     result = cli("train", "--resume", copy_run.name)
     assert result.exit_code == 0, result.output
-    after = info(copy_run)
+    after = run_info(copy_run)
     assert after["status"] == "completed" and after["test"]["acc"] > 0
     assert (copy_run / "eval" / "test-best.json").is_file() and (copy_run / "plots" / "loss.png").is_file()
-    assert numbers(copy_run) == before  # nothing trained again
+    assert metrics(copy_run) == before  # nothing trained again
     assert_one_line_error(cli("train", "--resume", copy_run.name), "has trained", "--epochs")  # now it is done
 
 
@@ -103,13 +82,13 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_in_its_folder(name
     for f in (run / "checkpoints").iterdir():
         f.unlink()
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "step": 3, "val_acc": 0.5}) + "\n")
-    record = info(run)
+    record = run_info(run)
     record.update(status="running", pid=2**22 + 12345, epochs_done=0)
     (run / "run.json").write_text(json.dumps(record))
     result = cli("train", "--resume", run.name)
     assert result.exit_code == 0, result.output
-    assert numbers(run) == numbers(Path(reference["dir"]))  # the same numbers as a run never cut
-    assert info(run)["history"][-1]["from_epoch"] == 0
+    assert metrics(run) == metrics(Path(reference["dir"]))  # the same numbers as a run never cut
+    assert run_info(run)["history"][-1]["from_epoch"] == 0
 
 
 # -- two writers ---------------------------------------------------------------------------------
@@ -196,10 +175,10 @@ def test_a_full_disk_while_drawing_plots_is_one_line_and_resumable(names_files, 
         result = cli("train", TINY, *names_files.set_args())
     assert_one_line_error(result, "plots", "cannot write", "No space left on device", "--resume")
     (run,) = run_dirs(isolated)
-    assert info(run)["status"] == "failed"
+    assert run_info(run)["status"] == "failed"
     result = cli("train", "--resume", run.name)  # space freed
     assert result.exit_code == 0, result.output
-    assert info(run)["status"] == "completed" and (run / "plots" / "loss.png").is_file()
+    assert run_info(run)["status"] == "completed" and (run / "plots" / "loss.png").is_file()
 
 
 def mount_tmpfs(where: Path, size: str) -> bool:
@@ -293,7 +272,7 @@ def test_no_write_follows_a_symlink_out_of_the_run(copy_run, cli, tmp_path):
 
 
 def test_a_torn_last_metrics_line_is_skipped_said_and_repaired(copy_run, cli):
-    rows = numbers(copy_run)
+    rows = metrics(copy_run)
     with (copy_run / "metrics.jsonl").open("a") as f:
         f.write('{"epoch": 4, "step": 2')  # a crash mid-append
     with (copy_run / "steps.csv").open("a") as f:
@@ -304,7 +283,7 @@ def test_a_torn_last_metrics_line_is_skipped_said_and_repaired(copy_run, cli):
     assert result.exit_code == 0 and "line 4 is incomplete" in result.stderr
     result = cli("train", "--resume", copy_run.name, "--epochs", "4")
     assert result.exit_code == 0, result.output
-    assert numbers(copy_run)[:3] == rows and len(numbers(copy_run)) == 4
+    assert metrics(copy_run)[:3] == rows and len(metrics(copy_run)) == 4
     assert all(line.endswith("}") for line in (copy_run / "metrics.jsonl").read_text().splitlines())
     assert "warning" not in cli("runs").stderr  # repaired
 

@@ -8,28 +8,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, tiny_config
+from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, tiny_config, wait_for
 
 from rnnctl import loop
 from rnnctl.runs import RunFolder, load_checkpoint
-
-
-def wait_for(predicate, timeout: float, proc: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"rnnctl exited early with {proc.returncode}:\n{out}\n{err}")
-        time.sleep(0.05)
-    proc.kill()
-    out, err = proc.communicate()
-    raise AssertionError(f"timed out after {timeout}s:\n{out}\n{err}")
 
 
 def test_ctrl_c_stops_training_cleanly(names_files, isolated):
@@ -42,7 +26,7 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
-        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc)
+        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc=proc)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     finally:

@@ -5,7 +5,6 @@ load on the CPU, and --device on eval, predict and sample. Nothing here has run 
 from __future__ import annotations
 
 import ctypes
-import json
 import math
 import os
 import platform
@@ -13,20 +12,11 @@ import sys
 
 import pytest
 import torch
-from conftest import CONFIGS, TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+from conftest import CONFIGS, TINY, CtrlCAtEpoch, assert_one_line_error, metrics, run_dirs, run_info, tiny_config
 
 from rnnctl import loop, runs, training
 from rnnctl.errors import ConfigError
-from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import RunFolder
-
-
-def numbers(run) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run).rows()]
-
-
-def info(run) -> dict:
-    return json.loads((run / "run.json").read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -44,15 +34,15 @@ def test_bf16_trains_through_the_cli_close_to_fp32(cli, names_files, isolated):
         result = cli("train", TINY, *names_files.set_args(), *args)
         assert result.exit_code == 0, result.output
     fp32, bf16 = (next(d for d in run_dirs(isolated) if d.name.endswith(p)) for p in ("fp32", "bf16"))
-    assert info(bf16)["precision"] == "bf16" and info(fp32)["precision"] == "fp32"
-    assert info(bf16)["tf32"] is False  # a CPU has no TF32: the record says what ran, not what was allowed
+    assert run_info(bf16)["precision"] == "bf16" and run_info(fp32)["precision"] == "fp32"
+    assert run_info(bf16)["tf32"] is False  # a CPU has no TF32: the record says what ran, not what was allowed
     a, b = RunFolder(fp32).rows(), RunFolder(bf16).rows()
     assert len(a) == len(b) == 3
     for ra, rb in zip(a, b):
         assert math.isfinite(rb["train_loss"]) and math.isfinite(rb["val_loss"])
         assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=0.05)  # bf16 keeps 8 bits of mantissa
         assert rb["train_loss"] != ra["train_loss"]  # autocast did act: bf16 is not bit-identical to fp32
-    assert info(bf16)["test"]["loss"] == pytest.approx(info(fp32)["test"]["loss"], rel=0.05)
+    assert run_info(bf16)["test"]["loss"] == pytest.approx(run_info(fp32)["test"]["loss"], rel=0.05)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -72,9 +62,9 @@ def test_resumed_mixed_precision_run_equals_uncut_run(cli, names_files, isolated
         assert "scaler" not in ckpt
     result = cli("train", "--resume", str(cut))
     assert result.exit_code == 0, result.output
-    assert numbers(cut) == numbers(ref)
+    assert metrics(cut) == metrics(ref)
     assert RunFolder(cut).steps() == RunFolder(ref).steps()
-    assert info(cut)["precision"] == precision and info(cut)["test"] == info(ref)["test"]
+    assert run_info(cut)["precision"] == precision and run_info(cut)["test"] == run_info(ref)["test"]
 
 
 def test_a_precision_the_device_lacks_is_a_one_line_error(cli, names_files, isolated, monkeypatch):
@@ -102,9 +92,9 @@ def test_deterministic_cpu_run_repeats_exactly(names_files, isolated):
         cfg = tiny_config(names_files, "train.deterministic=true", "model.dropout=0.3", f"name={name}")
         loop.train(cfg, command=name, loggers=[])
     one, two = run_dirs(isolated)
-    assert numbers(one) == numbers(two)
+    assert metrics(one) == metrics(two)
     assert RunFolder(one).steps() == RunFolder(two).steps()
-    assert info(one)["deterministic"] is True and info(one)["tf32"] is False
+    assert run_info(one)["deterministic"] is True and run_info(one)["tf32"] is False
 
 
 def test_each_run_sets_its_own_determinism(names_files):
@@ -225,4 +215,4 @@ def test_run_json_records_the_allocator_choice(cli, names_files, isolated):
     result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1")
     assert result.exit_code == 0, result.output
     (run,) = run_dirs(isolated)
-    assert info(run)["malloc_keeps_freed"] is training.keep_freed_memory()
+    assert run_info(run)["malloc_keeps_freed"] is training.keep_freed_memory()

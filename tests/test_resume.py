@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, CtrlCAtEpoch, assert_one_line_error, metrics, run_dirs, tiny_config
 
 from rnnctl import loop
-from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import RunFolder
-
-
-def numbers(run) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in RunFolder(run).rows()]
 
 
 @pytest.fixture
@@ -32,7 +27,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, re
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     result = cli("train", "--resume", str(cut))
     assert result.exit_code == 0, result.output
-    assert numbers(cut) == numbers(reference)
+    assert metrics(cut) == metrics(reference)
     assert RunFolder(cut).steps() == RunFolder(reference).steps()  # per-step losses and gradient norms too
     info = json.loads((cut / "run.json").read_text())
     ref = json.loads((reference / "run.json").read_text())
@@ -49,7 +44,7 @@ def test_completed_run_extends_with_epochs(names_files, isolated, reference, cli
     assert "2 of 1" not in line and "1 of 2" not in line
     result = cli("train", "--resume", str(short), "--epochs", "4")
     assert result.exit_code == 0, result.output
-    assert numbers(short) == numbers(reference)
+    assert metrics(short) == metrics(reference)
 
 
 def test_resume_without_checkpoints_says_what_is_missing_and_how_to_start_over(cli, copy_run):

@@ -6,8 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import CtrlCAtEpoch, run_dirs, tiny_config
-from test_resume import numbers
+from conftest import CtrlCAtEpoch, metrics, run_dirs, tiny_config
 
 from rnnctl import loop
 from rnnctl.config import EarlyStopConfig, ScheduleConfig
@@ -83,7 +82,7 @@ def test_resume_continues_warmup_cosine_and_plateau_exactly(names_files, isolate
         (ref,) = [d for d in run_dirs(isolated) if d.name.endswith(f"ref-{sched}")]
         (cut,) = [d for d in run_dirs(isolated) if d.name.endswith(f"cut-{sched}")]
         assert cli("train", "--resume", str(cut)).exit_code == 0
-        assert numbers(cut) == numbers(ref)
+        assert metrics(cut) == metrics(ref)
         lrs = [r["lr"] for r in RunFolder(ref).rows()]
         assert len(set(lrs)) > 1 and all(math.isfinite(x) for x in lrs)  # the schedule did change the lr
         assert json.loads((cut / "run.json").read_text())["status"] == "completed"

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import TINY, assert_one_line_error, members, wait_for
+from conftest import TINY, assert_one_line_error, free_port, members, wait_for
 
 SPACE = ["--space", "optim.lr=choice(0.00001,0.05)", "--space", "model.hidden_size=int(8,16)"]
 
@@ -278,12 +277,6 @@ def test_the_journal_storage_finds_a_trial_whose_heartbeat_stopped(tmp_path, mon
 # -- a real PostgreSQL server -----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres():
     """A PostgreSQL cluster of its own in a temp dir (initdb, pg_ctl); skipped where they are missing. As
@@ -304,7 +297,7 @@ def postgres():
             pytest.skip("running as root without runuser: initdb refuses root")
         prefix = [runuser, "-u", "postgres", "--"]
         shutil.chown(home, "postgres")
-    data, port = home / "data", _free_port()
+    data, port = home / "data", free_port()
     made = subprocess.run(
         [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "rnnctl"], capture_output=True, text=True
     )

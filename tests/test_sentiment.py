@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.hub
 import yaml
-from conftest import CONFIGS, _isolate, assert_one_line_error, run_dirs
+from conftest import CONFIGS, _isolate, assert_one_line_error, pairs, run_dirs
 from typer.testing import CliRunner
 
 from rnnctl.cli import app
@@ -347,10 +347,6 @@ def test_max_len_cuts_the_texts_and_predict_alike(corpus):
 
 
 # -- data layouts --------------------------------------------------------------------------------
-
-
-def pairs(examples):
-    return [(e.text, e.label) for e in examples]
 
 
 def test_acl_folder_and_archive_read_the_same_reviews(corpus):
