@@ -187,3 +187,10 @@ def test_config_show_prints_resolved_yaml(cli):
     again = Path("shown.yaml")
     again.write_text(result.stdout, encoding="utf-8")
     assert load_config(again).to_dict() == {**shown}
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.seed=-1", "train.seed"), ("train.seed=10000000000000", "train.seed"), ("optim.lr=1e300", "optim.lr"),
+])  # fmt: skip
+def test_out_of_range_seed_and_lr(cli, override, key):
+    assert_one_line_error(cli("config", "show", TINY, "--set", override), key)

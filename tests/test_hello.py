@@ -105,3 +105,11 @@ def test_tagger_without_output_layer_reads_the_hidden_state_as_logits():
     out = model(torch.tensor([[1, 0, 2, 2, 3]]))
     assert out.logits.shape == (1, 5, 4)
     assert out.logits.abs().max() <= 1.0  # tanh hidden state, no linear layer after it
+
+
+def test_hello_refuses_bidirectional_even_with_the_fused_module(cli, isolated):
+    result = cli(
+        "train", CONFIGS / "hello_rnncell.yaml", "--set", "model.stepwise=false", "--set", "model.bidirectional=true"
+    )
+    assert_one_line_error(result, "bidirectional", "forward only")
+    assert run_dirs(isolated) == []

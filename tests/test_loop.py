@@ -1,4 +1,5 @@
-"""The training loop: determinism, checkpoints, atomic writes, a seeded regression."""
+"""The training loop: determinism, checkpoints, atomic writes, a seeded regression, failures while training
+and wrapping up."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_dirs, tiny_config, without_timing
+from conftest import TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config, without_timing
 
-from rnnctl import loop
+from rnnctl import loop, plots
 from rnnctl.config import validate
 from rnnctl.inference import LoadedRun
 from rnnctl.loop import TIMING_KEYS
@@ -189,3 +190,52 @@ def test_every_step_logs_its_loss_and_gradient_norm(names_files, isolated):
     assert mean(first) == pytest.approx(rows[0]["grad_norm"]) and max(first) == pytest.approx(rows[0]["grad_norm_max"])
     assert max(s["grad_norm"] for s in steps) > 0.5  # logged before clipping
     assert (run / "plots" / "grad_norm.png").stat().st_size > 0
+
+
+# -- failures while training and wrapping up ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raised, status", [(RuntimeError("disk full"), "failed"), (KeyboardInterrupt(), "interrupted")]
+)
+def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monkeypatch, raised, status):
+    finished = []
+
+    class Watcher(QuietLogger):
+        def finish(self, summary):
+            finished.append(summary["status"])
+
+    def boom(run_dir):
+        raise raised
+
+    monkeypatch.setattr(plots, "write_all", boom)
+    with pytest.raises(type(raised)):
+        loop.train(tiny_config(names_files), command="test", loggers=[Watcher()])
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == status
+    assert finished and finished[-1] == status  # the display was told, so a live table stops
+
+
+def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(
+    cli, names_files, isolated, monkeypatch
+):
+    from rnnctl.models import RecurrentClassifier
+    from rnnctl.runs import load_checkpoint
+
+    original = RecurrentClassifier.forward
+    calls = {"train": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == 10:  # 216 training names / batch 32 = 7 steps an epoch: step 10 is in epoch 2
+                return out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(RecurrentClassifier, "forward", forward)
+    line = assert_one_line_error(cli("train", TINY, *names_files.set_args()), "epoch 2, step 10", "not finite")
+    assert "epoch 1 in checkpoints/last.pt" in line
+    (run,) = run_dirs(isolated)
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1

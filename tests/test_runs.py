@@ -1,51 +1,14 @@
-"""What happens around the training loop: failures while wrapping up, bad environments, broken run files."""
+"""The run folders on disk: a runs root that cannot hold them, `runs` (broken records, filters, sorting),
+`latest` and sweep members resolved, and `compare`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
-from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config
+from conftest import TINY, assert_one_line_error
 
-from rnnctl import loop, plots
 from rnnctl.runs import RunFolder, all_runs
-
-
-@pytest.mark.parametrize(
-    "raised, status", [(RuntimeError("disk full"), "failed"), (KeyboardInterrupt(), "interrupted")]
-)
-def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monkeypatch, raised, status):
-    finished = []
-
-    class Watcher(QuietLogger):
-        def finish(self, summary):
-            finished.append(summary["status"])
-
-    def boom(run_dir):
-        raise raised
-
-    monkeypatch.setattr(plots, "write_all", boom)
-    with pytest.raises(type(raised)):
-        loop.train(tiny_config(names_files), command="test", loggers=[Watcher()])
-    (run,) = run_dirs(isolated)
-    assert json.loads((run / "run.json").read_text())["status"] == status
-    assert finished and finished[-1] == status  # the display was told, so a live table stops
-
-
-@pytest.mark.parametrize("override, key", [
-    ("train.seed=-1", "train.seed"), ("train.seed=10000000000000", "train.seed"), ("optim.lr=1e300", "optim.lr"),
-])  # fmt: skip
-def test_out_of_range_seed_and_lr(cli, override, key):
-    assert_one_line_error(cli("config", "show", TINY, "--set", override), key)
-
-
-def test_hello_refuses_bidirectional_even_with_the_fused_module(cli, isolated):
-    result = cli(
-        "train", CONFIGS / "hello_rnncell.yaml", "--set", "model.stepwise=false", "--set", "model.bidirectional=true"
-    )
-    assert_one_line_error(result, "bidirectional", "forward only")
-    assert run_dirs(isolated) == []
 
 
 def test_runs_folder_that_is_a_file_is_a_one_line_error(cli, names_files, tmp_path, monkeypatch):
@@ -73,31 +36,6 @@ def test_latest_orders_runs_started_in_the_same_second_by_their_start(isolated):
     for i, d in enumerate((first, second)):
         (d / "run.json").write_text(json.dumps({"id": d.name, "status": "completed", "created_ns": 1000 + i}))
     assert [r.path for r in all_runs(isolated)] == [first, second]
-
-
-def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(
-    cli, names_files, isolated, monkeypatch
-):
-    from rnnctl.models import RecurrentClassifier
-    from rnnctl.runs import load_checkpoint
-
-    original = RecurrentClassifier.forward
-    calls = {"train": 0}
-
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if self.training:
-            calls["train"] += 1
-            if calls["train"] == 10:  # 216 training names / batch 32 = 7 steps an epoch: step 10 is in epoch 2
-                return out._replace(loss=out.loss * float("nan"))
-        return out
-
-    monkeypatch.setattr(RecurrentClassifier, "forward", forward)
-    line = assert_one_line_error(cli("train", TINY, *names_files.set_args()), "epoch 2, step 10", "not finite")
-    assert "epoch 1 in checkpoints/last.pt" in line
-    (run,) = run_dirs(isolated)
-    assert json.loads((run / "run.json").read_text())["status"] == "failed"
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
 
 
 def test_runs_filters_and_sorts(cli, copy_run, isolated):
