@@ -240,7 +240,7 @@ def wait_for(condition, timeout: float = 120, what: str = "the condition", proc:
                 out, err = proc.communicate()
                 raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}:\n{out}\n{err}")
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.1)
     return found
 
 
