@@ -33,6 +33,7 @@ def mgu():
     del cells.CELLS["mgu"]
 
 
+@pytest.mark.slow
 def test_a_registered_cell_trains_a_bidirectional_classifier(mgu, cli, names_files, isolated):
     tiny = CONFIGS / "smoke" / "names_tiny.yaml"
     args = [*names_files.set_args(), "--set", f"model.cell={mgu}", "--set", "model.bidirectional=true"]

@@ -205,6 +205,7 @@ def test_sample_num_prints_headed_samples(cli, char_run):
     assert len(set(samples[:2] + [samples[2] + "\n"])) == 3
 
 
+@pytest.mark.slow
 def test_sample_default_is_newest_completed_language_model(cli, char_run, names_files, isolated):
     old = copy_char_run(char_run, isolated, "20000101-000000-charlm-old")
     good = copy_char_run(char_run, isolated, "20000101-000001-charlm-good")
@@ -277,6 +278,7 @@ def test_sample_skips_incomplete_runs(cli, char_run, isolated):
 PREVIEW_PIECE = r"(?:\\[nt\\]|[^\\\n])"  # one character as a preview shows it: an escape or a plain character
 
 
+@pytest.mark.slow
 def test_the_preview_is_one_readable_line_in_a_pipe_and_on_a_terminal(cli, tmp_path, isolated):
     """The sample shown each epoch: in a pipe and on an 80-column terminal the same way, newlines, tabs and
     backslashes as escapes on one line, no repr quotes; on the terminal cut to its width between escapes."""
@@ -616,6 +618,7 @@ def test_eval_without_split_uses_val_for_a_language_model(cli, char_run, isolate
     assert "bits/char" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_every_adds_rows_inside_epochs_without_changing_training(cli, char_run, isolated):
     """train.eval_every: partial rows between epoch rows; the epoch rows' numbers are those of a run without it."""
     from rnnctl.loop import TIMING_KEYS

@@ -180,6 +180,7 @@ def test_predict_prints_top3_with_probabilities(cli, trained_run):
     assert "#1" in result.stdout and "#3" in result.stdout and "#4" not in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 50])
 def test_predict_on_a_terminal_cuts_no_name_and_no_number(cli, columns):
     assert cli("train", "smoke/names_tiny", "-q").exit_code == 0  # the packaged names: 18 languages

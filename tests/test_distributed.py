@@ -14,6 +14,8 @@ from conftest import CONFIGS, TINY, free_port, metrics, run_dirs
 
 from rnnctl.runs import RunFolder
 
+pytestmark = pytest.mark.slow  # every test starts torchrun and two or more ranks
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 RNNCTL = [sys.executable, "-m", "rnnctl"]
 

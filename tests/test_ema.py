@@ -31,6 +31,7 @@ def test_the_average_follows_the_formula_and_copies_buffers():
     assert not any(p.requires_grad for p in avg.model.parameters())
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_average_and_a_resumed_run_equals_an_uncut_one(cli, names_files, isolated):
     more = ["train.ema=0.9", "model.dropout=0.3"]
     loop.train(tiny_config(names_files, "model.dropout=0.3", "name=plain"), command="plain", loggers=[])

@@ -46,6 +46,7 @@ def names_sweep(cli, names_files, isolated):
     return _sweep(cli, isolated, config, "train.seed=1,2,3")
 
 
+@pytest.mark.slow
 def test_eval_of_a_sweep_averages_the_members_probabilities(cli, names_files, names_sweep):
     from rnnctl.ensemble import EVERY_CLASS
     from rnnctl.inference import LoadedRun
@@ -83,6 +84,7 @@ def test_eval_of_a_sweep_averages_the_members_probabilities(cli, names_files, na
     assert sum(c["support"] for c in report["ensemble"]["per_class"]) == len(labels)
 
 
+@pytest.mark.slow
 def test_top_members_and_predict_of_a_sweep(cli, names_sweep):
     result = cli("eval", names_sweep.name, "--top-members", "1", "--split", "val")
     assert result.exit_code == 0, result.output
@@ -107,6 +109,7 @@ def test_top_members_and_predict_of_a_sweep(cli, names_sweep):
     assert len(shares) == 4 and sum(shares) == pytest.approx(100, abs=0.3) and shares == sorted(shares, reverse=True)
 
 
+@pytest.mark.slow
 def test_members_that_do_not_share_the_data_are_refused(cli, names_files, isolated):
     config = _config(isolated.parent, TINY, {"path": str(names_files.train), "test_path": str(names_files.test)},
                      epochs=1)  # fmt: skip
@@ -126,6 +129,7 @@ def test_ensemble_argument_errors(cli, copy_run, isolated):
     assert_one_line_error(cli("eval", "empty"), "no completed member")
 
 
+@pytest.mark.slow
 def test_a_series_sweep_averages_predictions_and_forecasts(cli, tmp_path, isolated):
     from test_series import monthly_csv
 
@@ -178,6 +182,7 @@ def test_combine_is_the_log_of_the_mean_probability():
     assert torch.equal(combine([a, b], "values"), (a + b) / 2)
 
 
+@pytest.mark.slow
 def test_a_search_study_is_an_ensemble_of_its_completed_trials(cli, names_files, isolated):
     space = ["--space", "optim.lr=choice(0.01,0.02)", "--space", "train.seed=int(1,9)"]
     result = cli("search", TINY, *names_files.set_args(), "--set", "train.epochs=1", *space, "--trials", "2",

@@ -33,6 +33,7 @@ def spawn(args: list[str], **env: str) -> subprocess.Popen:
 # -- signals -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_with_exit_143_and_resume_continues(names_files, isolated, cli):
     proc = spawn(["train", str(TINY), *names_files.set_args(), "--set", "train.epochs=400"])
     try:
@@ -75,6 +76,7 @@ def test_a_run_killed_before_its_wrap_up_resumes_into_it(copy_run, cli):
     assert_one_line_error(cli("train", "--resume", copy_run.name), "has trained", "--epochs")  # now it is done
 
 
+@pytest.mark.slow
 def test_a_run_killed_before_its_first_checkpoint_starts_over_in_its_folder(names_files, isolated, cli):
     reference = loop.train(tiny_config(names_files, "name=ref"), command="ref", loggers=[])
     cut = loop.train(tiny_config(names_files, "name=cut"), command="cut", loggers=[])
@@ -103,6 +105,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow
 def test_a_second_writer_gets_one_line(copy_run, cli):
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(copy_run)], stdout=subprocess.PIPE, text=True)
     try:
@@ -120,6 +123,7 @@ def test_a_second_writer_gets_one_line(copy_run, cli):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_two_resumes_started_together_one_trains(copy_run):
     # long enough (about 10 s) that the two overlap however slowly the second one starts on a loaded machine
     procs = [spawn(["train", "--resume", copy_run.name, "--epochs", "30", "--quiet"]) for _ in range(2)]
@@ -164,6 +168,7 @@ def enospc(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_drawing_plots_is_one_line_and_resumable(names_files, isolated, cli, monkeypatch):
     mkstemp = runs.tempfile.mkstemp
 

@@ -46,6 +46,7 @@ def test_hello_eval_shows_the_string_it_predicts_beside_the_target(cli, isolated
     assert report["predictions"] == [{"input": "hello", "predicted": row["preview"], "target": "ohlol"}]
 
 
+@pytest.mark.slow
 def test_hello_teaches_other_pairs(cli, isolated):
     result = cli("train", HELLO, "--set", "data.source=abcd", "--set", "data.target=dcba", "--set", "model.output_layer=true",
                  "--set", "model.hidden_size=16", "--set", "train.epochs=40", "--quiet")  # fmt: skip

@@ -16,6 +16,7 @@ from rnnctl import loop
 from rnnctl.runs import RunFolder, load_checkpoint
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     cmd = [sys.executable, "-m", "rnnctl.cli", "train", str(TINY), *names_files.set_args(), "--set", "train.epochs=500"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}  # RNNCTL_RUNS from the autouse fixture
@@ -54,6 +55,7 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
     assert not list(run.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_terminal_leaves_one_table_one_summary_and_whole_paths(isolated):
     """Ctrl-C typed at an 80-column terminal: the terminal echoes `^C` after the progress bar, which must not
     wrap the live display's last line (its next redraw would start a line low and leave the header twice);
@@ -104,6 +106,7 @@ main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
 def test_a_signal_that_cuts_matplotlibs_import_still_ends_in_plots(names_files, isolated, tmp_path, name, code):
     """A signal landing while the wrap-up imports matplotlib (about 2.3 s into a names smoke run) cut its

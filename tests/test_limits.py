@@ -140,6 +140,7 @@ def test_clip_keeps_a_message_short():
 # -- data files ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_review_longer_than_the_csv_field_limit_is_read(cli, tmp_path, isolated):
     long_review = "word " * 40_000  # 200,000 characters: over csv's default limit of 131,072
     rows = [(f"a good film {i} " if i % 2 else f"a bad film {i} ", "pos" if i % 2 else "neg") for i in range(40)]

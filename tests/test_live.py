@@ -9,6 +9,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import pytest
 from conftest import TINY, in_terminal, run_dirs, screen
 from rich.console import Console
 
@@ -218,6 +219,7 @@ def test_train_on_an_80_column_terminal(cli, names_files, monkeypatch):
 # -- the task's unit -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_speed_and_counts_say_the_tasks_unit_not_samples(cli, isolated, monkeypatch):
     """A regressor's speed is values per second, a language model's characters per second: each task's own
     word in the plain lines, the live table, eval's count and the report; the metrics files keep samples_per_s."""

@@ -39,6 +39,7 @@ def test_seeded_regression_first_epoch_loss(names_files, tmp_path):
     assert row["train_loss"] == pytest.approx(EPOCH1_TRAIN_LOSS, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_other_seed_differs(names_files, tmp_path):
     a = RunFolder(train(names_files, tmp_path / "a", "train.epochs=2")).rows()
     b = RunFolder(train(names_files, tmp_path / "b", "train.epochs=2")).rows()
@@ -50,6 +51,7 @@ def test_same_seed_same_metrics_other_seed_differs(names_files, tmp_path):
         assert [r[key] for r in a] != [r[key] for r in c], key
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(names_files, tmp_path):
     r1 = train(names_files, tmp_path / "r1", "train.epochs=1", "model.cell=lstm", "model.bidirectional=true")
     r2 = train(names_files, tmp_path / "r2", "train.epochs=1", "model.cell=lstm", "model.bidirectional=true")

@@ -186,6 +186,7 @@ def test_padding_does_not_change_a_bidirectional_classifier(name):
 # -- through the CLI -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELLS)
 def test_trains_a_bidirectional_names_classifier(name, cli, names_files, isolated):
     tiny = CONFIGS / "smoke" / "names_tiny.yaml"

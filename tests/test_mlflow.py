@@ -21,6 +21,7 @@ def mlflow_run(run):
     return client, client.get_run(record["run_id"])
 
 
+@pytest.mark.slow
 def test_cli_run_reads_back_with_mlflows_client(cli, names_files, isolated):
     result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=2", "--set", "log.mlflow=true")
     assert result.exit_code == 0, result.output
@@ -42,6 +43,7 @@ def test_cli_run_reads_back_with_mlflows_client(cli, names_files, isolated):
     assert got.data.tags["rnnctl.status"] == "completed"
 
 
+@pytest.mark.slow
 def test_off_by_default(names_files, isolated):
     loop.train(tiny_config(names_files, "train.epochs=1"), command="no mlflow", loggers=[])
     (run,) = run_dirs(isolated)
@@ -49,6 +51,7 @@ def test_off_by_default(names_files, isolated):
     assert "mlflow" not in json.loads((run / "run.json").read_text())
 
 
+@pytest.mark.slow
 def test_interrupted_is_killed_and_resume_goes_on_with_the_same_run(cli, names_files, isolated):
     cfg = tiny_config(names_files, "train.epochs=3", "log.mlflow=true")
     with pytest.raises(KeyboardInterrupt):

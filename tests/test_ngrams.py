@@ -194,6 +194,7 @@ def test_prepare_tensorizes_the_bags_once_and_batches_carry_them(names_files):
     assert "ngrams" not in get_task("names").prepare(tiny_config(names_files)).meta  # off by default
 
 
+@pytest.mark.slow
 def test_train_eval_predict_and_resume_through_the_cli(cli, names_files, isolated):
     """The option end to end; a 1-epoch run resumed to 2 equals a 2-epoch run (weights, Adam's moments and
     the RNG of the n-gram dropout all come back from the checkpoint)."""

@@ -24,6 +24,7 @@ def test_the_repository_configs_folder_is_the_package_one():
     assert sorted(shipped_configs()) == SHIPPED and "smoke/names_tiny" in SHIPPED
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="needs setuptools to build a wheel")
 def test_the_wheel_holds_every_config_and_data_file(tmp_path):
     src = tmp_path / "src"  # a copy, so that the build writes nothing into the repository
@@ -142,6 +143,7 @@ def test_every_smoke_config_as_shipped_is_a_few_hundred_steps_of_packaged_data(p
     assert all(len(split) <= 20_000 for split in prepared.splits.values())  # evaluation is quick too
 
 
+@pytest.mark.slow
 def test_the_charlm_smoke_config_trains_as_shipped(cli, isolated):
     """`rnnctl train configs/smoke/charlm_tiny.yaml`, by its shipped name: the start of the packaged tiny
     Shakespeare, not all of it."""
@@ -154,6 +156,7 @@ def test_the_charlm_smoke_config_trains_as_shipped(cli, isolated):
     assert "characters:\n    train: 9000\n    val: 1000\n" in (run / "config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_the_readmes_test_command_ends_in_how_many_passed():
     """`pytest -q` as the README runs it: pyproject's addopts add no second -q (-qq drops pytest's summary)
     and no third-party warning is left to bury it. One quick test, on one process."""

@@ -45,6 +45,7 @@ def test_bf16_trains_through_the_cli_close_to_fp32(cli, names_files, isolated):
     assert run_info(bf16)["test"]["loss"] == pytest.approx(run_info(fp32)["test"]["loss"], rel=0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_resumed_mixed_precision_run_equals_uncut_run(cli, names_files, isolated, precision):
     """fp16 autocast runs on this torch's CPU, so the GradScaler path (and its saved scale) is checked here too."""

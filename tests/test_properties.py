@@ -224,6 +224,7 @@ def test_a_well_formed_override_lands_on_its_key(key, value):
     assert node == yaml.safe_load(value)
 
 
+@pytest.mark.slow
 @PROPERTY
 @given(
     text=st.one_of(YAML_SOUP, st.one_of(SECTIONS, REALISTIC).map(lambda r: yaml.safe_dump(r, sort_keys=False))),

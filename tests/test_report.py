@@ -62,6 +62,7 @@ def test_nothing_by_that_name_is_one_line(cli, copy_run):
     assert_one_line_error(result, "'no-such-thing'", "run", "sweep", "study")
 
 
+@pytest.mark.slow
 def test_a_sweep_report_ranks_its_groups_and_links_its_members(cli, names_files, isolated, tmp_path):
     raw = yaml.safe_load(TINY.read_text())
     raw["data"] = {**raw["data"], "path": str(names_files.train), "test_path": str(names_files.test)}
@@ -92,6 +93,7 @@ def chromium() -> str | None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no chromium binary (.ci/run installs Debian's chromium)")
 def test_the_page_renders_in_a_headless_browser(cli, copy_run, tmp_path):
     assert cli("report", copy_run.name).exit_code == 0
@@ -122,6 +124,7 @@ document.title = [page.scrollWidth, page.clientWidth, wide].join(" ");
 </script></body>"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(chromium() is None, reason="no chromium binary (.ci/run installs Debian's chromium)")
 def test_a_run_report_needs_no_horizontal_scrolling_at_1280_pixels(cli, isolated, tmp_path):
     """The packaged names (18 classes: a wide confusion matrix) in a 1280-pixel window: neither the page nor

@@ -36,6 +36,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(names_files, isolated, re
     assert info["history"][0]["from_epoch"] == 2 and info["history"][0]["status_before"] == "interrupted"
 
 
+@pytest.mark.slow
 def test_completed_run_extends_with_epochs(names_files, isolated, reference, cli):
     loop.train(tiny_config(names_files, "train.epochs=2", "model.dropout=0.3", "name=short"), command="s", loggers=[])
     (short,) = [d for d in run_dirs(isolated) if d.name.endswith("-short")]

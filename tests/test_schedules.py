@@ -64,6 +64,7 @@ def test_early_stop_ends_the_run_completed(names_files, isolated):
     assert len(RunFolder(run).rows()) == 2 and (run / "eval" / "test-best.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_warmup_cosine_and_plateau_exactly(names_files, isolated, cli):
     common = ["train.epochs=4", "train.schedule.warmup_steps=5"]
     # plateau: a learning rate too small to move the validation accuracy, so every epoch decays it

@@ -40,6 +40,7 @@ def _states(study: optuna.Study) -> list[str]:
     return [t.state.name for t in study.trials if not t.user_attrs.get("skipped")]
 
 
+@pytest.mark.slow
 def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, names_files, isolated):
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=3", *SPACE, "--trials", "6", "--jobs", "2"]
     args += ["--prune-after", "1", "--prune-warmup", "0"]  # prune from the first completed trial on
@@ -87,6 +88,7 @@ def test_six_trials_two_jobs_prune_and_leave_runs_that_every_command_takes(cli, 
     assert "already has its 6 trials" in result.stdout and "--trials 12" in result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_join_one_study_through_a_journal_file(names_files, isolated, tmp_path):
     journal = tmp_path / "shared" / "journal.log"
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=2", *SPACE, "--trials", "4", "--pruner", "none"]
@@ -124,6 +126,7 @@ def _killed_search(names_files, root: Path) -> tuple[list, Path]:
     return args, folder
 
 
+@pytest.mark.slow
 def test_a_killed_search_s_trial_continues_its_own_run(cli, names_files, isolated):
     env = _env(isolated)
     args, folder = _killed_search(names_files, isolated)
@@ -140,6 +143,7 @@ def test_a_killed_search_s_trial_continues_its_own_run(cli, names_files, isolate
     assert info["status"] == "completed" and info["history"][0]["from_epoch"] >= 1
 
 
+@pytest.mark.slow
 def test_a_dead_worker_of_another_machine_is_found_by_its_heartbeat(names_files, isolated, monkeypatch):
     from rnnctl.groups.storage import open_storage
 
@@ -158,6 +162,7 @@ def test_a_dead_worker_of_another_machine_is_found_by_its_heartbeat(names_files,
     assert len(list((folder / "runs").iterdir())) == 1  # the retry continued the run it found here
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_sigterm_stops_the_search_and_resume_continues_its_trials(names_files, isolated, jobs):
     env = _env(isolated)
@@ -314,6 +319,7 @@ def postgres():
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_study_on_a_real_postgresql_server(names_files, isolated, postgres, tmp_path):
     args = [TINY, *names_files.set_args(), "--set", "train.epochs=1", "--space", "model.cell=choice(rnn,gru)"]
     args += ["--trials", "2", "--pruner", "none", "--storage", postgres, "--study", "pg"]

@@ -568,6 +568,7 @@ def test_pretrained_vectors_of_the_wrong_size(cli, corpus, tmp_path, isolated):
     assert run_dirs(isolated) == []
 
 
+@pytest.mark.slow
 def test_frozen_vectors_stay_and_the_run_needs_no_file_afterwards(cli, corpus, tmp_path, isolated):
     vectors = write_vectors(tmp_path / "glove.txt", GLOVE_WORDS, 16)
     args = corpus.set_args(f"model.embeddings.path={tmp_path / 'glove.txt'}", "model.embeddings.freeze=true")

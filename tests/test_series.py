@@ -38,6 +38,7 @@ def series_cfg(path: Path, *more: str):
 # -- the real CLI, end to end --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_summary_names_a_naive_forecast_that_beats_the_model(cli, tmp_path, isolated):
     """One epoch at a tiny learning rate on absolute values: holding the last value forecasts far better."""
     csv = monthly_csv(tmp_path / "air.csv")
@@ -94,6 +95,7 @@ def test_series_train_eval_predict_through_the_cli(cli, tmp_path, isolated):
     assert (run / "forecast" / "forecast-5.csv").read_text().splitlines() == lines  # deterministic
 
 
+@pytest.mark.slow
 def test_runs_lists_a_regressor_by_its_mse_in_the_datas_units(cli, tmp_path, isolated, monkeypatch):
     """A series run picks its best epoch by the loss in scaled units; `runs` shows that epoch's MSE in the
     data's units (as a sweep ranks it), and its test MSE, also for a run.json written without `best_val`."""
@@ -134,6 +136,7 @@ def test_sincos_train_and_eval_through_the_cli(cli, isolated):
     assert_one_line_error(cli("predict", run.name, "x"), "rnnctl eval")
 
 
+@pytest.mark.slow
 def test_predict_needs_inputs_or_horizon(cli, tmp_path, isolated):
     assert cli("train", SERIES_TINY, "--set", f"data.path={monthly_csv(tmp_path / 'a.csv')}").exit_code == 0
     (run,) = run_dirs(isolated)
@@ -143,6 +146,7 @@ def test_predict_needs_inputs_or_horizon(cli, tmp_path, isolated):
     assert_one_line_error(cli("predict", run.name, "--horizon", "0"), "--horizon 0")
 
 
+@pytest.mark.slow
 def test_predict_without_inputs_says_what_a_run_that_cannot_classify_does(cli, isolated):
     """`predict RUN` on a sincos run asked for INPUT arguments it would then refuse: it says what the run does."""
     assert cli("train", SINCOS_TINY, "--quiet").exit_code == 0
@@ -151,6 +155,7 @@ def test_predict_without_inputs_says_what_a_run_that_cannot_classify_does(cli, i
     assert "INPUT" not in error and "--horizon" not in error, error
 
 
+@pytest.mark.slow
 def test_same_config_same_numbers(tmp_path):
     csv = monthly_csv(tmp_path / "a.csv")
     a = loop.train(series_cfg(csv), command="a", loggers=[], root=tmp_path / "r1")

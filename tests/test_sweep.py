@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import TINY, assert_one_line_error, members
 
 
@@ -18,6 +19,7 @@ def _sweep_config(where, files, epochs: int = 1):
     return config
 
 
+@pytest.mark.slow
 def test_sweep_2x2_with_a_failing_member_then_resume(cli, names_files, isolated, tmp_path):
     import shutil
 
@@ -78,6 +80,7 @@ def test_sweep_argument_errors(cli, isolated):
     assert not (isolated / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_sweep_set_goes_into_every_member(cli, names_files, isolated):
     config = _sweep_config(isolated.parent, names_files)
     result = cli("sweep", config, "--grid", "train.seed=1,2", "--set", "model.hidden_size=12", "--study", "wide")
@@ -93,6 +96,7 @@ def test_sweep_set_goes_into_every_member(cli, names_files, isolated):
     assert "train.seed=1" in listed and "train.seed=2" in listed
 
 
+@pytest.mark.slow
 def test_grid_values_with_slashes_make_safe_names_and_keep_the_full_value(cli, tmp_path, isolated):
     from conftest import make_names_files
 
@@ -144,6 +148,7 @@ def test_a_grid_too_big_for_one_sweep(cli, isolated):
     assert not (isolated / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_devices_give_each_member_a_device_slot(cli, names_files, isolated):
     config = _sweep_config(isolated.parent, names_files)
     result = cli("sweep", config, "--grid", "train.seed=1,2,3", "--devices", "cpu,cpu")
@@ -163,6 +168,7 @@ def test_bad_devices_are_one_line_before_any_sweep_folder(cli, names_files, isol
     assert not (isolated / "sweeps").exists()
 
 
+@pytest.mark.slow
 def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
     import subprocess
     import sys
@@ -182,6 +188,7 @@ def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
         holder.wait()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_sweep_through_a_journal_file(names_files, isolated, tmp_path):
     import os
     import subprocess

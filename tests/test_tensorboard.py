@@ -40,6 +40,7 @@ def test_off_by_default(names_files, isolated):
     assert not (run / "tensorboard").exists()
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_same_curves(names_files, isolated, cli):
     cfg = tiny_config(names_files, "train.epochs=4", "log.tensorboard=true")
     with pytest.raises(KeyboardInterrupt):
@@ -52,6 +53,7 @@ def test_resumed_run_continues_the_same_curves(names_files, isolated, cli):
     assert len(got["step/loss"]) == len(RunFolder(run).steps())
 
 
+@pytest.mark.slow
 def test_resume_purges_events_logged_past_the_checkpoint(names_files, isolated, cli):
     """Rows inside an epoch (eval_every) are logged after last.pt: Ctrl-C there, and the resumed run
     trains that part again. Its old events are purged, so every step shows once, with the new values."""

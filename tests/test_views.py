@@ -85,6 +85,7 @@ def test_compare_says_which_runs(cli, copy_run, isolated):
     assert "the configs are the same" in result.stdout
 
 
+@pytest.mark.slow
 def test_sample_and_forecast_say_which_run_and_keep_stdout_data(cli, tmp_path, isolated):
     text = tmp_path / "text.txt"
     text.write_text("the cat sat on the mat. " * 60)
