@@ -661,7 +661,7 @@ def search(
     from rnnctl.groups import engine as groups
     from rnnctl import views
     from rnnctl.errors import ConfigError
-    from rnnctl.groups.space import parse_duration
+    from rnnctl.config import parse_duration
     from rnnctl.training import parse_devices
 
     with user_errors():
@@ -700,7 +700,7 @@ def worker(
 ) -> None:
     """One worker process of a sweep or search: trains the group's members until nothing is left."""
     from rnnctl.groups.folder import GroupFolder
-    from rnnctl.groups.space import parse_duration
+    from rnnctl.config import parse_duration
     from rnnctl.groups.workers import work
 
     with user_errors():

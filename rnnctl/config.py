@@ -311,6 +311,16 @@ class _LimitedLoader(yaml.SafeLoader):
             raise ConstructorError(None, None, problem, node.start_mark) from None
 
 
+def parse_duration(text: str | None, option: str = "--timeout") -> float | None:
+    """A duration option's value: 90, 90s, 30m, 2h, 1d -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise ConfigError(f"{option} {text!r}: expected a duration like 90s, 30m or 2h")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
 def load_yaml(text: str) -> Any:
     """One YAML document, safely (plain data only) and within the limits above; yaml.YAMLError if not."""
     loader = _LimitedLoader(text)
