@@ -12,7 +12,7 @@ runs/sweeps/<name>/ (a sweep) or runs/studies/<name>/ (a search study):
   best.yaml      the best member's resolved config, to train as is
   eval/, forecast/  its members as an ensemble (`rnnctl eval GROUP`, `rnnctl predict GROUP --horizon N`)
   report.html    `rnnctl report GROUP`
-  .lock          who drives the group now (see runs.FolderLock)
+  .lock          who drives the group now (see locks.FolderLock)
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from rnnctl.errors import RunError
+from rnnctl.locks import FolderLock
 from rnnctl.runs import (
     GROUPS,
+    LOCK,
     REPORT,
-    FolderLock,
     RunFolder,
     atomic_write,
     new_folder,
@@ -38,7 +39,7 @@ from rnnctl.runs import (
 ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
 FILES = {  # what each file of a group folder is called
     "spec": "study.json", "config": "config.yaml", "storage": "study.db", "trials": "trials.csv",
-    "summary": "summary.json", "best": "best.yaml", "report": REPORT,
+    "summary": "summary.json", "best": "best.yaml", "report": REPORT, "lock": LOCK,
 }  # fmt: skip
 PLOTS = ("summary", "history", "importance", "parallel")
 
@@ -91,7 +92,7 @@ class GroupFolder:
 
     def lock(self) -> FolderLock:
         """The group's lock: one process drives it at a time (its workers train under their own runs' locks)."""
-        return FolderLock(self.path, what=self.kind).acquire()
+        return FolderLock(self.file("lock"), what=self.kind).acquire()
 
     # -- its files ------------------------------------------------------------------------------
 

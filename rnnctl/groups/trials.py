@@ -21,7 +21,7 @@ from rnnctl.config import load_config
 from rnnctl.errors import ConfigError, RnnctlError, StorageError
 from rnnctl.groups.space import Param, combinations, member_name
 from rnnctl.groups.storage import fail_stale_trials
-from rnnctl.runs import HOST, alive
+from rnnctl.locks import HOST, alive
 from rnnctl.training import deferred_interrupt
 
 if TYPE_CHECKING:
