@@ -33,6 +33,7 @@ from typing import Any, Iterator
 import torch
 import yaml
 
+from rnnctl.config import MISSING, lookup, plain
 from rnnctl.errors import RunError, RunFileWarning, StorageError
 from rnnctl.locks import FolderLock, alive
 from rnnctl.tasks import task_names
@@ -541,41 +542,6 @@ def _read_lines(path: Path) -> list[str]:
 
 def _warn(message: str) -> None:
     warnings.warn(RunFileWarning(message), stacklevel=3)
-
-
-# -- what runs differ in --------------------------------------------------------------------------
-
-MISSING = object()
-
-
-def lookup(config: dict[str, Any], key: str) -> Any:
-    """A dotted key's value in a nested config, or MISSING."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"cell": "gru"}} -> {"model.cell": "gru"}."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def plain(value: Any) -> str:
-    """A config value as it would be written after `--set key=`: null, true, 0.003, lstm, [1, 2]."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
 
 
 # -- many runs -----------------------------------------------------------------------------------
