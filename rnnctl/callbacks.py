@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnctl.runs import HOST, now
+from rnnctl.locks import HOST
+from rnnctl.runs import now
 from rnnctl.schedules import EarlyStopping
 from rnnctl.training import deferred_interrupt, git_commit, versions
 

@@ -6,10 +6,9 @@ from typing import Any, Iterator
 
 import torch
 
-from rnnctl.runs import now
-from rnnctl.config import validate
+from rnnctl.config import flatten, plain, validate
 from rnnctl.errors import ConfigError, RnnctlError, RunError
-from rnnctl.runs import RunFolder, all_runs, compare_folder, flatten, plain, runs_root, write_json
+from rnnctl.runs import RunFolder, all_runs, compare_folder, now, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
 from rnnctl.training import Precision, evaluate, pick_device

@@ -11,8 +11,9 @@ import logging
 import time
 from typing import Any, Callable, Iterator, Protocol
 
+from rnnctl.config import flatten, plain
 from rnnctl.errors import ConfigError, RunError
-from rnnctl.runs import RunFolder, flatten, plain
+from rnnctl.runs import RunFolder
 
 Running = Callable[[], dict[str, float]]  # the current epoch's training metrics so far
 

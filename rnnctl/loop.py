@@ -20,7 +20,8 @@ from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, default_call
 from rnnctl.config import Config, validate
 from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
 from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
-from rnnctl.runs import FolderLock, NoLock, RunFolder
+from rnnctl.locks import FolderLock, NoLock
+from rnnctl.runs import RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews

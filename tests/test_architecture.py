@@ -1,6 +1,6 @@
 """The package's shape, checked: no import cycles (module level or inside functions), the loop and the
 tasks keep to their side of the data flow, only runs.py spells a run folder's files and only
-groups/folder.py a sweep's or study's."""
+groups/folder.py a sweep's or study's (locks.py is handed the lock file's path by either)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,15 @@ def test_only_runs_py_spells_run_folder_files():
         if name not in ("rnnctl.runs", "rnnctl.groups.folder"):  # a group folder has eval/ and forecast/ too
             assert not joined.findall(path.read_text(encoding="utf-8")), name
     assert joined.findall((PACKAGE / "runs.py").read_text(encoding="utf-8"))  # the pattern does match
+
+
+def test_the_lock_is_told_its_file():
+    """locks.py knows no folder's layout: the run folder and the group folder hand it their lock file's path."""
+    graph = import_graph()
+    assert graph["rnnctl.locks"] <= {"rnnctl.errors"}, graph["rnnctl.locks"]
+    assert "rnnctl.locks" in graph["rnnctl.runs"] and "rnnctl.locks" in graph["rnnctl.groups.folder"]
+    text = (PACKAGE / "locks.py").read_text(encoding="utf-8")
+    assert '".lock"' not in text and "'.lock'" not in text
 
 
 def test_only_the_group_folder_spells_group_files():

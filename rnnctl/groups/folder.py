@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from rnnctl.errors import RunError
-from rnnctl.runs import GROUPS, REPORT, FolderLock, RunFolder, atomic_write, new_folder, read_json, runs_root
+from rnnctl.locks import FolderLock
+from rnnctl.runs import GROUPS, LOCK, REPORT, RunFolder, atomic_write, new_folder, read_json, runs_root
 from rnnctl.runs import table_text, write_json
 
 ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
 FILES = {  # what each file of a group folder is called
     "spec": "study.json", "config": "config.yaml", "storage": "study.db", "trials": "trials.csv",
-    "summary": "summary.json", "best": "best.yaml", "report": REPORT,
+    "summary": "summary.json", "best": "best.yaml", "report": REPORT, "lock": LOCK,
 }  # fmt: skip
 PLOTS = ("summary", "history", "importance", "parallel")
 
@@ -70,7 +71,7 @@ class GroupFolder:
 
     def lock(self) -> FolderLock:
         """The group's lock: one process drives it at a time (its workers train under their own runs' locks)."""
-        return FolderLock(self.path, what=self.kind).acquire()
+        return FolderLock(self.file("lock"), what=self.kind).acquire()
 
     def file(self, what: str) -> Path:
         return self.path / FILES[what]

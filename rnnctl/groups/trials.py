@@ -20,7 +20,7 @@ from rnnctl.config import load_config
 from rnnctl.errors import ConfigError, RnnctlError, StorageError
 from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, member_name
-from rnnctl.runs import HOST, alive
+from rnnctl.locks import HOST, alive
 from rnnctl.training import deferred_interrupt
 
 STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending"}
