@@ -8,7 +8,7 @@ import torch
 
 from rnnctl.runs import now
 from rnnctl.config import validate
-from rnnctl.errors import ConfigError, RnnctlError, RunError
+from rnnctl.errors import ConfigError, RnnctlError, RunError, first_line
 from rnnctl.runs import RunFolder, all_runs, compare_folder, flatten, plain, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
@@ -63,8 +63,7 @@ class LoadedRun:
         except RnnctlError:
             raise
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # weights or meta not of this config
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
+            raise RunError(f"{path}: does not fit its own config ({first_line(e)[:200]})") from None
         self.model.eval()
 
     @property

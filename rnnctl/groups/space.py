@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError
+from rnnctl.errors import ConfigError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -135,7 +135,7 @@ def check(config: Path, overrides: list[str], grid: dict[str, list[str]] | None,
         try:
             load_config(config, [*overrides, *(f"{k}={v}" for k, v in values.items())])
         except ConfigError as e:
-            raise ConfigError(f"{option} {what}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{option} {what}: {first_line(e)}") from None
 
 
 def direction(metric: str, task_monitor: str, task_mode: str) -> str:

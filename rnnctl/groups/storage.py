@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from rnnctl.errors import ConfigError, RunError, StorageError
+from rnnctl.errors import ConfigError, RunError, StorageError, first_line
 
 if TYPE_CHECKING:
     import optuna
@@ -70,7 +70,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         driver = " (pip install 'rnnctl[postgres]')" if url.startswith("postgres") else ""
         raise ConfigError(f"--storage {shown_url(url)}: the database driver is not installed{driver}: {e}") from None
     except Exception as e:  # sqlalchemy's and the drivers' errors: a server down, a bad URL, no permission
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise StorageError(f"--storage {shown_url(url)}: cannot open it: {first[:300]}") from None
 
 
