@@ -417,7 +417,7 @@ def predict(
         inputs = [*(inputs or []), *(read_lines(file, "--file") if file is not None else [])]
         loaded = load(run, top_members, checkpoint, device)
         result = loaded.forecast(horizon) if horizon is not None else loaded.predict(inputs, top)
-        say(loaded.used)  # after the work: no inputs is an error that says what to give instead
+        say(loaded.used)
         if horizon is not None:
             views.forecast(out, result)
         else:
