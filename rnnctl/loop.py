@@ -18,7 +18,7 @@ import torch
 from rnnctl import distributed
 from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, default_callbacks
 from rnnctl.config import Config, validate
-from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
+from rnnctl.errors import ConfigError, DataError, DivergedError, RunError, first_line
 from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
 from rnnctl.locks import FolderLock, NoLock
 from rnnctl.runs import RunFolder
@@ -367,8 +367,7 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         w = trainer.world  # the same number of ranks: each its own state; another number: rank 0's for all
         restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
+        raise RunError(f"{path}: does not fit its own config ({first_line(e)[:200]})") from None
 
 
 def train(cfg: Config, command: str, loggers: list[Logger], **options: Any) -> dict[str, Any]:

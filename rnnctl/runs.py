@@ -34,7 +34,7 @@ import torch
 import yaml
 
 from rnnctl.config import MISSING, lookup, plain
-from rnnctl.errors import RunError, RunFileWarning, StorageError
+from rnnctl.errors import RunError, RunFileWarning, StorageError, first_line
 from rnnctl.locks import FolderLock, alive
 from rnnctl.tasks import task_names
 
@@ -173,7 +173,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's weights-only unpickler raises many kinds on foreign or damaged bytes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise RunError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:160]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path}: not an rnnctl checkpoint")

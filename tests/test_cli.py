@@ -562,8 +562,8 @@ def test_train_help_says_epochs_works_without_resume(cli):
 def test_sample_help_shows_the_prompt_and_its_newline_default(cli):
     text = cli("sample", "--help").stdout
     prompt = next(line for line in text.splitlines() if "--prompt" in line)
-    assert "TEXT" in prompt and "[default: '\\n']" in prompt, prompt
-    assert "--seed" not in text and "--rng-seed" in text  # the old name works but is not offered
+    assert "TEXT" in prompt and "[default: (a newline)]" in prompt, prompt
+    assert "Its old name, --seed, still works." in prompt and "--rng-seed" in text  # the old name: in --prompt's help
     train = cli("train", "--help").stdout
     assert re.search(r"--set\s+KEY=VALUE", train) and re.search(r"--quiet\s+-q\s+No per-epoch", train), train
 

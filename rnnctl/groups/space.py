@@ -13,7 +13,7 @@ from typing import Any
 import optuna
 
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError
+from rnnctl.errors import ConfigError, first_line
 
 MAX_MEMBERS = 1000  # combinations in one sweep
 MAXIMIZED = ("acc", "accuracy", "f1", "r2", "precision", "recall", "auc")  # other metrics are minimized
@@ -133,7 +133,7 @@ def check(config: Path, overrides: list[str], grid: dict[str, list[str]] | None,
         try:
             load_config(config, [*overrides, *(f"{k}={v}" for k, v in values.items())])
         except ConfigError as e:
-            raise ConfigError(f"{option} {what}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{option} {what}: {first_line(e)}") from None
 
 
 def direction(metric: str, task_monitor: str, task_mode: str) -> str:

@@ -15,7 +15,7 @@ import optuna
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 
-from rnnctl.errors import ConfigError, RunError, StorageError
+from rnnctl.errors import ConfigError, RunError, StorageError, first_line
 from rnnctl.groups.folder import GroupFolder
 
 HEARTBEAT_ENV = "RNNCTL_SEARCH_HEARTBEAT"  # seconds between a running trial's heartbeats (10; tests shorten it)
@@ -59,7 +59,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         driver = " (pip install 'rnnctl[postgres]')" if url.startswith("postgres") else ""
         raise ConfigError(f"--storage {shown_url(url)}: the database driver is not installed{driver}: {e}") from None
     except Exception as e:  # sqlalchemy's and the drivers' errors: a server down, a bad URL, no permission
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise StorageError(f"--storage {shown_url(url)}: cannot open it: {first[:300]}") from None
 
 

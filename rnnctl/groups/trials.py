@@ -17,7 +17,7 @@ from optuna.storages._heartbeat import fail_stale_trials
 from rnnctl import loop
 from rnnctl.callbacks import Callback, Point
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError, RnnctlError, StorageError
+from rnnctl.errors import ConfigError, RnnctlError, StorageError, first_line
 from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, member_name
 from rnnctl.locks import HOST, alive
@@ -176,7 +176,7 @@ class Objective:
             raise  # the same for every member (a --metric the task lacks) or the machine's (a full disk): stop
         except RnnctlError as e:  # this member's own failure (diverged, its data missing): the others go on
             with deferred_interrupt():
-                trial.set_user_attr("error", str(e).splitlines()[0][:500])
+                trial.set_user_attr("error", first_line(e)[:500])
             raise Failed() from None
         if result["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned', {}).get('epoch')}")
