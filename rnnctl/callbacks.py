@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnctl.runs import HOST, now
+from rnnctl.runs import HOST, git_commit, now, versions
+from rnnctl.runtime import deferred_interrupt
 from rnnctl.schedules import EarlyStopping
-from rnnctl.training import deferred_interrupt, git_commit, versions
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer

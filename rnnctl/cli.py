@@ -584,7 +584,7 @@ def sweep(
     from rnnctl.groups import engine as groups
     from rnnctl import views
     from rnnctl.errors import ConfigError
-    from rnnctl.training import parse_devices
+    from rnnctl.runtime import parse_devices
 
     with user_errors():
         slots = parse_devices(devices)  # before any sweep folder exists
@@ -662,7 +662,7 @@ def search(
     from rnnctl import views
     from rnnctl.errors import ConfigError
     from rnnctl.groups.space import parse_duration
-    from rnnctl.training import parse_devices
+    from rnnctl.runtime import parse_devices
 
     with user_errors():
         if show is not None or resume is not None:

@@ -24,22 +24,9 @@ from rnnctl.runs import FolderLock, NoLock, RunFolder
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
-from rnnctl.training import (
-    deferred_interrupt,
-    evaluate,
-    keep_freed_memory,
-    make_optimizer,
-    make_precision,
-    parameter_groups,
-    pick_device,
-    restore_rng,
-    rng_states,
-    set_backends,
-    set_seed,
-    stop_signals,
-    train_epoch,
-    WeightAverage,
-)
+from rnnctl.runtime import deferred_interrupt, keep_freed_memory, make_precision, pick_device, restore_rng
+from rnnctl.runtime import rng_states, set_backends, set_seed, stop_signals
+from rnnctl.training import evaluate, make_optimizer, parameter_groups, train_epoch, WeightAverage
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
 

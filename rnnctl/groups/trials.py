@@ -22,7 +22,7 @@ from rnnctl.errors import ConfigError, RnnctlError, StorageError
 from rnnctl.groups.space import Param, combinations, member_name
 from rnnctl.groups.storage import fail_stale_trials
 from rnnctl.runs import HOST, alive
-from rnnctl.training import deferred_interrupt
+from rnnctl.runtime import deferred_interrupt
 
 if TYPE_CHECKING:
     import optuna

@@ -22,7 +22,7 @@ from rnnctl.errors import RunError
 from rnnctl.groups import trials as tr
 from rnnctl.groups.space import Param, combinations, parse_param
 from rnnctl.groups.storage import fail_stale_trials, open_study, quiet
-from rnnctl.training import Signals
+from rnnctl.runtime import Signals
 
 if TYPE_CHECKING:
     import optuna
