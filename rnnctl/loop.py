@@ -26,7 +26,7 @@ from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
 from rnnctl.runtime import deferred_interrupt, keep_freed_memory, make_precision, pick_device, restore_rng
 from rnnctl.runtime import rng_states, set_backends, set_seed, stop_signals
-from rnnctl.training import evaluate, make_optimizer, parameter_groups, train_epoch, WeightAverage
+from rnnctl.training import evaluate, make_optimizer, train_epoch, WeightAverage
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
 
@@ -67,7 +67,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
             distributed.hold(self.trained)  # freed only by the rank's exit (see distributed.hold)
-        self.optimizer = make_optimizer(cfg.optim, parameter_groups(self.model))
+        self.optimizer = make_optimizer(cfg.optim, self.model.optimizer_groups())
         # train.ema: validation, the checkpoints' weights and so every later use read the average
         self.averaged = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.evaluated = self.averaged.model if self.averaged is not None else self.model
@@ -321,7 +321,7 @@ class Trainer:
             return
         lr = self.schedule.lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr * group["lr_scale"]
 
     def _update_best(self, value: float, step: int) -> bool:
         if not math.isfinite(value):  # a diverged epoch is never the best one

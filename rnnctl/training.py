@@ -22,16 +22,9 @@ def fp32(out):
     return out._replace(logits=out.logits.float(), loss=loss)
 
 
-def parameter_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """The model's parameters as optimizer groups, each {"params", "lr_scale"}: its learning rate is lr_scale
-    times the schedule's. A model whose parts learn at different rates says so with `optimizer_groups()`."""
-    if hasattr(model, "optimizer_groups"):
-        return model.optimizer_groups()
-    return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-
-
 def make_optimizer(cfg: OptimConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    groups = [{**g, "lr": cfg.lr * g.get("lr_scale", 1.0)} for g in groups]
+    """`optim`'s optimizer over a model's `optimizer_groups()`: each group's rate is lr_scale times `optim.lr`."""
+    groups = [{**g, "lr": cfg.lr * g["lr_scale"]} for g in groups]
     fused = {"fused": True} if cfg.fused else {}  # None (the default) lets PyTorch pick foreach
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
@@ -153,9 +146,8 @@ class WeightAverage:
 
 
 def gradient_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The L2 norm of each gradient, in one fused call where torch has it (the total is their norm)."""
-    foreach = getattr(torch, "_foreach_norm", None)
-    return list(foreach(grads)) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
+    """The L2 norm of each gradient, in one fused call (the total is their norm)."""
+    return list(torch._foreach_norm(grads))
 
 
 def step_totals(norms: list[torch.Tensor]) -> list[float]:
