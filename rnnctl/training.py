@@ -1,5 +1,6 @@
-"""One training pass, one evaluation pass, the optimizer, and the weight average (train.ema): what the loop
-runs each epoch. No run folder and no task names here; loop.py puts the pieces together."""
+"""What the loop runs: the model placed on its device (DDP under torchrun), the optimizer, one training pass,
+one evaluation pass, the weight average (train.ema). No run folder and no task names here; loop.py puts the
+pieces together."""
 
 from __future__ import annotations
 
@@ -14,6 +15,24 @@ from rnnctl.config import OptimConfig
 from rnnctl.errors import DivergedError
 from rnnctl.runtime import Precision
 from rnnctl.tasks.base import Meter, Split
+
+
+def placed(model: torch.nn.Module, device: torch.device, world: distributed.World) -> torch.nn.Module:
+    """Move `model` to `device` (in place) and return what training calls: the model, or under torchrun DDP
+    around it, held until the rank exits (see distributed.hold)."""
+    flatten_rnns(model.to(device))
+    if not world.distributed:
+        return model
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    distributed.hold(ddp)
+    return ddp
+
+
+def flatten_rnns(model: torch.nn.Module) -> None:
+    """cuDNN wants each RNN's weights in one block: after a move to another device, and in a copy."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.RNNBase):
+            module.flatten_parameters()
 
 
 def fp32(out):
@@ -122,9 +141,7 @@ class WeightAverage:
         self.model = copy.deepcopy(model)  # same device and dtype; never trained, so always in eval mode
         self.model.eval()
         self.model.requires_grad_(False)
-        for module in self.model.modules():  # cuDNN wants each RNN's weights in one block (a copy is not)
-            if isinstance(module, torch.nn.RNNBase):
-                module.flatten_parameters()
+        flatten_rnns(self.model)
         self.decay, self.updates = decay, 0
         self.live, self.avg = list(model.parameters()), list(self.model.parameters())  # the same order
         self.live_buffers, self.avg_buffers = list(model.buffers()), list(self.model.buffers())

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import CONFIGS, TINY, CtrlCAtEpoch, assert_one_line_error, run_dirs, tiny_config
 
-from rnnctl import loop, runs, runtime
+from rnnctl import callbacks, loop, runs, runtime
 from rnnctl.errors import ConfigError
 from rnnctl.loop import TIMING_KEYS
 from rnnctl.runs import RunFolder
@@ -66,7 +66,7 @@ def test_resumed_mixed_precision_run_equals_uncut_run(cli, names_files, isolated
     ckpt = RunFolder(cut).load_checkpoint("last")
     if precision == "fp16":  # the loss scale reached goes into the checkpoint and comes back on resume
         trainer = loop.Trainer(tiny_config(names_files, *more), [], meta=ckpt["meta"])
-        loop.restore(trainer, {**ckpt, "scaler": {**ckpt["scaler"], "scale": 1024.0}}, "last.pt")
+        callbacks.restore(trainer, {**ckpt, "scaler": {**ckpt["scaler"], "scale": 1024.0}}, "last.pt")
         assert trainer.precision.scaler.get_scale() == 1024.0
     else:
         assert "scaler" not in ckpt
