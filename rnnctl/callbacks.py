@@ -259,13 +259,12 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
         trainer.schedule.load_state_dict(ckpt["schedule"])
-        if trainer.precision.scaler is not None and "scaler" in ckpt:  # fp16: go on with the loss scale reached
+        if trainer.precision.scaler is not None:  # fp16: go on with the loss scale reached
             trainer.precision.scaler.load_state_dict(ckpt["scaler"])
         for cb in trainer.callbacks:
             if cb.state_key:
                 cb.load_state_dict(ckpt[cb.state_key])
-        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        w = trainer.world  # the same number of ranks: each its own state; another number: rank 0's for all
+        ranks, w = ckpt["rng_ranks"], trainer.world  # as many ranks: each its own state; another number: rank 0's
         restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
