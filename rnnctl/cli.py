@@ -515,7 +515,7 @@ def sweep(
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import views
-    from rnnctl.training import parse_devices
+    from rnnctl.runtime import parse_devices
 
     with user_errors():
         slots = parse_devices(devices)  # before any sweep folder exists
@@ -619,7 +619,7 @@ def _study(
     order the options are read."""
     from rnnctl.groups import engine as groups
     from rnnctl.config import parse_duration
-    from rnnctl.training import parse_devices
+    from rnnctl.runtime import parse_devices
 
     if not 0 <= prune[2] <= 1:
         raise ConfigError(f"--prune-warmup {prune[2]:g}: expected a share of the epochs, from 0 to 1")

@@ -13,7 +13,8 @@ from rnnctl.errors import ConfigError, RnnctlError, RunError, first_line
 from rnnctl.runs import RunFolder, all_runs, compare_folder, now, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
-from rnnctl.training import Precision, evaluate, pick_device
+from rnnctl.runtime import Precision, pick_device
+from rnnctl.training import evaluate
 
 
 NO_INPUTS = "nothing to predict: give INPUT arguments or --file with one input per line"

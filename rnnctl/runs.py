@@ -24,7 +24,9 @@ import errno
 import io
 import json
 import os
+import platform
 import re
+import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -33,6 +35,7 @@ from typing import Any, Iterator
 import torch
 import yaml
 
+from rnnctl import __version__
 from rnnctl.config import MISSING, lookup, plain
 from rnnctl.errors import RunError, RunFileWarning, StorageError, first_line
 from rnnctl.locks import FolderLock, alive
@@ -185,6 +188,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 # -- one run -------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """What run.json records of the software a run ran on."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "rnnctl": __version__}
+
+
+def git_commit() -> str | None:
+    """The commit of rnnctl's own source, when it runs from a git checkout (an editable install)."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not top or Path(top).resolve() != src:
+            return None  # an installed copy inside someone else's repository: that commit is not rnnctl's
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out + ("-dirty" if dirty else "") if out else None
 
 
 class RunFolder:

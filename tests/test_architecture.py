@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnctl"
+LOOP_SIDE = ("rnnctl.loop", "rnnctl.training", "rnnctl.runtime", "rnnctl.callbacks", "rnnctl.inference")
 
 
 def module_name(path: Path) -> str:
@@ -99,7 +100,7 @@ def test_no_import_cycles():
 
 def test_the_loop_names_no_task_and_tasks_draw_nothing():
     graph = import_graph()
-    for name in ("rnnctl.loop", "rnnctl.training", "rnnctl.callbacks", "rnnctl.inference"):
+    for name in LOOP_SIDE:
         tasks = {m for m in graph[name] if m.startswith("rnnctl.tasks.") and m != "rnnctl.tasks.base"}
         assert not tasks, (name, tasks)
     for name, path in modules().items():
@@ -147,6 +148,6 @@ def test_only_the_group_folder_spells_group_files():
 def test_groups_drive_runs_and_runs_know_no_group():
     """A group drives runs, never the other way: the loop, the run folder and the tasks import no group code."""
     graph = import_graph()
-    for name in ("rnnctl.loop", "rnnctl.runs", "rnnctl.callbacks", "rnnctl.training", "rnnctl.inference"):
+    for name in (*LOOP_SIDE, "rnnctl.runs"):
         assert not {m for m in graph[name] if m.startswith("rnnctl.groups")}, name
     assert "rnnctl.loop" in graph["rnnctl.groups.trials"]

@@ -14,7 +14,7 @@ from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import check, direction, parse_grid, parse_space
 from rnnctl.groups.storage import open_study, quiet, shown_url, storage
 from rnnctl.runs import safe_name
-from rnnctl.training import Signals, deferred_interrupt
+from rnnctl.runtime import Signals, deferred_interrupt
 
 PRUNERS = ("median", "hyperband", "none")
 MAX_TRIALS = 100_000

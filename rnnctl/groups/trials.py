@@ -21,7 +21,7 @@ from rnnctl.errors import ConfigError, RnnctlError, StorageError, first_line
 from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, member_name
 from rnnctl.locks import HOST, alive
-from rnnctl.training import deferred_interrupt
+from rnnctl.runtime import deferred_interrupt
 
 STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending"}
 SKIPPED = "skipped"  # user attr of a trial that found its member taken by another: not a member's trial

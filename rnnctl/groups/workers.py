@@ -22,7 +22,7 @@ from rnnctl.groups import trials as tr
 from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, parse_param
 from rnnctl.groups.storage import open_study, quiet
-from rnnctl.training import Signals
+from rnnctl.runtime import Signals
 
 MAX_FAILED_IN_A_ROW = 5  # a worker stops after this many failed members in a row (data every member lacks)
 MAX_WAIT_S = 120  # how long the driving process waits for a signalled worker to record its run
