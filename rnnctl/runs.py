@@ -348,19 +348,9 @@ class RunFolder:
         return info
 
     def best_val(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Every validation metric at the run's best point (`info`: its run.json): as run.json keeps it, else
-        (a run.json without them) from the metrics row of the best step; {} when neither has them."""
+        """Every validation metric at the run's best point (`info`: its run.json); {} before its first validation."""
         kept = info.get("best_val")
-        if isinstance(kept, dict):
-            return kept
-        step = (info.get("best") or {}).get("step") if isinstance(info.get("best"), dict) else None
-        if not isinstance(step, int):
-            return {}
-        try:
-            row = next((r for r in self.rows() if r["step"] == step), {})
-        except RunError:
-            return {}
-        return {k: v for k, v in row.items() if k.startswith("val_")}
+        return kept if isinstance(kept, dict) else {}
 
     def changes(self) -> list[str]:
         """What the run changed from the config file it was started from, `key=value` each: the overrides
