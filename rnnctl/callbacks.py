@@ -7,6 +7,9 @@ Events, in the order the loop sends them to each callback of its list:
 - `on_finish`: the wrap-up after the last epoch, an early stop, Ctrl-C, or a callback's `trainer.end_now`
   (status "pruned": a search trial stopped for its poor start; not tested).
 A callback with a `state_key` keeps state in every checkpoint under that key.
+
+Beside them, what the loop's start and end need from the run folder: the loggers a run's config asks for,
+a trainer's state as a checkpoint holds it and back, and the checks before a run is resumed.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rnnctl.runs import HOST, now
+from rnnctl import distributed
+from rnnctl.config import Config, validate
+from rnnctl.errors import ConfigError, RunError, first_line
+from rnnctl.locks import HOST, FolderLock, NoLock
+from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
+from rnnctl.runs import RunFolder, git_commit, now, versions
+from rnnctl.runtime import deferred_interrupt, restore_rng
 from rnnctl.schedules import EarlyStopping
-from rnnctl.training import deferred_interrupt, git_commit, versions
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer
@@ -84,7 +92,7 @@ class Checkpointer(Callback):
     def on_evaluation(self, trainer: Trainer, point: Point) -> None:
         names = (["last"] if point.end_of_epoch else []) + (["best"] if point.improved else [])
         if names:
-            trainer.run.save_checkpoint(names, {**trainer.checkpoint_state(), "step": point.step})
+            trainer.run.save_checkpoint(names, {**checkpoint_state(trainer), "step": point.step})
 
 
 class FinalTest(Callback):
@@ -192,3 +200,127 @@ class RunRecord(Callback):
 def default_callbacks(early_stopping: EarlyStopping) -> list[Callback]:
     """In event order: the early-stop decision before the checkpoint that saves it, the record last."""
     return [EarlyStop(early_stopping), Checkpointer(), FinalTest(), Plots(), RunRecord()]
+
+
+# -- the loggers a run's config asks for ----------------------------------------------------------
+
+
+def check_loggers(cfg: Config) -> None:
+    """A missing extra (TensorBoard, MLflow) is a one-line error before any run folder exists."""
+    if cfg.log.tensorboard:
+        check_installed()
+    if cfg.log.mlflow:
+        check_mlflow_installed()
+
+
+def disk_loggers(
+    run: RunFolder, cfg: Config, resume_step: int | None = None, mlflow: dict[str, Any] | None = None
+) -> list[Logger]:
+    """Metrics files always, TensorBoard and MLflow when asked; a resumed run gives the step it goes on from
+    and `mlflow`, run.json's record of the MLflow run it goes on with."""
+    loggers: list[Logger] = [MetricsFiles(run)]
+    if cfg.log.tensorboard:
+        loggers.append(TensorBoardLog(run, resume_step))
+    if cfg.log.mlflow:
+        loggers.append(MLflowLog(run, cfg.log.mlflow_uri, cfg.name or cfg.task, mlflow))
+    return loggers
+
+
+def trackers(loggers: list[Logger]) -> dict[str, Any]:
+    """What run.json keeps of an outside tracker: the MLflow run that `train --resume` goes on with."""
+    return {"mlflow": lg.record for lg in loggers if isinstance(lg, MLflowLog)}
+
+
+# -- a trainer's state in a checkpoint, and back ---------------------------------------------------
+
+
+def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
+    """Everything `resume` needs to go on exactly: weights, optimizer, progress, best, schedule, the
+    callbacks' states, every rank's RNG states at the last validation, fp16's loss scale."""
+    return {
+        "task": trainer.cfg.task, "config": trainer.cfg.to_dict(), "meta": trainer.data.meta,
+        "model": trainer.evaluated.state_dict(), "optimizer": trainer.optimizer.state_dict(),
+        **({"trained": trainer.model.state_dict(), "average": trainer.averaged.state_dict()} if trainer.averaged else {}),
+        "epoch": trainer.epoch, "step": trainer.step, "best": dict(trainer.best),
+        "schedule": trainer.schedule.state_dict(),
+        **{cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_key},
+        "rng": trainer.rng[0], "rng_ranks": trainer.rng,  # every rank's, so a resume on as many ranks is exact
+        **({"scaler": trainer.precision.scaler.state_dict()} if trainer.precision.scaler else {}),
+    }  # fmt: skip
+
+
+def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
+    """A checkpoint's training state into a trainer built from its config; RunError when it does not fit."""
+    try:
+        if trainer.averaged is not None:  # "model" holds the average, "trained" the weights training goes on from
+            trainer.model.load_state_dict(ckpt["trained"])
+            trainer.averaged.load_state_dict(ckpt["model"], ckpt["average"])
+        else:
+            trainer.model.load_state_dict(ckpt["model"])
+        trainer.optimizer.load_state_dict(ckpt["optimizer"])
+        trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
+        trainer.schedule.load_state_dict(ckpt["schedule"])
+        if trainer.precision.scaler is not None:  # fp16: go on with the loss scale reached
+            trainer.precision.scaler.load_state_dict(ckpt["scaler"])
+        for cb in trainer.callbacks:
+            if cb.state_key:
+                cb.load_state_dict(ckpt[cb.state_key])
+        ranks, w = ckpt["rng_ranks"], trainer.world  # as many ranks: each its own state; another number: rank 0's
+        restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise RunError(f"{path}: does not fit its own config ({first_line(e)[:200]})") from None
+
+
+# -- before a resume -------------------------------------------------------------------------------
+
+
+def resume_point(
+    ref: str, epochs: int | None, force: bool
+) -> tuple[RunFolder, FolderLock | NoLock, dict[str, Any] | None, Config]:
+    """The run a resume goes on with (id, path or `latest`), its lock (rank 0's; NoLock on other ranks), its
+    last checkpoint (None: killed before its first epoch ended) and its config (`epochs` may extend it);
+    RunError when it cannot go on. Under torchrun every rank reads the run (a shared file system)."""
+    run = RunFolder.resolve(ref, latest="started")  # `latest` here: the newest run, whatever its state
+    if distributed.launched():
+        distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
+    ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
+    rows = len([r for r in run.rows() if not r.get("partial")]) if ckpt is None else 0
+    recorded = int(run.info().get("epochs_done") or 0) if ckpt is None else 0
+    if rows > 1 or recorded > 0:  # no checkpoint, yet epochs trained (a row may precede its checkpoint: one, not two)
+        trained = max(rows, recorded)
+        raise RunError(
+            f"{run.id}: {run.checkpoint_path('last')} is missing, though {trained} epochs were trained: it "
+            f"cannot go on from where it stopped; start a new run from its config: "
+            f"rnnctl train {run.path / 'config.yaml'}"
+        )
+    if ckpt is not None:
+        raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
+    else:  # killed before the first epoch ended: the resolved config of the run folder
+        raw, source = {k: v for k, v in run.config().items() if k != "derived"}, str(run.path / "config.yaml")
+    if epochs is not None:
+        raw["train"] = {**(raw.get("train") or {}), "epochs": epochs}
+    try:
+        cfg = validate(raw, source="--epochs" if epochs is not None else source)
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    held: list[FolderLock] = []
+
+    def take() -> None:  # rank 0: the lock first, then the checks that need it
+        held.append(run.lock(force))
+        try:
+            info = run.read_info()
+            if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
+                raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
+            done = ckpt["epoch"] if ckpt else 0
+            if epochs is not None and epochs < done:
+                raise RunError(f"--epochs {epochs}: {run.id} has already trained {done} epochs: give N > {done}")
+            if done >= cfg.train.epochs and info.get("status") == "completed":
+                raise RunError(
+                    f"{run.id} has trained all its {done} epochs: pass --epochs N with N > {done} to train longer"
+                )
+        except BaseException:
+            held.pop().release()
+            raise
+
+    distributed.main_only(take)
+    return run, held[0] if held else NoLock(), ckpt, cfg

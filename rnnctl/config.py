@@ -1,5 +1,6 @@
-"""The experiment config: typed sections, YAML loading and dotted `key=value` overrides, and the configs
-shipped inside the package (rnnctl/configs), found by name.
+"""The experiment config: typed sections, YAML loading and dotted `key=value` overrides, the configs
+shipped inside the package (rnnctl/configs), found by name, and helpers that read a saved config's values
+(`lookup`, `flatten`, `plain`).
 
 Validated once, here, at the edge: past `load_config` code reads `cfg.train.lr`, never a dict.
 Each task contributes its own `data` and `model` sections (subclasses of the bases below), so
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 import re
 from importlib import resources
@@ -311,6 +313,16 @@ class _LimitedLoader(yaml.SafeLoader):
             raise ConstructorError(None, None, problem, node.start_mark) from None
 
 
+def parse_duration(text: str | None, option: str = "--timeout") -> float | None:
+    """A duration option's value: 90, 90s, 30m, 2h, 1d -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m or float(m[1]) <= 0:
+        raise ConfigError(f"{option} {text!r}: expected a duration like 90s, 30m or 2h")
+    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
+
+
 def load_yaml(text: str) -> Any:
     """One YAML document, safely (plain data only) and within the limits above; yaml.YAMLError if not."""
     loader = _LimitedLoader(text)
@@ -468,3 +480,38 @@ def _suggest(word: str, options, prefix: str = "") -> str:
 
 def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# -- a saved config's values, as plain data -------------------------------------------------------
+
+MISSING = object()
+
+
+def lookup(config: dict[str, Any], key: str) -> Any:
+    """A dotted key's value in a nested config, or MISSING."""
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"cell": "gru"}} -> {"model.cell": "gru"}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def plain(value: Any) -> str:
+    """A config value as it would be written after `--set key=`: null, true, 0.003, lstm, [1, 2]."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)

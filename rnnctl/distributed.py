@@ -1,6 +1,7 @@
 """torchrun / DistributedDataParallel glue: who we are (rank, world), batches cut into per-rank shards,
-metric sums all-reduced, rank 0 alone writing. No launcher or communication code of our own: torchrun starts
-the processes and sets RANK, WORLD_SIZE, LOCAL_RANK; torch.distributed (gloo on CPUs, NCCL on GPUs) talks.
+metric sums all-reduced, rank 0 alone writing, `train --nproc N` started again under torchrun. No launcher or
+communication code of our own: torchrun starts the processes and sets RANK, WORLD_SIZE, LOCAL_RANK;
+torch.distributed (gloo on CPUs, NCCL on GPUs) talks.
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 import io
 import os
 import socket
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -44,6 +46,63 @@ def world() -> World:
 def launched() -> bool:
     """Started by torchrun (or any launcher that sets the torch.distributed environment) with several processes."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launched_rank() -> int | None:
+    """This process's rank among the several a launcher started (from the environment: known before the
+    process group is joined, and after it is left); None for a single process."""
+    return int(os.environ.get("RANK", "0")) if launched() else None
+
+
+def relaunch(nproc: int, argv: list[str]) -> int:
+    """`rnnctl train ... --nproc N`: the same command on N processes through torchrun (torch.distributed.run,
+    standalone rendezvous on this machine); returns the exit code."""
+    import logging
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    rest, skip = [], False
+    for arg in argv:  # the command again, without --nproc
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            rest.append(arg)
+    for name in [*logging.root.manager.loggerDict, "torch.distributed.run"]:
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # the ranks speak for themselves
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "rnnctl", *rest])
+    try:
+        run(args)
+    except SignalException as e:  # Ctrl-C or SIGTERM to the launcher: it stopped the ranks, rank 0 recorded it
+        return 130 if e.sigval == signal.SIGINT else 143  # rank 0 said so
+    except ChildFailedError as e:
+        codes = {rank: f.exitcode for rank, f in e.failures.items()}
+        if set(codes.values()) <= {130, -2}:
+            return 130
+        if set(codes.values()) <= {143, -15}:
+            return 143
+        return 1  # the failing rank printed its own line
+    return 0
+
+
+def leave(code: int) -> NoReturn:
+    """A torchrun rank that ends (done, failed or stopped by a signal) exits now, its record already written:
+    a process group torn down with a collective still pending (the peer is gone) can deadlock in its
+    destructor (gloo's thread waits for the GIL that the joining thread holds), and torchrun would wait on it."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def peer_gone(e: Exception) -> bool:
+    """Whether a collective failed because another rank went away (that rank names its own failure)."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(e, backend_error) or "closed by peer" in str(e) or "Connection reset by peer" in str(e)
 
 
 def init(device_kind: str) -> World:
@@ -95,7 +154,7 @@ _HELD: list[Any] = []
 
 def hold(ddp: Any) -> None:
     """Keep a DDP model (its reducer holds the process group) alive until the rank exits with os._exit
-    (cli): freeing it tears the gloo group down in the main thread, GIL held, while a gloo thread may still
+    (`leave`): freeing it tears the gloo group down in the main thread, GIL held, while a gloo thread may still
     be finishing a collective whose tensors need the GIL to be freed: a deadlock seen under load."""
     _HELD.append(ddp)
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from rnnctl.errors import RunError
-from rnnctl.inference import NO_INPUTS, LoadedRun, config_differences
+from rnnctl.inference import NO_INPUTS, Inference, LoadedRun, config_differences
 from rnnctl.models import Output, mean_probability
 from rnnctl.groups.folder import GroupFolder, ensemble_stem
 from rnnctl.runs import RunFolder, now
@@ -49,7 +49,8 @@ def ranked_members(group: GroupFolder) -> tuple[list[tuple[RunFolder, float]], s
 
 
 class Ensemble:
-    """A sweep's or study's completed members, each restored from one of its checkpoints."""
+    """A sweep's or study's completed members, each restored from one of its checkpoints (an `Inference`,
+    like a saved run)."""
 
     def __init__(self, group: GroupFolder, top: int | None = None, checkpoint: str = "best", device: str = "auto"):
         if top is not None and top < 1:
@@ -85,8 +86,8 @@ class Ensemble:
     def stem(self) -> str:
         return ensemble_stem(self.checkpoint, self.top)
 
+    @property
     def used(self) -> str:
-        """What a command says it used (on stderr)."""
         n = len(self.members)
         if self.top is not None:
             which = f"the top {n} of {self.completed} completed members by {self.metric}"
@@ -184,7 +185,7 @@ class Ensemble:
         return {**result, **{ext: str(p) for ext, p in paths.items()}}
 
 
-def load(ref: str, top: int | None, checkpoint: str, device: str) -> LoadedRun | Ensemble:
+def load(ref: str, top: int | None, checkpoint: str, device: str) -> Inference:
     """A run (id, folder or `latest`), else a sweep or a study as an ensemble of its members. `top` picks
     members, so it applies to a sweep or a study only."""
     try:

@@ -44,6 +44,13 @@ class PeerFailed(RnnctlError):
     """Under torchrun: rank 0 failed in a step every rank waits for; rank 0 says why, the others exit quietly."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as a one-line message shows it: the first line of its text, or its type's name when it
+    has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def clip(value: object, limit: int = 60) -> str:
     """`value` as an error message shows it: its repr, cut to about `limit` characters with an ellipsis
     (and, for a long string, its length), so a huge value still gives a short, one-line message."""

@@ -1,18 +1,20 @@
-"""A saved run: evaluate, predict, sample and forecast from its checkpoints, and compare runs."""
+"""A saved run or an ensemble behind one interface (evaluate, predict, forecast; a run samples too), and
+comparing runs."""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Iterator, Protocol
 
 import torch
 
-from rnnctl.runs import now
-from rnnctl.config import validate
-from rnnctl.errors import ConfigError, RnnctlError, RunError
-from rnnctl.runs import RunFolder, all_runs, compare_folder, flatten, plain, runs_root, write_json
+from rnnctl.config import flatten, plain, validate
+from rnnctl.errors import ConfigError, RnnctlError, RunError, first_line
+from rnnctl.runs import RunFolder, all_runs, compare_folder, now, runs_root, write_json
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Forecasts, Predicts, Samples, Split, Task
-from rnnctl.training import Precision, evaluate, pick_device
+from rnnctl.runtime import Precision, pick_device
+from rnnctl.training import evaluate
 
 
 NO_INPUTS = "nothing to predict: give INPUT arguments or --file with one input per line"
@@ -40,8 +42,37 @@ def evaluate_and_save(
     return report, run.write_eval(split_name, checkpoint, report)
 
 
+class Inference(Protocol):
+    """What `eval` and `predict` ask of a saved run (LoadedRun) or of a sweep's or study's completed members
+    (ensemble.Ensemble), so that a command never asks which of the two it has."""
+
+    @property
+    def name(self) -> str:
+        """Its folder's name."""
+
+    @property
+    def used(self) -> str:
+        """What a command says it used (on stderr: stdout may be data)."""
+
+    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Path]:
+        """The report on one split (default: test, or val where there is no test split), and where it is saved."""
+
+    def predict(self, inputs: list[str], top: int) -> list[dict[str, Any]]:
+        """Each input's `top` classes with their probabilities."""
+
+    def forecast(self, steps: int) -> dict[str, Any]:
+        """The next `steps` values past the end of a series' data, saved with their plot."""
+
+
+def using(run: RunFolder, checkpoint: str | None, epoch: int | None) -> str:
+    """Which run and checkpoint a command works from (`checkpoint` None: a resume that starts over)."""
+    if checkpoint is None:
+        return f"using run {run.id}, no checkpoint yet: training starts over"
+    return f"using run {run.id}, checkpoint {run.checkpoint_path(checkpoint).name} (epoch {epoch})"
+
+
 class LoadedRun:
-    """A run folder's config, task and model, restored from one of its checkpoints."""
+    """A run folder's config, task and model, restored from one of its checkpoints (an `Inference`)."""
 
     def __init__(self, ref: str, checkpoint: str = "best", device: str = "auto"):
         """`device`: where the model runs (auto: the machine's best); checkpoints load on the CPU first, so a run
@@ -63,20 +94,18 @@ class LoadedRun:
         except RnnctlError:
             raise
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # weights or meta not of this config
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
+            raise RunError(f"{path}: does not fit its own config ({first_line(e)[:200]})") from None
         self.model.eval()
 
     @property
-    def dir(self):
-        return self.run.path
+    def name(self) -> str:
+        return self.run.id
 
     @property
-    def used(self) -> tuple[RunFolder, str, int]:
-        """The run, the checkpoint and its epoch: what a command says it used."""
-        return self.run, self.checkpoint_name, self.ckpt["epoch"]
+    def used(self) -> str:
+        return using(self.run, self.checkpoint_name, self.ckpt["epoch"])
 
-    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Any]:
+    def evaluate(self, split: str | None) -> tuple[dict[str, Any], Path]:
         data = self.task.prepare(self.cfg, meta=self.meta)
         split = split or ("test" if "test" in data.splits else "val")  # a language model has no test split
         if split not in data.splits:
@@ -109,15 +138,15 @@ class LoadedRun:
             plots.forecast(paths["json"], paths["png"])  # drawn from the file, like every plot
         return {**result, **{ext: str(p) for ext, p in paths.items()}}
 
-    def samples(
-        self, seed: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None
+    def sample(
+        self, prompt: str, length: int, temperature: float, top_k: int, num: int, rng_seed: int | None
     ) -> Iterator[Iterator[str]]:
         """`num` character streams; one generator serves them all, so `rng_seed` fixes the whole output."""
         if not isinstance(self.task, Samples):
             raise RunError(f"{self.run.id} is a {self.cfg.task} run, not a language model: nothing to sample")
         generator = torch.Generator().manual_seed(rng_seed) if rng_seed is not None else None
         for _ in range(num):
-            yield self.task.sample(self.model, self.meta, seed, length, temperature, top_k, generator)
+            yield self.task.sample(self.model, self.meta, prompt, length, temperature, top_k, generator)
 
     def _instead(self) -> str:
         if isinstance(self.task, Samples):

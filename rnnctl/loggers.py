@@ -11,8 +11,9 @@ import logging
 import time
 from typing import Any, Callable, Iterator, Protocol
 
-from rnnctl.errors import ConfigError, RunError
-from rnnctl.runs import RunFolder, flatten, plain
+from rnnctl.config import flatten, plain
+from rnnctl.errors import ConfigError, RunError, first_line
+from rnnctl.runs import RunFolder
 
 Running = Callable[[], dict[str, float]]  # the current epoch's training metrics so far
 
@@ -198,7 +199,7 @@ class MLflowLog(Logger):
         try:
             yield
         except (self.errors, OSError) as e:  # OSError: a local store that cannot be made
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            first = first_line(e)
             raise RunError(f"log.mlflow: {uri}: {first[:300]}") from None
 
     def _exists(self, run_id: str) -> bool:

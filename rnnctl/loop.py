@@ -1,9 +1,9 @@
 """The one training loop, for every task; it never names a task.
 
-A run starts fresh (`Trainer.start`) or from its last checkpoint (`Trainer.resume`); `fit` trains epoch
-by epoch, validates, and hands each validation and the end of the run to the callbacks (checkpoints,
-early stopping, the run record, the final test, plots) and its rows to the loggers (metrics files,
-TensorBoard, the live display).
+`train` starts a run in a new run folder, `resume` goes on with one from its last checkpoint; `Trainer.fit`
+trains epoch by epoch, validates, and hands each validation and the end of the run to the callbacks
+(checkpoints, early stopping, the run record, the final test, plots) and its rows to the loggers (metrics
+files, TensorBoard, the live display).
 """
 
 from __future__ import annotations
@@ -16,30 +16,19 @@ from typing import Any, Callable
 import torch
 
 from rnnctl import distributed
-from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, default_callbacks
-from rnnctl.config import Config, validate
-from rnnctl.errors import ConfigError, DataError, DivergedError, RunError
-from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
-from rnnctl.runs import FolderLock, NoLock, RunFolder
+from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, check_loggers, default_callbacks, disk_loggers
+from rnnctl.callbacks import restore, resume_point, trackers
+from rnnctl.config import Config
+from rnnctl.errors import DataError, DivergedError
+from rnnctl.loggers import Logger
+from rnnctl.locks import FolderLock, NoLock
+from rnnctl.runs import RunFolder
+from rnnctl.runtime import deferred_interrupt, keep_freed_memory, make_precision, pick_device, rng_states
+from rnnctl.runtime import set_backends, set_seed, stop_signals
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
-from rnnctl.training import (
-    deferred_interrupt,
-    evaluate,
-    keep_freed_memory,
-    make_optimizer,
-    make_precision,
-    parameter_groups,
-    pick_device,
-    restore_rng,
-    rng_states,
-    set_backends,
-    set_seed,
-    stop_signals,
-    train_epoch,
-    WeightAverage,
-)
+from rnnctl.training import evaluate, make_optimizer, placed, train_epoch, WeightAverage
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
 
@@ -49,16 +38,15 @@ class _EndNow(Exception):
 
 
 class Trainer:
-    """A training run: the task's data and model, the optimizer and schedule, progress, callbacks, loggers."""
+    """A training run: the task's data and model, the optimizer and schedule, progress, callbacks; `open`
+    gives it its run folder, loggers and record."""
 
-    def __init__(self, cfg: Config, loggers: list[Logger], meta: dict[str, Any] | None = None):
-        """Everything but the run folder; `meta` (a checkpoint's vocabulary and classes) for a resumed run."""
+    def __init__(self, cfg: Config, callbacks: list[Callback] = (), meta: dict[str, Any] | None = None):
+        """Everything but the run folder; `callbacks` come after the default ones (a group's pruning); `meta` (a
+        checkpoint's vocabulary and classes) for a resumed run."""
         self.cfg = cfg
         self.task = get_task(cfg.task)
-        if cfg.log.tensorboard:
-            check_installed()  # a missing extra is a one-line error before any run folder exists
-        if cfg.log.mlflow:
-            check_mlflow_installed()
+        check_loggers(cfg)  # a missing extra is a one-line error before any run folder exists
         set_seed(cfg.train.seed)
         self.device = pick_device(cfg.train.device)
         self.precision = make_precision(cfg.train.precision, self.device)  # unsupported: an error before any folder
@@ -71,16 +59,9 @@ class Trainer:
         self.world = distributed.init(self.device.type)  # torchrun's process group; one process: rank 0 of 1
         if self.world.distributed and self.device.type == "cuda":
             self.device = torch.device("cuda", self.world.local_rank)  # one GPU per local rank
-        self.model = self.task.build_model(cfg, self.data.meta, self.data.init).to(self.device)
-        for module in self.model.modules():  # cuDNN wants each RNN's weights in one block after a move
-            if isinstance(module, torch.nn.RNNBase):
-                module.flatten_parameters()
-        self.trained = self.model  # what training calls: the model, or DDP around it under torchrun
-        if self.world.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.trained = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-            distributed.hold(self.trained)  # freed only by the rank's exit (see distributed.hold)
-        self.optimizer = make_optimizer(cfg.optim, parameter_groups(self.model))
+        self.model = self.task.build_model(cfg, self.data.meta, self.data.init)
+        self.trained = placed(self.model, self.device, self.world)  # what training calls: the model, or DDP
+        self.optimizer = make_optimizer(cfg.optim, self.model.optimizer_groups())
         # train.ema: validation, the checkpoints' weights and so every later use read the average
         self.averaged = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.evaluated = self.averaged.model if self.averaged is not None else self.model
@@ -89,104 +70,35 @@ class Trainer:
         mode = self.task.monitor_mode
         self.schedule = LRSchedule(cfg.train.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch, mode)
         early = EarlyStopping(cfg.train.early_stop, mode)
-        self.callbacks: list[Callback] = default_callbacks(early) if self.world.main else [EarlyStop(early)]
-        self.user_loggers = loggers
+        self.callbacks = [*(default_callbacks(early) if self.world.main else [EarlyStop(early)]), *callbacks]
         self.epoch = self.step = 0
         self.best: dict[str, Any] = {
             "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": mode,
         }  # fmt: skip
         self.stopped_early: dict[str, Any] | None = None
         self.end_now: str | None = None  # set by a callback: end the run at once with this status ("pruned")
-        self.elapsed_before = 0.0  # training seconds of earlier sessions of this run (resume)
+        self.rng: list[dict[str, Any]] = []  # every rank's random states at the last validation, for checkpoints
         self.clock = time.perf_counter()
 
-    @classmethod
-    def start(
-        cls,
-        cfg: Config,
-        command: str,
-        loggers: list[Logger],
-        root=None,
-        callbacks: list[Callback] = (),
-        overrides: list[str] = (),
-    ) -> Trainer:
-        """A new run in a new run folder; `callbacks` come after the default ones (a group's pruning);
-        `overrides` (`key=value`: --set, --epochs, a group's values) are what run.json records it changed."""
-        self = cls(cfg, loggers)
-        self.callbacks += callbacks
-        processes = distributed.describe(self.device)
-
-        def create() -> str:  # rank 0 alone owns the run folder
-            self.run = RunFolder.create(cfg.name or cfg.task, root)
-            self.lock = self.run.lock()  # before anything is written into it
-            return str(self.run.path)
-
-        path = distributed.main_only(create)
-        if not self.world.main:
-            self.run, self.lock = RunFolder(Path(path)), NoLock()
-        self.loggers = [*self._disk_loggers(None), *loggers] if self.world.main else []
-        self.info = (
-            {**RunRecord.new(self, command, overrides), **self._trackers(), **processes} if self.world.main else {}
-        )
+    def open(
+        self, run: RunFolder, lock: FolderLock | NoLock, command: str, loggers: list[Logger], overrides: list[str],
+        resumed: bool = False,
+    ) -> Trainer:  # fmt: skip
+        """Train into `run`, its lock held (rank 0); the loggers its config asks for come before `loggers`;
+        `overrides` (`key=value`) are what run.json records the command changed. A resumed run (`restore`d)
+        loses the rows logged after its checkpoint, and its record goes on."""
+        processes = distributed.describe(self.device)  # every rank's host and device: all ranks take part
+        self.run, self.lock, self.loggers, self.info, self.elapsed_before = run, lock, [], {}, 0.0
+        if self.world.main and resumed:  # rank 0 alone logs and records
+            kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
+            self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0  # training seconds of earlier sessions
+            before = run.read_info()
+            self.loggers = [*disk_loggers(run, self.cfg, self.step, before.get("mlflow")), *loggers]
+            self.info = {**RunRecord.resumed(self, before, command, overrides), **trackers(self.loggers), **processes}
+        elif self.world.main:
+            self.loggers = [*disk_loggers(run, self.cfg), *loggers]
+            self.info = {**RunRecord.new(self, command, overrides), **trackers(self.loggers), **processes}
         return self
-
-    @classmethod
-    def resume(
-        cls,
-        run: RunFolder,
-        lock: FolderLock | NoLock,
-        ckpt: dict[str, Any] | None,
-        cfg: Config,
-        command: str,
-        loggers: list[Logger],
-        callbacks: list[Callback] = (),
-        overrides: list[str] = (),
-    ) -> Trainer:
-        """Continue a run from its last checkpoint: weights, optimizer, progress, best, every RNG. Without a
-        checkpoint (killed before its first epoch ended) the run starts over in its own folder."""
-        self = cls(cfg, loggers, meta=ckpt["meta"] if ckpt else None)
-        self.callbacks += callbacks
-        if ckpt is not None:
-            restore(self, ckpt, run.checkpoint_path("last"))
-        processes = distributed.describe(self.device)
-        self.run, self.lock = run, lock
-        if not self.world.main:
-            self.loggers, self.info = [], {}
-            return self
-        kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
-        self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0
-        record = run.read_info()
-        self.loggers = [*self._disk_loggers(self.step, record.get("mlflow")), *loggers]
-        self.info = {**RunRecord.resumed(self, record, command, overrides), **self._trackers(), **processes}
-        return self
-
-    def _disk_loggers(self, resume_step: int | None, mlflow_before: dict[str, Any] | None = None) -> list[Logger]:
-        """The loggers the run's config asks for: metrics files always, TensorBoard and MLflow when asked
-        (`mlflow_before`: run.json's record of the MLflow run a resumed run goes on with)."""
-        loggers: list[Logger] = [MetricsFiles(self.run)]
-        if self.cfg.log.tensorboard:
-            loggers.append(TensorBoardLog(self.run, resume_step))
-        self.mlflow: MLflowLog | None = None
-        if self.cfg.log.mlflow:
-            experiment = self.cfg.name or self.cfg.task
-            self.mlflow = MLflowLog(self.run, self.cfg.log.mlflow_uri, experiment, mlflow_before)
-            loggers.append(self.mlflow)
-        return loggers
-
-    def _trackers(self) -> dict[str, Any]:
-        """What run.json keeps of an outside tracker: the MLflow run that `train --resume` goes on with."""
-        return {"mlflow": self.mlflow.record} if self.mlflow is not None else {}
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        return {
-            "task": self.cfg.task, "config": self.cfg.to_dict(), "meta": self.data.meta,
-            "model": self.evaluated.state_dict(), "optimizer": self.optimizer.state_dict(),
-            **({"trained": self.model.state_dict(), "average": self.averaged.state_dict()} if self.averaged else {}),
-            "epoch": self.epoch, "step": self.step, "best": dict(self.best), "schedule": self.schedule.state_dict(),
-            **{cb.state_key: cb.state_dict() for cb in self.callbacks if cb.state_key},
-            "rng": self.rng[0], "rng_ranks": self.rng,  # every rank's, so a resume on as many ranks is exact
-            **({"scaler": self.precision.scaler.state_dict()} if self.precision.scaler else {}),  # fp16's loss scale
-        }  # fmt: skip
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -267,13 +179,9 @@ class Trainer:
         self._validation(self.step, out["metrics"], epoch_stats=epoch_stats, step_rows=step_rows)
 
     def _validation(
-        self,
-        step: int,
-        train: Meter | dict[str, float],
-        fraction: float | None = None,
-        epoch_stats: dict[str, float] | None = None,
-        step_rows: list[dict[str, Any]] | None = None,
-    ) -> None:
+        self, step: int, train: Meter | dict[str, float], fraction: float | None = None,
+        epoch_stats: dict[str, float] | None = None, step_rows: list[dict[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
         """Validate, then record it everywhere: at an epoch's end, or inside it (`fraction` of it done)."""
         self.phase("validate", f"validating epoch {self.epoch}")
         meter = self.task.meter(self.data.meta)
@@ -334,7 +242,7 @@ class Trainer:
             return
         lr = self.schedule.lr(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr * group["lr_scale"]
 
     def _update_best(self, value: float, step: int) -> bool:
         if not math.isfinite(value):  # a diverged epoch is never the best one
@@ -346,96 +254,40 @@ class Trainer:
         return better
 
 
-def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
-    """A checkpoint's training state into a trainer built from its config; RunError when it does not fit."""
-    try:
-        if trainer.averaged is not None:  # "model" holds the average, "trained" the weights training goes on from
-            trainer.model.load_state_dict(ckpt["trained"])
-            trainer.averaged.load_state_dict(ckpt["model"], ckpt["average"])
-        else:
-            trainer.model.load_state_dict(ckpt["model"])
-        trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        trainer.epoch, trainer.step, trainer.best = ckpt["epoch"], ckpt["step"], dict(ckpt["best"])
-        trainer.schedule.load_state_dict(ckpt["schedule"])
-        if trainer.precision.scaler is not None and "scaler" in ckpt:  # fp16: go on with the loss scale reached
-            trainer.precision.scaler.load_state_dict(ckpt["scaler"])
-        for cb in trainer.callbacks:
-            if cb.state_key:
-                cb.load_state_dict(ckpt[cb.state_key])
-        ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]
-        w = trainer.world  # the same number of ranks: each its own state; another number: rank 0's for all
-        restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RunError(f"{path}: does not fit its own config ({first[:200]})") from None
+def train(
+    cfg: Config, command: str, loggers: list[Logger], root: Path | None = None, callbacks: list[Callback] = (),
+    overrides: list[str] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """A new run in a new run folder (under `root`, else the runs folder), trained to its end; `callbacks` come
+    after the default ones (a group's pruning); `overrides`: what run.json records the command changed."""
+    trainer = Trainer(cfg, callbacks)
+    held: list[FolderLock] = []
 
+    def create() -> str:  # rank 0 alone owns the run folder
+        run = RunFolder.create(cfg.name or cfg.task, root)
+        held.append(run.lock())  # before anything is written into it
+        return str(run.path)
 
-def train(cfg: Config, command: str, loggers: list[Logger], **options: Any) -> dict[str, Any]:
-    """A new run trained to its end; `options` as Trainer.start takes them (root, callbacks, overrides)."""
-    return Trainer.start(cfg, command, loggers, **options).fit()
+    run = RunFolder(Path(distributed.main_only(create)))
+    return trainer.open(run, held[0] if held else NoLock(), command, loggers, list(overrides)).fit()
 
 
 def resume(
-    ref: str,
-    epochs: int | None,
-    command: str,
-    loggers: list[Logger],
-    force: bool = False,
-    using: Callable[[RunFolder, str | None, int | None], None] | None = None,
-    callbacks: list[Callback] = (),
-) -> dict[str, Any]:
-    """Continue a run (id, path or `latest`) from its last checkpoint; `epochs` may extend it. A run whose
-    epochs are all trained but whose wrap-up was cut short (killed, full disk) gets its wrap-up; one killed
-    before its first checkpoint starts over in its own folder. Under torchrun every rank reads the run (a
-    shared file system) and rank 0 alone locks and writes it. `using(run, checkpoint, epoch)` hears on rank 0
-    which run and checkpoint (None: none yet) it goes on from, once they are known to work."""
-    run = RunFolder.resolve(ref, latest="started")  # `latest` here: the newest run, whatever its state
-    if distributed.launched():
-        distributed.init(distributed.device_kind(str((run.config().get("train") or {}).get("device", "auto"))))
-    ckpt = run.load_checkpoint("last") if run.has_checkpoint("last") else None
-    rows = len([r for r in run.rows() if not r.get("partial")]) if ckpt is None else 0
-    recorded = int(run.info().get("epochs_done") or 0) if ckpt is None else 0
-    if rows > 1 or recorded > 0:  # no checkpoint, yet epochs trained (a row may precede its checkpoint: one, not two)
-        trained = max(rows, recorded)
-        raise RunError(
-            f"{run.id}: {run.checkpoint_path('last')} is missing, though {trained} epochs were trained: it "
-            f"cannot go on from where it stopped; start a new run from its config: "
-            f"rnnctl train {run.path / 'config.yaml'}"
-        )
-    if ckpt is not None:
-        raw, source = dict(ckpt["config"]), str(run.checkpoint_path("last"))
-    else:  # killed before the first epoch ended: the resolved config of the run folder
-        raw, source = {k: v for k, v in run.config().items() if k != "derived"}, str(run.path / "config.yaml")
-    if epochs is not None:
-        raw["train"] = {**(raw.get("train") or {}), "epochs": epochs}
+    ref: str, epochs: int | None, command: str, loggers: list[Logger], force: bool = False,
+    using: Callable[[RunFolder, str | None, int | None], None] | None = None, callbacks: list[Callback] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """Continue a run (id, path or `latest`) from its last checkpoint: weights, optimizer, progress, best, every
+    RNG; `epochs` may extend it. A run whose epochs are all trained but whose wrap-up was cut short (killed,
+    full disk) gets its wrap-up; one killed before its first checkpoint starts over in its own folder. Under
+    torchrun rank 0 alone locks and writes the run. `using(run, checkpoint, epoch)` hears on rank 0 which run
+    and checkpoint (None: none yet) it goes on from, once they are known to work."""
+    run, lock, ckpt, cfg = resume_point(ref, epochs, force)
     try:
-        cfg = validate(raw, source="--epochs" if epochs is not None else source)
-    except ConfigError as e:
-        raise RunError(str(e)) from None
-    held: list[FolderLock] = []
-
-    def take() -> None:  # rank 0: the lock first, then the checks that need it
-        held.append(run.lock(force))
-        try:
-            info = run.read_info()
-            if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
-                raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
-            done = ckpt["epoch"] if ckpt else 0
-            if epochs is not None and epochs < done:
-                raise RunError(f"--epochs {epochs}: {run.id} has already trained {done} epochs: give N > {done}")
-            if done >= cfg.train.epochs and info.get("status") == "completed":
-                raise RunError(
-                    f"{run.id} has trained all its {done} epochs: pass --epochs N with N > {done} to train longer"
-                )
-        except BaseException:
-            held.pop().release()
-            raise
-
-    distributed.main_only(take)
-    lock = held[0] if held else NoLock()
-    try:
+        trainer = Trainer(cfg, callbacks, meta=ckpt["meta"] if ckpt else None)
+        if ckpt is not None:
+            restore(trainer, ckpt, run.checkpoint_path("last"))
         overrides = [f"train.epochs={epochs}"] if epochs is not None else []
-        trainer = Trainer.resume(run, lock, ckpt, cfg, command, loggers, callbacks, overrides)
+        trainer.open(run, lock, command, loggers, overrides, resumed=True)
         if using is not None and trainer.world.main:
             using(run, "last" if ckpt else None, ckpt["epoch"] if ckpt else None)
     except BaseException:

@@ -28,6 +28,16 @@ class Output(NamedTuple):
     state: Any = None  # hidden state to carry into the next batch (truncated BPTT); None otherwise
 
 
+class Model(nn.Module):
+    """What every model is to the loop: `forward(..., targets=None, state=None) -> Output` and its parameters
+    as optimizer groups."""
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The parameters as optimizer groups, each {"params", "lr_scale"}: its learning rate is lr_scale times
+        the schedule's. One group at the full rate; a model whose parts learn at different rates says so here."""
+        return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+
+
 def make_rnn(m: ModelSection, input_size: int) -> nn.Module:
     """The multi-layer recurrent module a model section describes, batch-first: the cell's fused module,
     or its stepwise cell run over time (`model.stepwise`, or a cell that has no fused module)."""
@@ -180,7 +190,7 @@ def _fused_keys_to_layers(module, state_dict, prefix, *args) -> None:
             state_dict[f"{prefix}layers.{layer}.{direction}.{base}_l0"] = state_dict.pop(key)
 
 
-class RecurrentClassifier(nn.Module):
+class RecurrentClassifier(Model):
     """Token ids -> embedding -> stacked (bi)RNN over padded batches -> pooled features -> class logits."""
 
     def __init__(
@@ -219,7 +229,7 @@ class RecurrentClassifier(nn.Module):
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """The bag (with its head, if it has one) learns at `model.ngrams.lr_scale` times the rest's rate."""
         if self.ngram_lr_scale == 1.0:
-            return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+            return super().optimizer_groups()
         bag = [*self.ngrams.parameters(), *(self.ngram_head.parameters() if self.ngram_head is not None else [])]
         ids = {id(p) for p in bag}
         rest = [p for p in self.parameters() if id(p) not in ids]
@@ -265,7 +275,7 @@ class RecurrentClassifier(nn.Module):
         return Output(logits if len(branches) == 1 else mean_probability(branches), loss)
 
 
-class CharLM(nn.Module):
+class CharLM(Model):
     """Character language model: ids -> embedding (or one-hot) -> stacked RNN -> next-character logits.
 
     The hidden state is an input and an output, so training can carry it across truncated-BPTT chunks
@@ -318,7 +328,7 @@ class CharLM(nn.Module):
             self.train(was_training)
 
 
-class SequenceTagger(nn.Module):
+class SequenceTagger(Model):
     """One output per input step (seed 000): one-hot ids -> RNN -> logits, optionally through a linear layer.
 
     Without the output layer the hidden state itself is read as the logits, as seed 000 does.
@@ -337,7 +347,7 @@ class SequenceTagger(nn.Module):
         return Output(logits, loss)
 
 
-class SequenceRegressor(nn.Module):
+class SequenceRegressor(Model):
     """Real-valued sequences (seeds 003, 004): features -> stacked RNN -> linear read-out.
 
     Two shapes of output: one value per input step (`horizon=None`, many-to-many: sine, sin -> cos), or

@@ -15,9 +15,10 @@ import io
 from pathlib import Path
 from typing import Any, Iterable
 
+from rnnctl.config import flatten, plain
 from rnnctl.errors import ConfigError, RunError
 from rnnctl.groups.folder import GroupFolder
-from rnnctl.runs import REPORT, RunFolder, atomic_write, flatten, plain, read_json, runs_root
+from rnnctl.runs import REPORT, RunFolder, atomic_write, read_json, runs_root
 
 MAX_ROWS = 500  # metrics rows shown; a longer run shows its first and last rows
 STYLE = """

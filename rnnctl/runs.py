@@ -24,12 +24,10 @@ import errno
 import io
 import json
 import os
+import platform
 import re
-import socket
+import subprocess
 import tempfile
-import threading
-import time
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,7 +35,10 @@ from typing import Any, Iterator
 import torch
 import yaml
 
-from rnnctl.errors import RunError, RunFileWarning, StorageError
+from rnnctl import __version__
+from rnnctl.config import MISSING, lookup, plain
+from rnnctl.errors import RunError, RunFileWarning, StorageError, first_line
+from rnnctl.locks import FolderLock, alive
 from rnnctl.tasks import task_names
 
 RUNS_ENV = "RNNCTL_RUNS"
@@ -51,8 +52,6 @@ CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of eac
 REPORT = "report.html"  # `rnnctl report`'s page, in a run, sweep or study folder
 STATUSES = ("running", "completed", "failed", "interrupted")  # what a run records; `runs` adds pruned, died
 LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
-HEARTBEAT_S = 10.0  # a lock's holder rewrites its heartbeat this often
-STALE_S = 120.0  # a lock whose heartbeat is older than this may be taken over with --force
 
 
 def _umask() -> int:
@@ -177,7 +176,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch's weights-only unpickler raises many kinds on foreign or damaged bytes
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise RunError(f"{path}: not a readable checkpoint (truncated or corrupt?): {first[:160]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise RunError(f"{path}: not an rnnctl checkpoint")
@@ -189,6 +188,34 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 # -- one run -------------------------------------------------------------------------------------
+
+
+def versions() -> dict[str, str]:
+    """What run.json records of the software a run ran on."""
+    return {"python": platform.python_version(), "torch": torch.__version__, "rnnctl": __version__}
+
+
+def git_commit() -> str | None:
+    """The commit of rnnctl's own source, when it runs from a git checkout (an editable install)."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        top = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if not top or Path(top).resolve() != src:
+            return None  # an installed copy inside someone else's repository: that commit is not rnnctl's
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out + ("-dirty" if dirty else "") if out else None
 
 
 class RunFolder:
@@ -276,9 +303,9 @@ class RunFolder:
 
     # -- the lock: one writer at a time ---------------------------------------------------------
 
-    def lock(self, force: bool = False, what: str = "run") -> "FolderLock":
-        """Take the folder's lock (see FolderLock); RunError naming the holder when another process has it."""
-        return FolderLock(self.path, what=what).acquire(force)
+    def lock(self, force: bool = False) -> FolderLock:
+        """Take the folder's lock (see locks.FolderLock); RunError naming the holder when another process has it."""
+        return FolderLock(self.path / LOCK).acquire(force)
 
     # -- the record: config.yaml and run.json ----------------------------------------------------
 
@@ -321,19 +348,9 @@ class RunFolder:
         return info
 
     def best_val(self, info: dict[str, Any]) -> dict[str, Any]:
-        """Every validation metric at the run's best point (`info`: its run.json): as run.json keeps it, else
-        (a run.json without them) from the metrics row of the best step; {} when neither has them."""
+        """Every validation metric at the run's best point (`info`: its run.json); {} before its first validation."""
         kept = info.get("best_val")
-        if isinstance(kept, dict):
-            return kept
-        step = (info.get("best") or {}).get("step") if isinstance(info.get("best"), dict) else None
-        if not isinstance(step, int):
-            return {}
-        try:
-            row = next((r for r in self.rows() if r["step"] == step), {})
-        except RunError:
-            return {}
-        return {k: v for k, v in row.items() if k.startswith("val_")}
+        return kept if isinstance(kept, dict) else {}
 
     def changes(self) -> list[str]:
         """What the run changed from the config file it was started from, `key=value` each: the overrides
@@ -546,174 +563,6 @@ def _read_lines(path: Path) -> list[str]:
 
 def _warn(message: str) -> None:
     warnings.warn(RunFileWarning(message), stacklevel=3)
-
-
-class FolderLock:
-    """One writer per run (or sweep) folder, across processes and machines that share the file system.
-
-    The lock is a file created atomically (O_CREAT | O_EXCL) before anything else is written. It names its
-    holder (host, pid) and carries a heartbeat that a background thread refreshes every HEARTBEAT_S. A lock
-    whose holder is provably gone (this host, no such process) is taken over quietly; one held by another
-    host whose heartbeat is older than STALE_S is taken over only with `force`; a live one never.
-    """
-
-    def __init__(self, folder: Path, what: str = "run"):
-        self.folder, self.what = folder, what
-        self.path = folder / LOCK
-        self.token = uuid.uuid4().hex
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def _record(self) -> dict[str, Any]:
-        return {"host": HOST, "pid": os.getpid(), "token": self.token, "heartbeat": time.time()}
-
-    def _create(self) -> bool:
-        """The lock file appears whole or not at all: its record is written to a file of this taker's own,
-        then linked to the lock's name (atomic, and refused when the name exists). A reader never sees an
-        empty lock that a taker created but had not yet written."""
-        mine = self.path.with_name(f"{LOCK}.{self.token}")
-        try:
-            fd = os.open(mine, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(self._record()))
-            os.link(mine, self.path)
-        except FileExistsError:
-            return False
-        except OSError as e:
-            raise StorageError(f"{self.path}: cannot create the lock: {e.strerror or e}") from None
-        finally:
-            with contextlib.suppress(OSError):
-                mine.unlink()
-        return True
-
-    def holder(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            data = None  # a lock torn while written: its holder died before the first heartbeat
-        return data if isinstance(data, dict) else {}
-
-    def acquire(self, force: bool = False) -> FolderLock:
-        for _ in range(3):  # a race with another taker: look again
-            if self._create():
-                self._start_heartbeat()
-                return self
-            holder = self.holder()
-            if holder is None:
-                continue
-            age = time.time() - _number(holder.get("heartbeat"))
-            gone = holder.get("host") == HOST and not alive(holder.get("pid"), HOST)  # provably dead
-            who = f"pid {holder.get('pid')} on {holder.get('host')}" if holder else "a damaged lock file"
-            if not gone and age < STALE_S:
-                raise RunError(
-                    f"{self.folder.name}: another process writes this {self.what} ({who}, heartbeat {age:.0f} s ago); "
-                    "wait for it to end"
-                )
-            if not gone and not force:
-                raise RunError(
-                    f"{self.folder.name}: the {self.what} is locked ({who}), last heartbeat {age / 60:.0f} min ago; "
-                    f"if that process is gone, pass --force to take the {self.what} over"
-                )
-            stale = self.path.with_name(f"{LOCK}.stale-{self.token}")
-            try:
-                os.rename(self.path, stale)  # only one taker wins the rename
-            except FileNotFoundError:
-                continue
-            stale.unlink(missing_ok=True)
-            if not gone:
-                _warn(
-                    f"{self.folder.name}: took the {self.what} over from {who} (--force; its last heartbeat was "
-                    f"{age / 60:.0f} min ago)"
-                )
-        raise RunError(f"{self.path}: could not take the lock (other processes keep taking it)")
-
-    def _start_heartbeat(self) -> None:
-        def beat() -> None:
-            while not self.stop.wait(HEARTBEAT_S):
-                holder = self.holder()
-                if not holder or holder.get("token") != self.token:
-                    return  # taken over (with --force) by another process: stop touching it
-                with contextlib.suppress(OSError, StorageError):
-                    atomic_write(self.path, json.dumps(self._record()))
-
-        self.thread = threading.Thread(target=beat, name=f"rnnctl-lock-{self.folder.name}", daemon=True)
-        self.thread.start()
-
-    def release(self) -> None:
-        self.stop.set()
-        holder = self.holder()
-        if holder and holder.get("token") == self.token:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-
-    def __enter__(self) -> FolderLock:
-        return self if self.thread is not None else self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-HOST = socket.gethostname()
-
-
-class NoLock:
-    """What ranks other than 0 hold under torchrun: rank 0 alone has the run's lock and writes."""
-
-    def release(self) -> None:
-        pass
-
-
-def _number(value: Any) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-def alive(pid: int | None, host: str | None) -> bool:
-    if not pid or host != HOST:
-        return True  # cannot tell from here: trust the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-# -- what runs differ in --------------------------------------------------------------------------
-
-MISSING = object()
-
-
-def lookup(config: dict[str, Any], key: str) -> Any:
-    """A dotted key's value in a nested config, or MISSING."""
-    node: Any = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return MISSING
-        node = node[part]
-    return node
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"cell": "gru"}} -> {"model.cell": "gru"}."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def plain(value: Any) -> str:
-    """A config value as it would be written after `--set key=`: null, true, 0.003, lstm, [1, 2]."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
 
 
 # -- many runs -----------------------------------------------------------------------------------

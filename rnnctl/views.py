@@ -83,18 +83,29 @@ def naive_note(report: dict[str, Any]) -> str | None:
     )
 
 
-def using(console: Console, run: RunFolder, checkpoint: str | None, epoch: int | None) -> None:
-    """Which run and checkpoint a command works from (on stderr: stdout may be data)."""
-    if checkpoint is None:
-        text = f"using run {run.id}, no checkpoint yet: training starts over"
-    else:
-        text = f"using run {run.id}, checkpoint {run.checkpoint_path(checkpoint).name} (epoch {epoch})"
-    console.print(text, markup=False, soft_wrap=True)
+def stopped(console: Console, e: BaseException, rank: int | None, signal: str | None = None) -> bool:
+    """A run stopped by Ctrl-C or SIGTERM: the same summary as a finished one (its first line says it was
+    interrupted), and how to go on; a sweep or search: the command that continues it. Rank 0 alone speaks.
+    False when there is no run to sum up (a group, or a run stopped before it began)."""
+    record, resume = getattr(e, "summary", None), getattr(e, "resume", None)
+    if resume and not rank:
+        console.print(f"continue with: {resume}", soft_wrap=True)
+        return False
+    if not record:
+        return False
+    if not rank:
+        summary(console, record, signal)
+        console.print(f"continue with: rnnctl train --resume {record['id']}", soft_wrap=True)
+    return True
 
 
-def eval_report(console: Console, run_dir: Path, report: dict[str, Any], saved: Path) -> None:
+def eval_report(console: Console, name: str, report: dict[str, Any], saved: Path) -> None:
+    """A saved run's report on a split; a sweep's or study's: its members' and their ensemble's."""
+    if "ensemble" in report:
+        _ensemble_report(console, name, report, saved)
+        return
     console.print(
-        f"[bold]{run_dir.name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
+        f"[bold]{name}[/]: {report['split']} split, {report['checkpoint']} checkpoint (epoch {report['epoch']}), "
         f"{report['n']:,} {report.get('unit', 'examples')}"  # what n counts: names, chars, values
     )
     names = {"acc": "accuracy", "macro_f1": "macro F1", "bpc": "bits/char", "ppl": "perplexity"}
@@ -117,12 +128,12 @@ def _predicted(console: Console, strings: list[dict[str, str]]) -> None:
         console.print(Text(line), soft_wrap=True)
 
 
-def ensemble_report(console: Console, folder: Path, report: dict[str, Any], saved: Path) -> None:
+def _ensemble_report(console: Console, name: str, report: dict[str, Any], saved: Path) -> None:
     """Each member's metrics on the split, then the ensemble's, then its details (per class)."""
     ens = report["ensemble"]
     kind = "sweep" if "sweep" in report else "study"
     console.print(
-        f"[bold]{escape(folder.name)}[/] ({kind}): {report['split']} split, {report['checkpoint']} checkpoints, "
+        f"[bold]{escape(name)}[/] ({kind}): {report['split']} split, {report['checkpoint']} checkpoints, "
         f"{len(report['members'])} member{'s' if len(report['members']) > 1 else ''}, {ens['n']:,} "
         f"{report.get('unit', 'examples')}",
         soft_wrap=True,
@@ -253,6 +264,25 @@ STATUS_COLORS = {
 
 def _values(values: dict[str, Any]) -> str:
     return escape(" ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in values.items()))  # "[x]" is no markup
+
+
+def group_start(console: Console, group: Any, here: int) -> None:
+    """A sweep or study about to train: how many members at once on this machine, and its folder."""
+    console.print(f"{group.kind} {group.name}: {here} at once here; folder:", soft_wrap=True)
+    console.print(f"  {group.path}", soft_wrap=True)
+
+
+def nothing_left(console: Console, group: Any) -> None:
+    """A sweep or study that had nothing left to train, and for a study how to ask for more."""
+    if group.kind == "sweep":
+        console.print(f"sweep {group.name}: every member has completed; nothing to train", soft_wrap=True)
+        return
+    n = group.spec["trials"]
+    console.print(
+        f"study {group.name} already has its {n} trials: nothing to train; for more, ask for a larger "
+        f"total: rnnctl search --resume {group.name} --trials {2 * n}",
+        soft_wrap=True,
+    )
 
 
 def group_event(console: Console, e: dict[str, Any]) -> None:

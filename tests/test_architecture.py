@@ -1,6 +1,6 @@
 """The package's shape, checked: no import cycles (module level or inside functions), the loop and the
 tasks keep to their side of the data flow, only runs.py spells a run folder's files and only
-groups/folder.py a sweep's or study's."""
+groups/folder.py a sweep's or study's (locks.py is handed the lock file's path by either)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnctl"
+LOOP_SIDE = ("rnnctl.loop", "rnnctl.training", "rnnctl.runtime", "rnnctl.callbacks", "rnnctl.inference")
 
 
 def module_name(path: Path) -> str:
@@ -99,7 +100,7 @@ def test_no_import_cycles():
 
 def test_the_loop_names_no_task_and_tasks_draw_nothing():
     graph = import_graph()
-    for name in ("rnnctl.loop", "rnnctl.training", "rnnctl.callbacks", "rnnctl.inference"):
+    for name in LOOP_SIDE:
         tasks = {m for m in graph[name] if m.startswith("rnnctl.tasks.") and m != "rnnctl.tasks.base"}
         assert not tasks, (name, tasks)
     for name, path in modules().items():
@@ -125,6 +126,15 @@ def test_only_runs_py_spells_run_folder_files():
     assert joined.findall((PACKAGE / "runs.py").read_text(encoding="utf-8"))  # the pattern does match
 
 
+def test_the_lock_is_told_its_file():
+    """locks.py knows no folder's layout: the run folder and the group folder hand it their lock file's path."""
+    graph = import_graph()
+    assert graph["rnnctl.locks"] <= {"rnnctl.errors"}, graph["rnnctl.locks"]
+    assert "rnnctl.locks" in graph["rnnctl.runs"] and "rnnctl.locks" in graph["rnnctl.groups.folder"]
+    text = (PACKAGE / "locks.py").read_text(encoding="utf-8")
+    assert '".lock"' not in text and "'.lock'" not in text
+
+
 def test_only_the_group_folder_spells_group_files():
     """No other module names a file of a sweep's or study's folder in a string."""
     names = r"study\.json|trials\.csv|best\.yaml|summary\.json|summary\.png|study\.db|logs|sweep\.json"
@@ -138,6 +148,6 @@ def test_only_the_group_folder_spells_group_files():
 def test_groups_drive_runs_and_runs_know_no_group():
     """A group drives runs, never the other way: the loop, the run folder and the tasks import no group code."""
     graph = import_graph()
-    for name in ("rnnctl.loop", "rnnctl.runs", "rnnctl.callbacks", "rnnctl.training", "rnnctl.inference"):
+    for name in (*LOOP_SIDE, "rnnctl.runs"):
         assert not {m for m in graph[name] if m.startswith("rnnctl.groups")}, name
     assert "rnnctl.loop" in graph["rnnctl.groups.trials"]

@@ -158,19 +158,13 @@ def test_sample_prints_the_prompt_then_length_characters(cli, char_run):
     assert set(generated) <= char_run.vocab, set(generated) - char_run.vocab
 
 
-def test_the_old_seed_option_still_sets_the_prompt_with_a_note(cli, char_run):
-    """`--seed` was the prompt's name and read like the sampler's seed (--rng-seed): it still works, and says so."""
+def test_seed_is_another_name_of_prompt(cli, char_run):
+    """`rnnctl sample --seed h` is how users write the text to start from: the same as --prompt, without a note."""
     new = cli("sample", char_run.dir, "--prompt", "ab", "--length", "30", "--rng-seed", "2")
     old = cli("sample", char_run.dir, "--seed", "ab", "--length", "30", "--rng-seed", "2")
-    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout
-    (used,) = new.stderr.splitlines()  # which run: nothing else on stderr
-    assert used.startswith(f"using run {char_run.dir.name}, checkpoint best.pt (epoch ")
-    assert old.stderr.splitlines() == [
-        "note: --seed is now --prompt (the text to start from); --rng-seed seeds the sampler",
-        *new.stderr.splitlines(),
-    ]
-    both = cli("sample", char_run.dir, "--seed", "ab", "--prompt", "cd")
-    assert_one_line_error(both, "--seed is the old name of --prompt: give --prompt alone")
+    assert old.exit_code == new.exit_code == 0 and old.stdout == new.stdout and old.stdout.startswith("ab")
+    (used,) = old.stderr.splitlines()  # which run: nothing else on stderr
+    assert used.startswith(f"using run {char_run.dir.name}, checkpoint best.pt (epoch ") and old.stderr == new.stderr
 
 
 # -- 2. sampling: determinism, --num, the default run --------------------------------------------

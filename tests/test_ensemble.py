@@ -172,6 +172,25 @@ def test_a_language_model_sweep_mixes_next_character_distributions(cli, tmp_path
     assert report["ensemble"]["loss"] != pytest.approx(losses[0], rel=1e-6)  # the mixture is not member 0
 
 
+def test_a_saved_run_and_an_ensemble_have_one_interface():
+    """`eval` and `predict` call the same names with the same arguments on either (inference.Inference): a
+    property where the protocol has one, a method with the protocol's parameters where it has a method."""
+    import inspect
+
+    from rnnctl.ensemble import Ensemble
+    from rnnctl.inference import Inference, LoadedRun
+
+    names = [n for n in vars(Inference) if not n.startswith("_")]
+    assert {"name", "used", "evaluate", "predict", "forecast"} <= set(names)
+    for name in names:
+        wanted = inspect.getattr_static(Inference, name)
+        for cls in (LoadedRun, Ensemble):
+            found = inspect.getattr_static(cls, name)
+            assert type(found) is type(wanted), (cls.__name__, name)
+            if not isinstance(wanted, property):
+                assert inspect.signature(found).parameters.keys() == inspect.signature(wanted).parameters.keys()
+
+
 def test_combine_is_the_log_of_the_mean_probability():
     from rnnctl.ensemble import combine
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 from conftest import TINY, assert_one_line_error, metrics, run_dirs, run_info, tiny_config, wait_for
 
-from rnnctl import loop, plots, runs
+from rnnctl import locks, loop, plots, runs
 from rnnctl.errors import StorageError
-from rnnctl.runs import LOCK, FolderLock, RunFolder
+from rnnctl.locks import FolderLock
+from rnnctl.runs import LOCK, RunFolder
 
 
 def spawn(args: list[str], **env: str) -> subprocess.Popen:
@@ -98,8 +99,8 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_in_its_folder(name
 HOLD = """
 import sys, time
 from pathlib import Path
-from rnnctl.runs import FolderLock
-lock = FolderLock(Path(sys.argv[1])).acquire()
+from rnnctl.runs import RunFolder
+lock = RunFolder(Path(sys.argv[1])).lock()
 print("held", flush=True)
 time.sleep(60)
 """
@@ -153,12 +154,14 @@ def test_a_live_lock_of_another_host_is_never_taken(copy_run, cli):
 
 
 def test_the_heartbeat_keeps_a_lock_fresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "HEARTBEAT_S", 0.05)
-    with FolderLock(tmp_path) as lock:
+    monkeypatch.setattr(locks, "HEARTBEAT_S", 0.05)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with FolderLock(folder / LOCK) as lock:
         first = lock.holder()["heartbeat"]
         time.sleep(0.3)
         assert lock.holder()["heartbeat"] > first and lock.holder()["host"] == socket.gethostname()
-    assert not (tmp_path / LOCK).exists()
+    assert list(folder.iterdir()) == []  # released, and no heartbeat's file left beside it
 
 
 # -- storage -------------------------------------------------------------------------------------

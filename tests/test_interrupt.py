@@ -195,7 +195,7 @@ def test_a_signal_in_nested_deferred_blocks_waits_for_the_outer_block():
     import os
     import signal
 
-    from rnnctl.training import deferred_interrupt
+    from rnnctl.runtime import deferred_interrupt
 
     done = []
     with pytest.raises(KeyboardInterrupt):

@@ -11,7 +11,7 @@ import yaml
 from conftest import TINY, assert_one_line_error, run_dirs, write_names
 
 from rnnctl.config import MAX_DEPTH, MAX_VALUES, load_config
-from rnnctl.errors import clip
+from rnnctl.errors import clip, first_line
 
 SHORT = 300  # characters: the most any of these error lines may take (paths included)
 
@@ -135,6 +135,12 @@ def test_clip_keeps_a_message_short():
     assert len(clip(list(range(10**5)))) < 80 and len(clip({"a": {"b": {"c": {"d": 1}}}})) < 80
     assert len(clip(b"z" * 10**5)) < 80
     assert clip(10**5000) == "an int too long to show"
+
+
+def test_first_line_of_an_exception():
+    assert first_line(ValueError("\n  bad value\nmore detail")) == "bad value"
+    assert first_line(RuntimeError()) == "RuntimeError"  # no text: its type's name
+    assert first_line(ValueError("  ")) == "ValueError"
 
 
 # -- data files ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import CONFIGS, TINY, CtrlCAtEpoch, assert_one_line_error, metrics, run_dirs, run_info, tiny_config
 
-from rnnctl import loop, runs, training
+from rnnctl import callbacks, loop, runs, runtime
 from rnnctl.errors import ConfigError
 from rnnctl.runs import RunFolder
 
@@ -57,7 +57,7 @@ def test_resumed_mixed_precision_run_equals_uncut_run(cli, names_files, isolated
     ckpt = RunFolder(cut).load_checkpoint("last")
     if precision == "fp16":  # the loss scale reached goes into the checkpoint and comes back on resume
         trainer = loop.Trainer(tiny_config(names_files, *more), [], meta=ckpt["meta"])
-        loop.restore(trainer, {**ckpt, "scaler": {**ckpt["scaler"], "scale": 1024.0}}, "last.pt")
+        callbacks.restore(trainer, {**ckpt, "scaler": {**ckpt["scaler"], "scale": 1024.0}}, "last.pt")
         assert trainer.precision.scaler.get_scale() == 1024.0
     else:
         assert "scaler" not in ckpt
@@ -100,9 +100,9 @@ def test_deterministic_cpu_run_repeats_exactly(names_files, isolated):
 
 def test_each_run_sets_its_own_determinism(names_files):
     """The flags are process-wide: a run without train.deterministic turns them off again."""
-    training.set_backends(torch.device("cpu"), tf32=True, deterministic=True)
+    runtime.set_backends(torch.device("cpu"), tf32=True, deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
-    assert training.set_backends(torch.device("cpu"), tf32=True, deterministic=False) == {
+    assert runtime.set_backends(torch.device("cpu"), tf32=True, deterministic=False) == {
         "tf32": False, "deterministic": False,
     }  # fmt: skip
     assert not torch.are_deterministic_algorithms_enabled()
@@ -115,28 +115,28 @@ def test_cuda_backend_flags(monkeypatch):
     allow = torch.backends.cudnn.allow_tf32
     try:
         cuda = torch.device("cuda")
-        assert training.set_backends(cuda, tf32=True, deterministic=False) == {"tf32": True, "deterministic": False}
+        assert runtime.set_backends(cuda, tf32=True, deterministic=False) == {"tf32": True, "deterministic": False}
         assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
         assert torch.backends.cudnn.benchmark
-        assert training.set_backends(cuda, tf32=False, deterministic=True) == {"tf32": False, "deterministic": True}
+        assert runtime.set_backends(cuda, tf32=False, deterministic=True) == {"tf32": False, "deterministic": True}
         assert torch.get_float32_matmul_precision() == "highest" and not torch.backends.cudnn.allow_tf32
         assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))  # a V100: no TF32
-        assert training.set_backends(cuda, tf32=True, deterministic=False)["tf32"] is False
+        assert runtime.set_backends(cuda, tf32=True, deterministic=False)["tf32"] is False
     finally:
         torch.backends.cudnn.allow_tf32 = allow
 
 
 def test_make_precision():
     cpu = torch.device("cpu")
-    assert training.make_precision("fp32", cpu).scaler is None
-    assert training.make_precision("bf16", cpu).scaler is None
-    assert training.make_precision("fp16", cpu).scaler is not None  # fp16 gradients are scaled on any device
-    with training.make_precision("bf16", cpu).autocast():
+    assert runtime.make_precision("fp32", cpu).scaler is None
+    assert runtime.make_precision("bf16", cpu).scaler is None
+    assert runtime.make_precision("fp16", cpu).scaler is not None  # fp16 gradients are scaled on any device
+    with runtime.make_precision("bf16", cpu).autocast():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
     with pytest.raises(ConfigError, match="train.precision: bf16 is not supported on meta"):
-        training.make_precision("bf16", torch.device("meta"))
+        runtime.make_precision("bf16", torch.device("meta"))
 
 
 # -- checkpoints on any device, --device on the commands that load a run ------------------------------
@@ -199,12 +199,12 @@ def test_malloc_keeps_freed_memory_for_the_next_step(monkeypatch):
 
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = Mallinfo2
-    monkeypatch.setattr(training, "_KEEPS_FREED", None)
+    monkeypatch.setattr(runtime, "_KEEPS_FREED", None)
     monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
-    assert training.keep_freed_memory() is False  # the user chose: left as it is
+    assert runtime.keep_freed_memory() is False  # the user chose: left as it is
     monkeypatch.delenv("MALLOC_ARENA_MAX")
-    monkeypatch.setattr(training, "_KEEPS_FREED", None)
-    assert training.keep_freed_memory() is True and training.keep_freed_memory() is True
+    monkeypatch.setattr(runtime, "_KEEPS_FREED", None)
+    assert runtime.keep_freed_memory() is True and runtime.keep_freed_memory() is True
     mapped = libc.mallinfo2().hblks
     big = torch.empty(64 * 2**20, dtype=torch.uint8)  # 64 MB: above glibc's largest mmap threshold (32 MB)
     assert libc.mallinfo2().hblks == mapped and libc.mallinfo2().arena >= big.numel()
@@ -216,4 +216,4 @@ def test_run_json_records_the_allocator_choice(cli, names_files, isolated):
     result = cli("train", TINY, *names_files.set_args(), "--set", "train.epochs=1")
     assert result.exit_code == 0, result.output
     (run,) = run_dirs(isolated)
-    assert run_info(run)["malloc_keeps_freed"] is training.keep_freed_memory()
+    assert run_info(run)["malloc_keeps_freed"] is runtime.keep_freed_memory()

@@ -244,7 +244,8 @@ def test_a_metric_the_task_does_not_log_is_one_line(cli, names_files, isolated):
 
 def test_spaces_durations_and_directions():
     from rnnctl.errors import ConfigError
-    from rnnctl.groups.space import direction, parse_duration, parse_param
+    from rnnctl.config import parse_duration
+    from rnnctl.groups.space import direction, parse_param
 
     p = parse_param("model.hidden_size", "int(16,512,log)", "--space")
     assert (p.kind, p.low, p.high, p.log, p.edges()) == ("int", 16, 512, True, ["16", "512"])

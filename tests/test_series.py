@@ -98,7 +98,7 @@ def test_series_train_eval_predict_through_the_cli(cli, tmp_path, isolated):
 @pytest.mark.slow
 def test_runs_lists_a_regressor_by_its_mse_in_the_datas_units(cli, tmp_path, isolated, monkeypatch):
     """A series run picks its best epoch by the loss in scaled units; `runs` shows that epoch's MSE in the
-    data's units (as a sweep ranks it), and its test MSE, also for a run.json written without `best_val`."""
+    data's units (as a sweep ranks it), and its test MSE."""
     monkeypatch.setenv("COLUMNS", "80")
     csv = monthly_csv(tmp_path / "air.csv")
     assert cli("train", SERIES_TINY, "--set", f"data.path={csv}", "--set", "train.epochs=2").exit_code == 0
@@ -116,9 +116,6 @@ def test_runs_lists_a_regressor_by_its_mse_in_the_datas_units(cli, tmp_path, iso
         assert result.exit_code == 0, result.output
         line = next(line for line in result.stdout.splitlines() if line.startswith(run.name))
         assert expected in line and f"mse {info['test']['mse']:.4f}" in line and "loss" not in line, line
-    del info["best_val"]  # a run.json that does not keep the best point's metrics: read from metrics.jsonl
-    (run / "run.json").write_text(json.dumps(info))
-    assert expected in cli("runs").stdout
 
 
 def test_sincos_train_and_eval_through_the_cli(cli, isolated):

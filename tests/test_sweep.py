@@ -177,8 +177,8 @@ def test_a_sweep_being_run_is_not_run_twice(cli, names_files, isolated):
     result = cli("sweep", config, "--grid", "train.seed=1")
     assert result.exit_code == 0, result.output
     (folder,) = (isolated / "sweeps").iterdir()
-    hold = "import sys, time; from pathlib import Path; from rnnctl.runs import FolderLock\n"
-    hold += "FolderLock(Path(sys.argv[1]), 'sweep').acquire(); print('held', flush=True); time.sleep(60)"
+    hold = "import sys, time; from pathlib import Path; from rnnctl.groups.folder import GroupFolder\n"
+    hold += "GroupFolder(Path(sys.argv[1])).lock(); print('held', flush=True); time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

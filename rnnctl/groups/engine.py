@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import optuna
+
 from rnnctl.config import apply_overrides, config_path, dump_yaml, load_config, load_yaml
 from rnnctl.errors import ConfigError
 from rnnctl.groups import results, trials, workers
@@ -12,28 +14,19 @@ from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import check, direction, parse_grid, parse_space
 from rnnctl.groups.storage import open_study, quiet, shown_url, storage
 from rnnctl.runs import safe_name
-from rnnctl.training import Signals, deferred_interrupt
+from rnnctl.runtime import Signals, deferred_interrupt
 
 PRUNERS = ("median", "hyperband", "none")
 MAX_TRIALS = 100_000
 SAME = ("kind", "config_text", "grid", "space", "metric", "direction")  # what every worker of a study must share
 
 
-def create(
-    kind: str,
-    config: Path,
-    items: list[str],
-    overrides: list[str] = (),
-    name: str | None = None,
-    storage: str | None = None,
-    metric: str | None = None,
-    trials: int | None = None,
-    pruner: tuple[str, int, float] = ("none", 0, 0.0),
-) -> GroupFolder:
-    """A sweep (`items`: --grid) or a search study (`items`: --space, and the config's `search:`) of `config`
-    with `overrides` (--set) applied, checked before anything trains; its folder and its Optuna study. A
-    named group that exists is joined (the same command again, or on another machine with the same
-    --storage); another config, grid, space or metric under its name is an error."""
+def create(kind: str, config: Path, items: list[str], overrides: list[str] = (), name: str | None = None,
+           storage: str | None = None, metric: str | None = None, trials: int | None = None,
+           pruner: tuple[str, int, float] = ("none", 0, 0.0)) -> GroupFolder:  # fmt: skip
+    """A sweep (`items`: --grid) or a search (`items`: --space, and the config's `search:`) of `config` with
+    `overrides` (--set), checked before anything trains. A named group that exists is joined (the same command
+    again, or another machine with the same --storage); another config, grid, space or metric is an error."""
     from rnnctl.tasks import get_task
 
     config = config_path(config)  # a file, or a shipped config's name
@@ -49,8 +42,7 @@ def create(
     metric = metric or f"val_{task.monitor}"
     if pruner[0] not in PRUNERS:
         raise ConfigError(f"--pruner {pruner[0]!r}: expected one of {', '.join(PRUNERS)}")
-    if trials is not None and not 1 <= trials <= MAX_TRIALS:
-        raise ConfigError(f"--trials {trials}: expected 1 to {MAX_TRIALS:,}")
+    _check_trials(trials)
     if name is not None and (safe_name(name) != name or name.startswith(".")):
         raise ConfigError(f"--study {name!r}: use letters, digits and -_. only")
     spec = {
@@ -60,8 +52,7 @@ def create(
         "trials": (trials or 20) if grid is None else None,
         "pruner": pruner[0], "prune_after": pruner[1], "prune_warmup": pruner[2],
     }  # fmt: skip
-    if kind == "study" and name is None:
-        name = config.stem
+    name = name or (config.stem if kind == "study" else None)
     group = GroupFolder(GroupFolder.root(spec["kind"]) / name) if name else None
     if group is not None and group.exists():
         old = group.spec
@@ -83,8 +74,6 @@ def create(
 
 def _join(group: GroupFolder) -> None:
     """The group's Optuna study, made or joined; a study of that name made for another group is refused."""
-    import optuna
-
     mine = {k: group.spec[k] for k in SAME}
     with quiet(), deferred_interrupt():
         s = optuna.create_study(
@@ -109,11 +98,15 @@ def summarize(group: GroupFolder) -> dict[str, Any]:
 def resolve(ref: str, kind: str, trials: int | None = None) -> GroupFolder:
     """A sweep or study by name or folder; `trials`: a search's new total (more trials for a finished study)."""
     group = GroupFolder.resolve(ref, (kind,))
-    if trials is not None:
-        if not 1 <= trials <= MAX_TRIALS:
-            raise ConfigError(f"--trials {trials}: expected 1 to {MAX_TRIALS:,}")
+    if _check_trials(trials) is not None:
         group.write_spec({**group.spec, "trials": trials})
     return group
+
+
+def _check_trials(trials: int | None) -> int | None:
+    if trials is not None and not 1 <= trials <= MAX_TRIALS:
+        raise ConfigError(f"--trials {trials}: expected 1 to {MAX_TRIALS:,}")
+    return trials
 
 
 def run(
@@ -124,9 +117,8 @@ def run(
     on_event: Callable[[dict], None] = lambda event: None,
     metric: str | None = None,
 ) -> dict[str, Any]:
-    """Make the group whole (see trials.requeue), train what is left with `jobs` workers (one per device
-    with `devices`), and summarize. The group's lock refuses a second driver. A stop signal stops every
-    worker; the exception raised then carries `resume`, the command that continues the group."""
+    """Make the group whole (trials.requeue), train what is left with `jobs` workers (or one per device), and
+    summarize; its lock refuses a second driver. A stop signal stops every worker and raises with `resume` set."""
     slots = devices or [None] * jobs
     stop: KeyboardInterrupt | None = None
     with group.lock(), Signals() as signals:  # held outside the members' training: files stay whole

@@ -1,18 +1,9 @@
 """Group folders: the only code that knows the files of a sweep or a search study, as `RunFolder` knows a run's.
 
-runs/sweeps/<name>/ (a sweep) or runs/studies/<name>/ (a search study):
-  study.json     what was asked: kind, config, --set, grid or space, metric, direction, pruner, storage
-  config.yaml    the config every member starts from (the group's --set applied)
-  study.db       the SQLite storage of its trials (unless --storage names another)
-  runs/          the members' run folders
-  logs/          the output of its worker processes
-  trials.csv     one row per trial: status, value, values, time, run, host
-  summary.json   the result; summary.png: every member's curve (sweeps); history.png, importance.png,
-                 parallel.png: Optuna's figures (searches)
-  best.yaml      the best member's resolved config, to train as is
-  eval/, forecast/  its members as an ensemble (`rnnctl eval GROUP`, `rnnctl predict GROUP --horizon N`)
-  report.html    `rnnctl report GROUP`
-  .lock          who drives the group now (see runs.FolderLock)
+runs/sweeps/<name>/ or runs/studies/<name>/: study.json (what was asked), config.yaml (what every member
+starts from), study.db (the trials, unless --storage names another), runs/ (the members), logs/ (worker
+output), trials.csv, summary.json, best.yaml, the figures (*.png), eval/ and forecast/ (the members as an
+ensemble), report.html, and .lock (who drives the group now).
 """
 
 from __future__ import annotations
@@ -22,23 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from rnnctl.errors import RunError
-from rnnctl.runs import (
-    GROUPS,
-    REPORT,
-    FolderLock,
-    RunFolder,
-    atomic_write,
-    new_folder,
-    read_json,
-    runs_root,
-    table_text,
-    write_json,
-)
+from rnnctl.locks import FolderLock
+from rnnctl.runs import GROUPS, LOCK, REPORT, RunFolder, atomic_write, new_folder, read_json, runs_root
+from rnnctl.runs import table_text, write_json
 
 ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
 FILES = {  # what each file of a group folder is called
     "spec": "study.json", "config": "config.yaml", "storage": "study.db", "trials": "trials.csv",
-    "summary": "summary.json", "best": "best.yaml", "report": REPORT,
+    "summary": "summary.json", "best": "best.yaml", "report": REPORT, "lock": LOCK,
 }  # fmt: skip
 PLOTS = ("summary", "history", "importance", "parallel")
 
@@ -48,10 +30,8 @@ class GroupFolder:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-
-    @property
-    def name(self) -> str:
-        return self.path.name
+        self.name, self.runs, self.logs = self.path.name, self.path / "runs", self.path / "logs"
+        self.config, self.report_path = self.file("config"), self.file("report")
 
     @property
     def kind(self) -> str:
@@ -91,19 +71,14 @@ class GroupFolder:
 
     def lock(self) -> FolderLock:
         """The group's lock: one process drives it at a time (its workers train under their own runs' locks)."""
-        return FolderLock(self.path, what=self.kind).acquire()
-
-    # -- its files ------------------------------------------------------------------------------
+        return FolderLock(self.file("lock"), what=self.kind).acquire()
 
     def file(self, what: str) -> Path:
         return self.path / FILES[what]
 
     def write(self, what: str, data: str | dict[str, Any]) -> Path:
         """A file written whole (JSON for a dict)."""
-        if isinstance(data, dict):
-            write_json(self.file(what), data)
-        else:
-            atomic_write(self.file(what), data)
+        (write_json if isinstance(data, dict) else atomic_write)(self.file(what), data)
         return self.file(what)
 
     def read(self, what: str) -> str | None:
@@ -124,14 +99,6 @@ class GroupFolder:
         self.write("spec", {**spec, "created": made})
         self.__dict__.pop("_spec", None)
 
-    @property
-    def config(self) -> Path:
-        return self.file("config")
-
-    @property
-    def report_path(self) -> Path:
-        return self.file("report")
-
     def storage_url(self) -> str:
         return self.spec["storage"] or f"sqlite:///{self.file('storage').resolve()}"
 
@@ -144,39 +111,25 @@ class GroupFolder:
     def plots(self) -> list[Path]:
         return [p for stem in PLOTS if (p := self.plot_path(stem)).is_file()]
 
-    # -- members and workers --------------------------------------------------------------------
-
-    @property
-    def runs(self) -> Path:
-        return self.path / "runs"
-
     def member(self, run: str | None) -> RunFolder | None:
         """A member's run folder, or None where it is not here (another machine of a shared group has it)."""
-        folder = RunFolder(self.runs / run) if run else None
-        return folder if folder is not None and folder.exists() else None
+        return RunFolder(self.runs / run) if run and RunFolder(self.runs / run).exists() else None
 
     def members(self) -> list[RunFolder]:
         """Every member's run folder here, in name order."""
         found = sorted(self.runs.iterdir()) if self.runs.is_dir() else []
         return [RunFolder(p) for p in found if RunFolder(p).exists()]
 
-    @property
-    def logs(self) -> Path:
-        return self.path / "logs"
-
-    def worker_log(self, index: int) -> Path:
+    def worker_log(self, index: int, new: bool = True) -> Path | None:
+        """A new log file for worker `index` (`new=False`: its newest one, if any)."""
+        if not new:
+            return max(self.logs.glob(f"*-worker-{index}.log"), default=None)
         self.logs.mkdir(exist_ok=True)
         return self.logs / f"{dt.datetime.now():%Y%m%d-%H%M%S}-worker-{index}.log"
 
-    def worker_logs(self, index: int) -> list[Path]:
-        return sorted(self.logs.glob(f"*-worker-{index}.log"))
-
-    # -- an ensemble of its members: eval/ and forecast/ ----------------------------------------
-
     def write_ensemble_eval(self, split: str, stem: str, report: dict[str, Any]) -> Path:
         """eval/<split>-<stem>.json, as a run's eval/<split>-<checkpoint>.json."""
-        path = self.path / "eval" / f"{split}-{stem}.json"
-        write_json(path, report)
+        write_json(path := self.path / "eval" / f"{split}-{stem}.json", report)
         return path
 
     def write_ensemble_forecast(

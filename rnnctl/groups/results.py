@@ -3,19 +3,19 @@
 
 from __future__ import annotations
 
+import collections
 import statistics
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from rnnctl import plots
 from rnnctl.config import dump_yaml, load_config
 from rnnctl.errors import ConfigError
 from rnnctl.groups import trials as tr
+from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import direction
 from rnnctl.groups.storage import open_study, quiet, shown_url
 from rnnctl.runs import table_text
-
-if TYPE_CHECKING:
-    from rnnctl.groups.folder import GroupFolder
 
 FINAL = ("completed", "pruned", "failed", "interrupted")
 MIN_FOR_IMPORTANCE = 4  # completed members before a parameter-importance figure means anything
@@ -38,25 +38,19 @@ class Progress:
         rows = self.rows()
         done = [r for r in rows if r["status"] in ("completed", "pruned")]
         times = [r["seconds"] for r in done if r["seconds"]]
-        left = max(self.total - len(done), 0)
-        eta = statistics.fmean(times) * left / self.workers if times else None
+        eta = statistics.fmean(times) * max(self.total - len(done), 0) / self.workers if times else None
         for r in rows:
             now = (r["status"], r["trial"])
-            if self.seen.get(r["member"]) == now:
-                continue
-            self.seen[r["member"]] = now
-            if r["status"] == "running" or r["status"] in FINAL:
+            if self.seen.get(r["member"]) != now and r["status"] in (*FINAL, "running"):
                 kind = "start" if r["status"] == "running" else "finish"
                 self.on_event({**r, "event": kind, "done": len(done), "total": self.total, "eta": eta,
                                "elapsed": time.monotonic() - self.began, "metric": self.group.spec["metric"]})  # fmt: skip
+            self.seen[r["member"]] = now
 
 
 def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
-    """trials.csv (a row per member), best.yaml (the best member's resolved config, to train as is),
-    summary.json; a sweep also ranks its groups (the swept keys but the seed) by the mean and std of their
-    members' best validation `metric`, and draws every member's curve; a search draws Optuna's figures."""
-    from rnnctl import plots
-
+    """trials.csv, best.yaml (the best member's resolved config) and summary.json; a sweep ranks its groups by
+    their members' best `metric` and draws their curves, a search draws Optuna's figures."""
     spec, grid = group.spec, group.spec.get("grid")
     with quiet():
         s = open_study(group)
@@ -76,9 +70,7 @@ def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
         cfg["name"] = f"{group.name}-best"
         head = f"# The best member of {group.kind} {group.name}: {spec['metric']} {best['value']:.4f}.\n"
         group.write("best", head + f"# Train it with: rnnctl train {group.file('best')}\n" + dump_yaml(cfg))
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = dict(collections.Counter(r["status"] for r in rows))
     summary = {
         "kind": group.kind, "name": group.name, "metric": spec["metric"], "direction": spec["direction"],
         "counts": counts, "best": best, "storage": shown_url(group.storage_url()),
@@ -96,8 +88,6 @@ def summarize(group: GroupFolder, metric: str | None = None) -> dict[str, Any]:
 
 def _groups(group: GroupFolder, rows: list[dict[str, Any]], metric: str | None) -> dict[str, Any]:
     """A sweep's members grouped by the swept keys other than the seed, best group first."""
-    from rnnctl import plots
-
     keys = [k for k in group.spec["grid"] if k != "train.seed"]
     values: dict[str, list[float]] = {}
     tests: dict[str, list[float]] = {}

@@ -8,13 +8,12 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import optuna
 
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError
-
-if TYPE_CHECKING:
-    import optuna
+from rnnctl.errors import ConfigError, first_line
 
 MAX_MEMBERS = 1000  # combinations in one sweep
 MAXIMIZED = ("acc", "accuracy", "f1", "r2", "precision", "recall", "auc")  # other metrics are minimized
@@ -125,8 +124,7 @@ def combinations(grid: dict[str, list[str]]) -> list[dict[str, str]]:
 
 
 def check(config: Path, overrides: list[str], grid: dict[str, list[str]] | None, space: list[Param]) -> None:
-    """Every grid combination, and every choice and both ends of every range, must pass the config's own
-    validation: a key or value the config rejects is an error now, not in member 17."""
+    """Every grid point, choice and range end passes the config's own validation now, not in member 17."""
     if grid is not None:
         cases = [(m, " ".join(f"{k}={v}" for k, v in m.items()), "--grid") for m in combinations(grid)]
     else:
@@ -135,7 +133,7 @@ def check(config: Path, overrides: list[str], grid: dict[str, list[str]] | None,
         try:
             load_config(config, [*overrides, *(f"{k}={v}" for k, v in values.items())])
         except ConfigError as e:
-            raise ConfigError(f"{option} {what}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"{option} {what}: {first_line(e)}") from None
 
 
 def direction(metric: str, task_monitor: str, task_mode: str) -> str:
@@ -147,20 +145,9 @@ def direction(metric: str, task_monitor: str, task_mode: str) -> str:
     return "maximize" if any(name == m or name.endswith(f"_{m}") for m in MAXIMIZED) else "minimize"  # macro_f1
 
 
-def parse_duration(text: str | None, option: str = "--timeout") -> float | None:
-    """90, 90s, 30m, 2h, 1d -> seconds."""
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not m or float(m[1]) <= 0:
-        raise ConfigError(f"{option} {text!r}: expected a duration like 90s, 30m or 2h")
-    return float(m[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m[2]]
-
-
 def member_name(i: int, values: dict[str, str]) -> str:
-    """Sweep member i's run name, e.g. `003-cell=lstm-path=b-y.csv`: ASCII letters, digits and `-_.=` only,
-    each value cut to its last NAME_VALUE characters (a path's end tells members apart). The index keeps
-    names unique; the trials keep the full values."""
+    """Sweep member i's run name, e.g. `003-cell=lstm-path=b-y.csv`: `[A-Za-z0-9_.=-]`, each value cut to its
+    last NAME_VALUE characters (a path's end tells members apart); the index keeps names unique."""
     parts = (f"{key.split('.')[-1][:NAME_VALUE]}={value[-NAME_VALUE:]}" for key, value in values.items())
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "-", "-".join(parts))
     return re.sub(r"-{2,}", "-", f"{i:03d}-{slug}")[:NAME_MAX].rstrip("-.")

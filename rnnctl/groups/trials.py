@@ -1,34 +1,27 @@
-"""A group's members as Optuna trials: what each member is now (read from the trials alone), the objective
-that trains one as a run folder, the callback that reports its validations, and the queueing that makes a
-started group whole again (interrupted members continued, failed ones retried, missing grid points added).
-
-A member is one grid point of a sweep, or one sampled point of a search. Its first trial may be followed by
-others: a continuation after an interrupt (the same run folder, from its last checkpoint), a retry after a
-failure, the heartbeat's retry after its worker died. The newest trial says what the member is.
+"""A group's members as Optuna trials: what each member is (read from the trials alone), the objective that
+trains one as a run folder, the callback that reports its validations, and the queueing that makes a group
+whole again. A member (a grid point, or a search's sampled point) may have several trials: a continuation
+after an interrupt (the same run folder), a retry after a failure or after its worker died; the newest counts.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import os
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import optuna
+from optuna.storages._heartbeat import fail_stale_trials
+
+from rnnctl import loop
 from rnnctl.callbacks import Callback, Point
 from rnnctl.config import load_config
-from rnnctl.errors import ConfigError, RnnctlError, StorageError
+from rnnctl.errors import ConfigError, RnnctlError, StorageError, first_line
+from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, member_name
-from rnnctl.groups.storage import fail_stale_trials
-from rnnctl.runs import HOST, alive
-from rnnctl.training import deferred_interrupt
-
-if TYPE_CHECKING:
-    import optuna
-
-    from rnnctl.groups.folder import GroupFolder
-    from rnnctl.loop import Trainer
+from rnnctl.locks import HOST, alive
+from rnnctl.runtime import deferred_interrupt
 
 STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending"}
 SKIPPED = "skipped"  # user attr of a trial that found its member taken by another: not a member's trial
@@ -42,9 +35,6 @@ class Failed(Exception):
     """A member's run failed for a reason of its own (recorded in the trial): the group goes on."""
 
 
-# -- what the trials say --------------------------------------------------------------------------
-
-
 def counted(trials: list) -> list:
     return [t for t in trials if not t.user_attrs.get(SKIPPED)]
 
@@ -56,18 +46,8 @@ def status(t) -> str:
 
 
 def member_of(t, grid: dict[str, list[str]] | None) -> int:
-    """A trial's member: its attribute, else (a trial a sampler made) its grid point or its own number."""
-    if isinstance(t.user_attrs.get("member"), int):
-        return t.user_attrs["member"]
-    if grid is None:
-        return t.number
-    return _points(json.dumps(grid)).get(json.dumps({k: str(t.params.get(k)) for k in grid}), -1)
-
-
-@functools.lru_cache(maxsize=4)
-def _points(grid: str) -> dict[str, int]:
-    """A grid's points (as JSON) -> their member index: read once, not once per trial."""
-    return {json.dumps(values): i for i, values in enumerate(combinations(json.loads(grid)))}
+    """A trial's member: its attribute (every trial of a sweep is queued with one), else a search's trial number."""
+    return t.user_attrs.get("member", t.number if grid is None else -1)
 
 
 def latest(trials: list, grid: dict[str, list[str]] | None) -> dict[int, Any]:
@@ -96,15 +76,9 @@ def members(trials: list, grid: dict[str, list[str]] | None) -> list[dict[str, A
     return rows
 
 
-# -- making a group whole --------------------------------------------------------------------------
-
-
 def requeue(s: optuna.Study, group: GroupFolder) -> None:
-    """Before its workers start: every grid point without a trial is queued; a trial left `running` by a
-    process of this machine that is gone is marked interrupted; each member whose newest trial failed or
-    was interrupted is queued again (an interrupted one to continue its own run folder)."""
-    import optuna
-
+    """Before workers start: grid points without a trial are queued; trials left `running` by a dead process here
+    become interrupted; members whose newest trial failed or was interrupted are queued (to continue their run)."""
     grid = group.spec.get("grid")
     fail_stale_trials(s)  # another machine's dead worker: failed by its heartbeat, its values queued again
     trials = s.get_trials(deepcopy=False)
@@ -126,34 +100,25 @@ def requeue(s: optuna.Study, group: GroupFolder) -> None:
             s.enqueue_trial(dict(t.params), user_attrs=again)
 
 
-def waiting(trials: list) -> int:
-    return sum(t.state.name == "WAITING" for t in trials)
-
-
-# -- one trial ------------------------------------------------------------------------------------
-
-
 class Pruning(Callback):
-    """Reports each validation of a member's run to Optuna; ends the run (status `pruned`) when the pruner
-    says its start is worse than the others'. Steps are hundredths of an epoch, so that members with other
-    batch sizes or `train.eval_every` compare at the same point of training. A continued run reports the
-    validations it made before first. The trial's value is the best value reported."""
+    """Reports each validation (a continued run's earlier ones first) at hundredths of an epoch, so members
+    compare at the same point of training; ends a run the pruner calls worse (`pruned`). The value: the best."""
 
     def __init__(self, trial: optuna.Trial, metric: str):
         self.trial, self.metric = trial, metric
         self.values: list[float] = []
 
-    def on_start(self, trainer: Trainer) -> None:
+    def on_start(self, trainer: loop.Trainer) -> None:
         with deferred_interrupt():  # a signal cut into a storage write can leave a journal's lock held
             self.trial.set_user_attr("run", trainer.run.id)
             for row in trainer.run.rows():  # a continued run: its validations before the checkpoint
                 self._report(row, trainer, prune=False)
 
-    def on_evaluation(self, trainer: Trainer, point: Point) -> None:
+    def on_evaluation(self, trainer: loop.Trainer, point: Point) -> None:
         with deferred_interrupt():
             self._report(point.row, trainer, prune=True)
 
-    def _report(self, row: dict[str, Any], trainer: Trainer, prune: bool) -> None:
+    def _report(self, row: dict[str, Any], trainer: loop.Trainer, prune: bool) -> None:
         value = row.get(self.metric)
         if not isinstance(value, (int, float)):
             known = ", ".join(k for k in row if k.startswith("val_"))
@@ -178,10 +143,6 @@ class Objective:
         self.grid = group.spec.get("grid")
 
     def __call__(self, trial: optuna.Trial) -> float:
-        import optuna
-
-        from rnnctl import loop
-
         values = {p.key: p.suggest(trial) for p in self.space}
         mine = trial.study._storage.get_trial(trial._trial_id)  # its attributes as queued (member, resume)
         member = member_of(mine, self.grid)
@@ -189,8 +150,7 @@ class Objective:
             trial.set_user_attr(SKIPPED, True)
             raise Skipped()
         overrides = [f"{k}={v}" for k, v in values.items()] + ([f"train.device={self.device}"] if self.device else [])
-        attrs = {"member": member, "values": values, "host": HOST, "pid": os.getpid(), "device": self.device}
-        for key, value in attrs.items():
+        for key, value in dict(member=member, values=values, host=HOST, pid=os.getpid(), device=self.device).items():
             trial.set_user_attr(key, value)
         self.on_start()
         pruning = Pruning(trial, self.group.spec["metric"])
@@ -216,7 +176,7 @@ class Objective:
             raise  # the same for every member (a --metric the task lacks) or the machine's (a full disk): stop
         except RnnctlError as e:  # this member's own failure (diverged, its data missing): the others go on
             with deferred_interrupt():
-                trial.set_user_attr("error", str(e).splitlines()[0][:500])
+                trial.set_user_attr("error", first_line(e)[:500])
             raise Failed() from None
         if result["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned', {}).get('epoch')}")
@@ -225,11 +185,8 @@ class Objective:
         return max(pruning.values) if self.group.spec["direction"] == "maximize" else min(pruning.values)
 
     def _needed(self, trial: optuna.Trial, member: int) -> bool:
-        """Workers ask for trials at once. A member is trained by one trial: one that finds its member done,
-        or taken by a running trial of a lower number, steps aside. A search's new point is not trained once
-        the study has its N members (finished, running or queued), however many workers share it."""
-        import optuna
-
+        """A member is trained by one trial: one that finds it done, or taken by a lower-numbered running trial,
+        steps aside; so does a search's new point once the study has its N members, however many workers ask."""
         done = ("completed", "pruned")
         others = [t for t in counted(trial.study.get_trials(deepcopy=False)) if t.number != trial.number]
         for t in others:

@@ -14,7 +14,7 @@ import torch
 
 if TYPE_CHECKING:
     from rnnctl.config import Config, DataConfig, ModelConfig
-    from rnnctl.models import Output
+    from rnnctl.models import Model, Output
 
 
 class Batch(Protocol):
@@ -75,8 +75,9 @@ class Task(Protocol):
     def prepare(self, cfg: "Config", meta: dict[str, Any] | None = None) -> Prepared:
         """Load and tensorize the data. With `meta` (from a checkpoint), reuse its vocabulary."""
 
-    def build_model(self, cfg: "Config", meta: dict[str, Any], init: Any = None) -> torch.nn.Module:
-        """The model for the data's meta; `init` is a new run's Prepared.init (None for a loaded run)."""
+    def build_model(self, cfg: "Config", meta: dict[str, Any], init: Any = None) -> "Model":
+        """The model (a `models.Model`) for the data's meta; `init` is a new run's Prepared.init (None for a
+        loaded run)."""
 
     def meter(self, meta: dict[str, Any], detailed: bool = False) -> Meter: ...
 

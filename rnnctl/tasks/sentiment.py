@@ -28,7 +28,7 @@ from pydantic import Field
 
 from rnnctl.config import Config, Section
 from rnnctl.data import cache_dir, download, user_path
-from rnnctl.errors import DataError, clip
+from rnnctl.errors import DataError, clip, first_line
 from rnnctl.models import RecurrentClassifier
 from rnnctl.tasks.base import Prepared
 from rnnctl.tasks.classification import ClassifierConfig
@@ -246,7 +246,7 @@ def read_archive(path: Path) -> tuple[list[Example], list[Example]]:
                 if split in found and label != UNLABELLED:
                     found[split].append((label, _review_key(name), tar.extractfile(member).read(), member.name))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise DataError(f"{path}: cannot read the archive: {reason} (damaged or incomplete?)") from None
     out = []
     for split, reviews in found.items():
