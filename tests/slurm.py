@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 START_TIMEOUT = 60  # seconds for the daemons to come up: about 2 on an idle machine
@@ -79,7 +80,7 @@ class SlurmCluster:
                                 f"--log-file={self.root / 'log' / 'munged.log'}"])  # fmt: skip
         self._wait(self.socket.exists, "munged's socket")
         with _start_lock():  # no other worker picks the same ports before these daemons hold them
-            self.conf.write_text(self._config(_free_port(), _free_port()))
+            self.conf.write_text(self._config(free_port(""), free_port("")))
             self._daemon("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
             self._daemon("slurmd", ["slurmd", "-D", "-N", self.node, "-f", str(self.conf)])
             self._wait(lambda: self.node_state() == "idle", "the node to be idle")
@@ -220,12 +221,6 @@ PartitionName=short Nodes=ALL MaxTime=1 State=UP
 
 
 # -- processes ---------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 class _start_lock:
