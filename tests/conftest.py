@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import random
 import re
 import shutil
@@ -104,6 +105,15 @@ def write_names(
     data = buf.getvalue().encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
+    return path
+
+
+def monthly_csv(path: Path, n: int = 96, values=None, header: str = '"Month","Passengers"') -> Path:
+    """A seasonal, growing monthly series from 2001-01 (the airline file's layout: CRLF, quoted header)."""
+    if values is None:
+        values = [round(100 * 1.01**i * (1 + 0.2 * math.sin(2 * math.pi * i / 12)), 1) for i in range(n)]
+    lines = [header] + [f'"{2001 + i // 12}-{i % 12 + 1:02d}",{v}' for i, v in enumerate(values)]
+    path.write_text("\r\n".join(lines), encoding="utf-8")
     return path
 
 

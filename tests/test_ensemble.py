@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import CONFIGS, TINY, assert_one_line_error
+from conftest import CONFIGS, TINY, assert_one_line_error, monthly_csv
 
 SERIES_TINY = CONFIGS / "smoke" / "series_tiny.yaml"
 CHARLM_TINY = CONFIGS / "smoke" / "charlm_tiny.yaml"
@@ -131,8 +131,6 @@ def test_ensemble_argument_errors(cli, copy_run, isolated):
 
 @pytest.mark.slow
 def test_a_series_sweep_averages_predictions_and_forecasts(cli, tmp_path, isolated):
-    from test_series import monthly_csv
-
     config = _config(isolated.parent, SERIES_TINY, {"path": str(monthly_csv(tmp_path / "air.csv"))})
     folder = _sweep(cli, isolated, config, "train.seed=1,2")
     forecasts = []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, assert_one_line_error, run_dirs
+from conftest import CONFIGS, assert_one_line_error, monthly_csv, run_dirs
 
 from rnnctl import loop, training, views
 from rnnctl.config import ModelConfig
@@ -20,15 +20,6 @@ from rnnctl.tasks.series import future_dates, read_series, time_step
 
 SERIES_TINY = CONFIGS / "smoke" / "series_tiny.yaml"
 SINCOS_TINY = CONFIGS / "smoke" / "sincos_tiny.yaml"
-
-
-def monthly_csv(path: Path, n: int = 96, values=None, header: str = '"Month","Passengers"') -> Path:
-    """A seasonal, growing monthly series from 2001-01 (the airline file's layout: CRLF, quoted header)."""
-    if values is None:
-        values = [round(100 * 1.01**i * (1 + 0.2 * math.sin(2 * math.pi * i / 12)), 1) for i in range(n)]
-    lines = [header] + [f'"{2001 + i // 12}-{i % 12 + 1:02d}",{v}' for i, v in enumerate(values)]
-    path.write_text("\r\n".join(lines), encoding="utf-8")
-    return path
 
 
 def series_cfg(path: Path, *more: str):
