@@ -396,13 +396,14 @@ def search(
     """Search config values with Optuna: trials as run folders, pruning, parallel and multi-machine studies."""
     from rnnctl import views
     from rnnctl.groups import engine as groups
+    from rnnctl.groups.results import summarize
 
     with user_errors():
         if (show is not None or resume is not None) and (config is not None or space or overrides or storage or study):
             raise ConfigError(f"--{'show' if show else 'resume'} takes a study as it was started: give no CONFIG, "
                               "--space, --set, --storage or --study")  # fmt: skip
         if show is not None:
-            views.study_summary(out, groups.summarize(groups.resolve(show, "study")))
+            views.study_summary(out, summarize(groups.resolve(show, "study")))
             return
         prune = (pruner, prune_after, prune_warmup)
         group, slots, seconds = _study(config, space or [], overrides or [], study, storage, metric, trials, prune,

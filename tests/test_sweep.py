@@ -252,3 +252,31 @@ def test_two_trials_of_one_member_train_it_once(names_files, isolated):
     s.tell(first, 0.5)
     assert not objective._needed(second, 0)  # done by the first
     assert isinstance(second, optuna.Trial)
+
+
+def test_a_member_that_ended_before_its_trial_was_told_is_not_trained_again(names_files, isolated):
+    """A stop signal between a member's last run.json write (completed) and its trial's end leaves the trial
+    interrupted: the resumed sweep reads the finished run back instead of training it again."""
+    from rnnctl import loop
+    from rnnctl.config import load_config
+    from rnnctl.groups import engine as groups
+    from rnnctl.groups.trials import status
+    from rnnctl.locks import HOST
+
+    group = groups.create("sweep", _sweep_config(isolated.parent, names_files, epochs=2), ["train.seed=1"])
+    s = groups.open_study(group)
+    trial = s.ask()  # member 0's queued trial, as a worker that is then stopped took it
+    for key, value in {"member": 0, "values": {"train.seed": "1"}, "host": HOST, "pid": 2**22 + 1}.items():
+        trial.set_user_attr(key, value)  # a pid no process has: its worker is gone
+    cfg = load_config(group.config, ["train.seed=1", "name=000-seed=1"])
+    done = loop.train(cfg, "rnnctl train", [], root=group.runs, overrides=["train.seed=1"])
+    trial.set_user_attr("run", done["id"])
+    (run,) = group.members()
+    before = run.rows()
+    assert done["status"] == "completed" and status(trial.study.trials[0]) == "running"
+
+    summary = groups.run(groups.resolve(group.name, "sweep"))
+    assert summary["counts"] == {"completed": 1}, summary["counts"]
+    assert run.rows() == before and len(before) == 2  # read back, not trained again
+    best = max(r["val_acc"] for r in before)
+    assert summary["members"][0]["value"] == best and summary["members"][0]["run"] == run.id

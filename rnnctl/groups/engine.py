@@ -90,11 +90,6 @@ def _join(group: GroupFolder) -> None:
             )
 
 
-def summarize(group: GroupFolder) -> dict[str, Any]:
-    """The group's result files written again from its trials, and what they hold (`search --show`)."""
-    return results.summarize(group)
-
-
 def resolve(ref: str, kind: str, trials: int | None = None) -> GroupFolder:
     """A sweep or study by name or folder; `trials`: a search's new total (more trials for a finished study)."""
     group = GroupFolder.resolve(ref, (kind,))

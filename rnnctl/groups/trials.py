@@ -21,6 +21,7 @@ from rnnctl.errors import ConfigError, RnnctlError, StorageError, first_line
 from rnnctl.groups.folder import GroupFolder
 from rnnctl.groups.space import Param, combinations, member_name
 from rnnctl.locks import HOST, alive
+from rnnctl.runs import RunFolder
 from rnnctl.runtime import deferred_interrupt
 
 STATUS = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending"}
@@ -109,10 +110,14 @@ class Pruning(Callback):
         self.values: list[float] = []
 
     def on_start(self, trainer: loop.Trainer) -> None:
+        self.replay(trainer.run)  # a continued run: its validations before the checkpoint
+
+    def replay(self, run: RunFolder, info: dict[str, Any] | None = None) -> dict[str, Any] | None:
         with deferred_interrupt():  # a signal cut into a storage write can leave a journal's lock held
-            self.trial.set_user_attr("run", trainer.run.id)
-            for row in trainer.run.rows():  # a continued run: its validations before the checkpoint
-                self._report(row, trainer, prune=False)
+            self.trial.set_user_attr("run", run.id)
+            for row in run.rows():
+                self._report(row, None, prune=False)
+        return info
 
     def on_evaluation(self, trainer: loop.Trainer, point: Point) -> None:
         with deferred_interrupt():
@@ -158,7 +163,10 @@ class Objective:
         again = self.group.member(mine.user_attrs.get("resume") or retried)
         try:
             with self.training():
-                if again is not None:  # an interrupted member: its own run, from its last checkpoint
+                ended = again.info() if again is not None else {}
+                if ended.get("status") in ("completed", "pruned"):  # it ended, but a signal came before its trial
+                    result = pruning.replay(again, ended)  # was told: its validations, reported again
+                elif again is not None:  # an interrupted member: its own run, from its last checkpoint
                     command = shlex.join(["rnnctl", "train", "--resume", str(again.path)])
                     result = loop.resume(str(again.path), None, command, [], callbacks=[pruning])
                 else:

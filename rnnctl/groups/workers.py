@@ -30,7 +30,6 @@ POLL_S = 0.5
 
 
 def space(group: GroupFolder) -> list[Param]:
-    """What each trial sets: a sweep's keys (every trial is queued with its values), or a search's ranges."""
     if group.spec.get("grid") is not None:
         return [Param(k, "choice", choices=tuple(v)) for k, v in group.spec["grid"].items()]
     return [parse_param(k, v, f"{group.path}: space.{k}") for k, v in group.spec["space"].items()]
