@@ -6,7 +6,7 @@ import gzip
 
 import pytest
 import torch
-from conftest import TINY, assert_one_line_error, gen_names, pairs, tiny_config, write_names
+from conftest import TINY, Spy, assert_one_line_error, gen_names, pairs, tiny_config, write_names
 
 from rnnctl.data import read_text, stratified_split
 from rnnctl.errors import DataError
@@ -155,21 +155,9 @@ def test_accented_names_and_unknown_characters(tmp_path):
     assert encoded[gaelic][1:] == [stoi[c] for c in "ssel"]
 
     # at predict time, unseen characters go to id 1 as well, and are reported
-    seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x, lengths):
-            seen.append((x.clone(), lengths.clone()))
-            from rnnctl.models import Output
-
-            return Output(torch.zeros(len(x), len(prepared.meta["classes"])), None)
-
-    out = TASK.predict(Spy(), prepared.meta, ["Åbel", "Ωmega"], top=2)
-    x, lengths = seen[0]
+    spy = Spy(len(prepared.meta["classes"]))
+    out = TASK.predict(spy, prepared.meta, ["Åbel", "Ωmega"], top=2)
+    x, lengths = spy.seen[0]
     assert lengths.tolist() == [4, 5]
     assert x[0, :4].tolist() == [stoi[c] for c in "Åbel"]
     assert x[1, 0].item() == 1 and x[1, 1:5].tolist() == [stoi.get(c, 1) for c in "mega"]

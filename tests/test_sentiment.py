@@ -25,14 +25,13 @@ import pytest
 import torch
 import torch.hub
 import yaml
-from conftest import CONFIGS, _isolate, assert_one_line_error, pairs, run_dirs
+from conftest import CONFIGS, Spy, _isolate, assert_one_line_error, pairs, run_dirs
 from typer.testing import CliRunner
 
 from rnnctl.cli import app
 from rnnctl.config import load_config
 from rnnctl.data import download, packaged, stratified_split
 from rnnctl.errors import DataError
-from rnnctl.models import Output
 from rnnctl.runs import load_checkpoint
 from rnnctl.tasks import get_task, sentiment
 from rnnctl.tasks.sentiment import ARCHIVE, read_archive, read_folder
@@ -329,19 +328,9 @@ def test_max_len_cuts_the_texts_and_predict_alike(corpus):
     assert p.splits["test"].x[i].tolist() == words[:6]
     assert tail.splits["test"].x[i].tolist() == words[-6:]
 
-    seen = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def forward(self, x, lengths):
-            seen.append(lengths.tolist())
-            return Output(torch.zeros(len(x), 2), None)
-
-    out = TASK.predict(Spy(), p.meta, ["great " * 20, "awful film zebrafish"], top=1)
-    assert seen == [[6, 3]]
+    spy = Spy(2)
+    out = TASK.predict(spy, p.meta, ["great " * 20, "awful film zebrafish"], top=1)
+    assert [lengths.tolist() for _, lengths in spy.seen] == [[6, 3]]
     assert out[0]["words"] == 20 and out[1]["unknown_words"] == 1
     assert out[0]["top"][0][1] == pytest.approx(0.5)
 
