@@ -90,7 +90,7 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (min-char-rnn: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
-    checkpoint_every: int | str | None = None  # also save last.pt inside epochs: every N steps, or 90s, 10m, 1h
+    checkpoint_every: int | str | None = None  # also last.pt inside epochs: every N >= 1 steps, or a duration: 90s, 10m
     ema: float = Field(0.0, ge=0, lt=1)  # > 0: validation and checkpoints read a moving average of the weights
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)  # stop when validation stops improving

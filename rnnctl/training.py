@@ -91,7 +91,7 @@ class EpochProgress:
             "order": self.order, "steps": self.steps, "samples": self.samples,
             "seconds": time.perf_counter() - self.t0, "state": _to(self.state, "cpu"),
             "losses": _packed(self.losses), "norms": _packed(self.norms),
-            "meter": {k: _packed(v) if isinstance(v, list) else _to(v, "cpu") for k, v in meter_state(self.meter).items()},
+            "meter": {k: _packed(v) for k, v in meter_state(self.meter).items()},
         }  # fmt: skip
 
     @classmethod
@@ -114,11 +114,12 @@ def _to(value: Any, device: torch.device | str) -> Any:
     return value
 
 
-def _packed(values: list[Any]) -> Any:
-    """A list of tensors of one shape as {"stacked": tensor} on the CPU; other lists as they are."""
-    if values and all(isinstance(v, torch.Tensor) and v.shape == values[0].shape for v in values):
-        return {"stacked": torch.stack(values).cpu()}
-    return _to(values, "cpu")
+def _packed(value: Any) -> Any:
+    """On the CPU; a list of tensors of one shape as {"stacked": tensor}."""
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if all(v.shape == value[0].shape for v in value):
+            return {"stacked": torch.stack(value).cpu()}
+    return _to(value, "cpu")
 
 
 def _unpacked(value: Any, device: torch.device) -> Any:
