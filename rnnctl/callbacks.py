@@ -19,7 +19,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
@@ -103,10 +103,11 @@ class Checkpointer(Callback):
 
 class StepCheckpoints(Callback):
     """`train.checkpoint_every`: last.pt inside epochs too, every N optimizer steps (counted over the run) or
-    every so many seconds, with the place in the epoch; and, when it is set, a Ctrl-C or SIGTERM inside an
-    epoch stops at the end of its step with a step checkpoint (see `inside_epoch`). Every rank takes part;
-    rank 0 writes. Under torchrun the ranks agree on steps without a word: a duration is refused, and a
-    signal waits for the next step checkpoint, where every rank learns that one of them was told to stop."""
+    every so many seconds, with the place in the epoch; and, when it is set, a Ctrl-C or SIGTERM during an
+    epoch stops at the end of its step with a step checkpoint, or once a validation under way is recorded
+    (see `inside_epoch`). Every rank takes part; rank 0 writes. Under torchrun the ranks agree on steps
+    without a word at each one: a duration is refused, and a signal waits for the next step checkpoint or
+    the epoch's end, where every rank learns whether one of them was told to stop."""
 
     def __init__(self, every: int | str | None, world: distributed.World):
         self.on, self.steps = every is not None, every if isinstance(every, int) else None
@@ -116,13 +117,23 @@ class StepCheckpoints(Callback):
                 f"train.checkpoint_every: {every} is a duration, which the processes of a torchrun would each "
                 "measure apart: give a number of steps"
             )
-        self.signals = StepEndSignals()
+        self.signals, self.world = StepEndSignals(), world
         self.due = time.monotonic()
         self.saved: tuple[int, int] | None = None  # (epoch, step) of this session's newest step checkpoint
 
-    def inside_epoch(self) -> contextlib.AbstractContextManager:
-        """Around an epoch's steps: a stop signal waits for the end of its step (when step checkpoints are on)."""
-        return self.signals if self.on else contextlib.nullcontext()
+    @contextlib.contextmanager
+    def inside_epoch(self) -> Iterator[None]:
+        """Around an epoch, its validation included: with step checkpoints on, a stop signal waits for the end of
+        its step (a step checkpoint) or of the epoch (last.pt written); under torchrun every rank then learns,
+        at the epoch's end, whether one of them was told to stop."""
+        if not self.on:
+            yield
+            return
+        with self.signals:  # raises the signal caught, if any, as the epoch ends
+            yield
+            if self.world.distributed:
+                told = [s for s in distributed.gather(self.signals.caught) if s is not None]
+                self.signals.caught = self.signals.caught or (told[0] if told else None)
 
     def on_start(self, trainer: Trainer) -> None:
         self._restart_clock()

@@ -117,7 +117,8 @@ class Trainer:
                     lg.start({**self.info, **start, "derived": self.data.derived, "sizes": sizes})
                 try:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
-                        self._train_epoch()
+                        with self.saver.inside_epoch():  # with step checkpoints, Ctrl-C waits for a checkpoint
+                            self._train_epoch()
                     self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
                 except _EndNow:
                     self._emit("on_finish", self.end_now)  # recorded and plotted; not tested
@@ -157,11 +158,10 @@ class Trainer:
 
         self._set_lr(self.step + progress.steps)
         try:
-            with self.saver.inside_epoch():  # with step checkpoints, Ctrl-C waits for the end of its step
-                out = train_epoch(
-                    self.trained, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
-                    self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch, self.precision, progress,
-                )  # fmt: skip
+            out = train_epoch(
+                self.trained, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
+                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch, self.precision, progress,
+            )  # fmt: skip
         except DivergedError as e:
             raise DivergedError(
                 f"epoch {self.epoch}, step {self.step + e.step}: the training loss is not finite "

@@ -248,8 +248,8 @@ class StepEndSignals:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
         self.previous = {}
-        if kind is None and self.caught is not None:  # after the epoch's last step: stop now
-            self.stop(self.caught)
+        if self.caught is not None and not (kind and issubclass(kind, KeyboardInterrupt)):
+            self.stop(self.caught)  # not acted on inside (or the block ended another way): stop now
 
     def _note(self, signum: int, frame: Any) -> None:
         if self.caught is not None:
