@@ -2,6 +2,7 @@
 
 Events, in the order the loop sends them to each callback of its list:
 - `on_start`: the run is set up (fresh or resumed) and about to train;
+- `on_step`: after each optimizer step (and the validation that `train.eval_every` puts there), on every rank;
 - `on_evaluation`: a validation at the end of an epoch, or inside one (`train.eval_every`);
 - `on_abort`: Ctrl-C or a failure, before anything else happens (the record says so first);
 - `on_finish`: the wrap-up after the last epoch, an early stop, Ctrl-C, or a callback's `trainer.end_now`
@@ -14,21 +15,23 @@ a trainer's state as a checkpoint holds it and back, and the checks before a run
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from rnnctl import distributed
-from rnnctl.config import Config, validate
+from rnnctl.config import Config, parse_duration, validate
 from rnnctl.errors import ConfigError, RunError, first_line
 from rnnctl.locks import HOST, FolderLock, NoLock
 from rnnctl.loggers import Logger, MetricsFiles, MLflowLog, TensorBoardLog, check_installed, check_mlflow_installed
 from rnnctl.runs import RunFolder, git_commit, now, versions
-from rnnctl.runtime import deferred_interrupt, restore_rng
+from rnnctl.runtime import StepEndSignals, deferred_interrupt, restore_rng, rng_states
 from rnnctl.schedules import EarlyStopping
+from rnnctl.training import EpochProgress
 
 if TYPE_CHECKING:
     from rnnctl.loop import Trainer
@@ -49,6 +52,9 @@ class Callback:
     state_key: str | None = None
 
     def on_start(self, trainer: Trainer) -> None:
+        pass
+
+    def on_step(self, trainer: Trainer, progress: EpochProgress) -> None:
         pass
 
     def on_evaluation(self, trainer: Trainer, point: Point) -> None:
@@ -93,6 +99,90 @@ class Checkpointer(Callback):
         names = (["last"] if point.end_of_epoch else []) + (["best"] if point.improved else [])
         if names:
             trainer.run.save_checkpoint(names, {**checkpoint_state(trainer), "step": point.step})
+
+
+class StepCheckpoints(Callback):
+    """`train.checkpoint_every`: last.pt inside epochs too, every N optimizer steps (counted over the run) or
+    every so many seconds, with the place in the epoch; and, when it is set, a Ctrl-C or SIGTERM during an
+    epoch stops at the end of its step with a step checkpoint, or once a validation under way is recorded
+    (see `inside_epoch`). Every rank takes part; rank 0 writes. Under torchrun the ranks agree on steps
+    without a word at each one: a duration is refused, and a signal waits for the next step checkpoint or
+    the epoch's end, where every rank learns whether one of them was told to stop."""
+
+    def __init__(self, every: int | str | None, world: distributed.World):
+        self.on, self.steps = every is not None, every if isinstance(every, int) else None
+        self.seconds = parse_duration(every, "train.checkpoint_every") if isinstance(every, str) else None
+        if self.seconds is not None and world.distributed:
+            raise ConfigError(
+                f"train.checkpoint_every: {every} is a duration, which the processes of a torchrun would each "
+                "measure apart: give a number of steps"
+            )
+        self.signals, self.world = StepEndSignals(), world
+        self.due = time.monotonic()
+        self.saved: tuple[int, int] | None = None  # (epoch, step) of this session's newest step checkpoint
+
+    @contextlib.contextmanager
+    def inside_epoch(self) -> Iterator[None]:
+        """Around an epoch, its validation included: with step checkpoints on, a stop signal waits for the end of
+        its step (a step checkpoint) or of the epoch (last.pt written); under torchrun every rank then learns,
+        at the epoch's end, whether one of them was told to stop."""
+        if not self.on:
+            yield
+            return
+        with self.signals:  # raises the signal caught, if any, as the epoch ends
+            yield
+            if self.world.distributed:
+                told = [s for s in distributed.gather(self.signals.caught) if s is not None]
+                self.signals.caught = self.signals.caught or (told[0] if told else None)
+
+    def on_start(self, trainer: Trainer) -> None:
+        self._restart_clock()
+
+    def on_step(self, trainer: Trainer, progress: EpochProgress) -> None:
+        if not self.on:
+            return
+        if self.steps is not None:
+            due = (trainer.step + progress.steps) % self.steps == 0
+        else:
+            due = time.monotonic() >= self.due
+        due = due and progress.steps < progress.total  # not at the epoch's last step: its end writes last.pt
+        if due or self.signals.caught is not None and not trainer.world.distributed:
+            signum = self.save(trainer, progress)
+            if signum is not None:
+                self.signals.stop(signum)
+
+    def on_evaluation(self, trainer: Trainer, point: Point) -> None:
+        if point.end_of_epoch:  # last.pt was just written
+            self._restart_clock()
+
+    def save(self, trainer: Trainer, progress: EpochProgress) -> int | None:
+        """A step checkpoint, at the end of a step: last.pt with every rank's place in the epoch, RNG states and
+        running sums. Returns the stop signal some rank had caught (alone: also one caught while saving)."""
+        finite = bool(torch.stack(progress.losses).isfinite().all()) if progress.losses else True
+        mine = {"rng": rng_states(trainer.generator), "progress": progress.state_dict(), "finite": finite}
+        ranks = distributed.gather({**mine, "stop": self.signals.caught})  # every rank's, as at a validation
+        step, good = trainer.step + progress.steps, all(r["finite"] for r in ranks)
+        if good and trainer.world.main:  # a NaN loss in the epoch: last.pt keeps the last good state
+            state = {
+                **checkpoint_state(trainer, [r["rng"] for r in ranks]), "step": step,
+                "inside": {"elapsed": time.perf_counter() - trainer.clock, "ranks": [r["progress"] for r in ranks]},
+            }  # fmt: skip
+            with deferred_interrupt():
+                trainer.run.save_checkpoint(["last"], state)
+        self.saved = (trainer.epoch, step) if good else self.saved
+        self._restart_clock()
+        stops = [r["stop"] for r in ranks if r["stop"] is not None]
+        return stops[0] if stops else self.signals.caught if not trainer.world.distributed else None
+
+    def kept(self, epoch: int) -> str:
+        """Where last.pt stands, for the message of a run whose loss diverged in `epoch`."""
+        if self.saved is not None and self.saved[0] == epoch:
+            return f"epoch {epoch}, step {self.saved[1]} in checkpoints/last.pt"
+        return f"epoch {epoch - 1} in checkpoints/last.pt" if epoch > 1 else "none"
+
+    def _restart_clock(self) -> None:
+        if self.seconds is not None:
+            self.due = time.monotonic() + self.seconds
 
 
 class FinalTest(Callback):
@@ -158,6 +248,7 @@ class RunRecord(Callback):
             {
                 "resumed": now(),
                 "from_epoch": trainer.epoch,
+                **({"from_step": trainer.step} if trainer.inside else {}),  # inside the next epoch
                 "command": command,
                 "status_before": info.get("status"),
                 "overrides": list(overrides),
@@ -197,9 +288,12 @@ class RunRecord(Callback):
         trainer.run.write_info(trainer.info)
 
 
-def default_callbacks(early_stopping: EarlyStopping) -> list[Callback]:
-    """In event order: the early-stop decision before the checkpoint that saves it, the record last."""
-    return [EarlyStop(early_stopping), Checkpointer(), FinalTest(), Plots(), RunRecord()]
+def default_callbacks(early_stopping: EarlyStopping, steps: StepCheckpoints, main: bool) -> list[Callback]:
+    """In event order: the early-stop decision before the checkpoint that saves it, the record last. Ranks
+    other than 0 (`main`) write nothing: they keep the early-stop rule and take part in step checkpoints."""
+    if not main:
+        return [EarlyStop(early_stopping), steps]
+    return [EarlyStop(early_stopping), Checkpointer(), steps, FinalTest(), Plots(), RunRecord()]
 
 
 # -- the loggers a run's config asks for ----------------------------------------------------------
@@ -234,9 +328,10 @@ def trackers(loggers: list[Logger]) -> dict[str, Any]:
 # -- a trainer's state in a checkpoint, and back ---------------------------------------------------
 
 
-def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
+def checkpoint_state(trainer: Trainer, rng: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything `resume` needs to go on exactly: weights, optimizer, progress, best, schedule, the
-    callbacks' states, every rank's RNG states at the last validation, fp16's loss scale."""
+    callbacks' states, every rank's RNG states (`rng`, else those of the last validation), fp16's loss scale."""
+    rng = trainer.rng if rng is None else rng
     return {
         "task": trainer.cfg.task, "config": trainer.cfg.to_dict(), "meta": trainer.data.meta,
         "model": trainer.evaluated.state_dict(), "optimizer": trainer.optimizer.state_dict(),
@@ -244,7 +339,7 @@ def checkpoint_state(trainer: Trainer) -> dict[str, Any]:
         "epoch": trainer.epoch, "step": trainer.step, "best": dict(trainer.best),
         "schedule": trainer.schedule.state_dict(),
         **{cb.state_key: cb.state_dict() for cb in trainer.callbacks if cb.state_key},
-        "rng": trainer.rng[0], "rng_ranks": trainer.rng,  # every rank's, so a resume on as many ranks is exact
+        "rng": rng[0], "rng_ranks": rng,  # every rank's, so a resume on as many ranks is exact
         **({"scaler": trainer.precision.scaler.state_dict()} if trainer.precision.scaler else {}),
     }  # fmt: skip
 
@@ -267,6 +362,18 @@ def restore(trainer: Trainer, ckpt: dict[str, Any], path) -> None:
                 cb.load_state_dict(ckpt[cb.state_key])
         ranks, w = ckpt["rng_ranks"], trainer.world  # as many ranks: each its own state; another number: rank 0's
         restore_rng(ranks[w.rank] if len(ranks) == w.size else ckpt["rng"], trainer.generator)
+        if "inside" in ckpt:  # a step checkpoint: its epoch goes on from its place, each rank from its own
+            places = ckpt["inside"]["ranks"]
+            if len(places) != w.size:
+                raise RunError(
+                    f"{path} was saved inside epoch {ckpt['epoch']} by {len(places)} processes: resume it on "
+                    f"{len(places)} (--nproc {len(places)})"
+                )
+            meter = trainer.task.meter(trainer.data.meta)
+            trainer.inside = EpochProgress.load(places[w.rank], meter, trainer.device)
+            trainer.epoch -= 1  # epochs finished
+            trainer.elapsed_before = float(ckpt["inside"]["elapsed"])  # training seconds until then
+            trainer.saver.saved = (ckpt["epoch"], ckpt["step"])
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
         raise RunError(f"{path}: does not fit its own config ({first_line(e)[:200]})") from None
 
@@ -311,9 +418,14 @@ def resume_point(
             info = run.read_info()
             if run.info()["status"] == "running":  # alive on this host, run by an rnnctl without locks
                 raise RunError(f"{run.id} is still running (pid {info.get('pid')}): stop it before resuming")
-            done = ckpt["epoch"] if ckpt else 0
+            done = ckpt["epoch"] if ckpt else 0  # a step checkpoint's: the epoch it is inside
             if epochs is not None and epochs < done:
-                raise RunError(f"--epochs {epochs}: {run.id} has already trained {done} epochs: give N > {done}")
+                done_text = (
+                    f"is inside epoch {done}: give N >= {done}"
+                    if "inside" in ckpt
+                    else f"has already trained {done} epochs: give N > {done}"
+                )
+                raise RunError(f"--epochs {epochs}: {run.id} {done_text}")
             if done >= cfg.train.epochs and info.get("status") == "completed":
                 raise RunError(
                     f"{run.id} has trained all its {done} epochs: pass --epochs N with N > {done} to train longer"

@@ -90,6 +90,7 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)  # max gradient norm; None: no clipping (norm still logged)
     grad_clip_value: float | None = Field(None, gt=0)  # clip each gradient element to +-value (min-char-rnn: 5)
     eval_every: int | None = Field(None, ge=1)  # also validate and log a row every N steps of each epoch
+    checkpoint_every: int | str | None = None  # also last.pt inside epochs: every N >= 1 steps, or a duration: 90s, 10m
     ema: float = Field(0.0, ge=0, lt=1)  # > 0: validation and checkpoints read a moving average of the weights
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # learning rate over time
     early_stop: EarlyStopConfig = Field(default_factory=EarlyStopConfig)  # stop when validation stops improving
@@ -105,6 +106,16 @@ class TrainConfig(Section):
         if not DEVICE.fullmatch(name):
             raise ValueError(f"{clip(name)} is not a device (expected auto, cpu, cuda, cuda:N or mps)")
         return name
+
+    @field_validator("checkpoint_every", mode="before")
+    @classmethod
+    def _checkpoint_every(cls, value: Any) -> int | str | None:
+        if value is None or isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        duration = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[smhd]\s*", value) if isinstance(value, str) else None
+        if duration and float(duration[1]) > 0:  # a unit is required: a bare number counts steps
+            return value.strip()
+        raise ValueError("expected a number of steps (1 or more) or a duration like 45s, 15m or 2h")
 
 
 class LogConfig(Section):

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from rnnctl import distributed
-from rnnctl.callbacks import Callback, EarlyStop, Point, RunRecord, check_loggers, default_callbacks, disk_loggers
+from rnnctl.callbacks import Callback, Point, RunRecord, StepCheckpoints, check_loggers, default_callbacks, disk_loggers
 from rnnctl.callbacks import restore, resume_point, trackers
 from rnnctl.config import Config
 from rnnctl.errors import DataError, DivergedError
@@ -28,7 +28,7 @@ from rnnctl.runtime import set_backends, set_seed, stop_signals
 from rnnctl.schedules import EarlyStopping, LRSchedule
 from rnnctl.tasks import get_task
 from rnnctl.tasks.base import Meter, Previews
-from rnnctl.training import evaluate, make_optimizer, placed, train_epoch, WeightAverage
+from rnnctl.training import EpochProgress, evaluate, make_optimizer, placed, train_epoch, WeightAverage
 
 TIMING_KEYS = ("samples_per_s", "epoch_time", "elapsed")  # the only metrics that differ between identical runs
 
@@ -70,8 +70,11 @@ class Trainer:
         mode = self.task.monitor_mode
         self.schedule = LRSchedule(cfg.train.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch, mode)
         early = EarlyStopping(cfg.train.early_stop, mode)
-        self.callbacks = [*(default_callbacks(early) if self.world.main else [EarlyStop(early)]), *callbacks]
+        self.saver = StepCheckpoints(cfg.train.checkpoint_every, self.world)  # step checkpoints, on every rank
+        self.callbacks = [*default_callbacks(early, self.saver, self.world.main), *callbacks]
         self.epoch = self.step = 0
+        self.inside: EpochProgress | None = None  # a step checkpoint's place inside the next epoch (`restore`)
+        self.elapsed_before = 0.0  # training seconds of earlier sessions
         self.best: dict[str, Any] = {
             "epoch": None, "step": None, "value": None, "metric": f"val_{self.task.monitor}", "mode": mode,
         }  # fmt: skip
@@ -88,10 +91,10 @@ class Trainer:
         `overrides` (`key=value`) are what run.json records the command changed. A resumed run (`restore`d)
         loses the rows logged after its checkpoint, and its record goes on."""
         processes = distributed.describe(self.device)  # every rank's host and device: all ranks take part
-        self.run, self.lock, self.loggers, self.info, self.elapsed_before = run, lock, [], {}, 0.0
+        self.run, self.lock, self.loggers, self.info = run, lock, [], {}
         if self.world.main and resumed:  # rank 0 alone logs and records
             kept = run.truncate(self.step)  # rows logged after the checkpoint (an unfinished epoch) go
-            self.elapsed_before = kept[-1]["elapsed"] if kept else 0.0  # training seconds of earlier sessions
+            self.elapsed_before = self.elapsed_before or (kept[-1]["elapsed"] if kept else 0.0)  # a step's: its own
             before = run.read_info()
             self.loggers = [*disk_loggers(run, self.cfg, self.step, before.get("mlflow")), *loggers]
             self.info = {**RunRecord.resumed(self, before, command, overrides), **trackers(self.loggers), **processes}
@@ -114,7 +117,8 @@ class Trainer:
                     lg.start({**self.info, **start, "derived": self.data.derived, "sizes": sizes})
                 try:
                     while self.epoch < self.cfg.train.epochs and not self.stopped_early:
-                        self._train_epoch()
+                        with self.saver.inside_epoch():  # with step checkpoints, Ctrl-C waits for a checkpoint
+                            self._train_epoch()
                     self._emit("on_finish", "completed")  # inside the try: a failure while testing is recorded too
                 except _EndNow:
                     self._emit("on_finish", self.end_now)  # recorded and plotted; not tested
@@ -138,8 +142,8 @@ class Trainer:
     def _train_epoch(self) -> None:
         cfg = self.cfg.train
         self.epoch += 1
-        t0 = time.perf_counter()
-        meter = self.task.meter(self.data.meta)
+        progress, self.inside = self.inside or EpochProgress(self.task.meter(self.data.meta)), None
+        meter, self.step = progress.meter, self.step - progress.steps  # the steps before this epoch
 
         def on_batch(done: int, total: int) -> None:
             if self.averaged is not None:
@@ -150,21 +154,21 @@ class Trainer:
             if cfg.eval_every and done % cfg.eval_every == 0 and done < total:
                 self._validation(self.step + done, meter, fraction=done / total)  # a row inside a long epoch
                 self.model.train()
+            self._emit("on_step", progress)  # train.checkpoint_every
 
-        self._set_lr(self.step)
+        self._set_lr(self.step + progress.steps)
         try:
             out = train_epoch(
                 self.trained, self.data.splits["train"], meter, self.optimizer, self.device, cfg.batch_size,
-                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch, self.precision,
+                self.generator, cfg.grad_clip, cfg.grad_clip_value, on_batch, self.precision, progress,
             )  # fmt: skip
         except DivergedError as e:
-            kept = f"epoch {self.epoch - 1} in checkpoints/last.pt" if self.epoch > 1 else "none"
             raise DivergedError(
                 f"epoch {self.epoch}, step {self.step + e.step}: the training loss is not finite "
-                f"(lower optim.lr or set train.grad_clip); last good checkpoint: {kept}",
+                f"(lower optim.lr or set train.grad_clip); last good checkpoint: {self.saver.kept(self.epoch)}",
                 e.step,
             ) from None
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - progress.t0
         norms = out["grad_norms"]
         step_rows = [
             {"step": self.step + i + 1, "loss": loss, "grad_norm": n}
@@ -174,7 +178,7 @@ class Trainer:
         epoch_stats = {
             "grad_norm": sum(norms) / max(len(norms), 1), "grad_norm_max": max(norms, default=0.0),
             "samples_per_s": out["samples"] / seconds,  # training examples (names, characters) per second
-            "t0": t0,
+            "t0": progress.t0,
         }  # fmt: skip
         self._validation(self.step, out["metrics"], epoch_stats=epoch_stats, step_rows=step_rows)
 

@@ -226,6 +226,46 @@ def deferred_interrupt():
             raise _stop_exception(caught[0])
 
 
+class StepEndSignals:
+    """While an epoch trains with step checkpoints: the first SIGINT or SIGTERM is noted (`caught`) and acted on
+    at the end of its step (a step checkpoint, then `stop`), so nothing is saved from a half-done step; a second
+    one stops at once. A signal the process ignores stays ignored; a `deferred_interrupt` block inside hands
+    its signal here."""
+
+    def __init__(self) -> None:
+        self.caught: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StepEndSignals:
+        self.caught = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.getsignal(s) for s in STOP_SIGNALS if callable(signal.getsignal(s))}
+            for s in self.previous:
+                signal.signal(s, self._note)
+        return self
+
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        self.previous = {}
+        if self.caught is not None and not (kind and issubclass(kind, KeyboardInterrupt)):
+            self.stop(self.caught)  # not acted on inside (or the block ended another way): stop now
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self.caught is not None:
+            self.stop(signum)
+        self.caught = signum
+
+    _note.holds = True  # type: ignore[attr-defined]
+
+    def stop(self, signum: int) -> None:
+        """Stop as the handler this one stands in for would (a group worker notes which signal), else raise."""
+        handler = self.previous.get(signum) or signal.getsignal(signum)
+        if callable(handler) and not getattr(handler, "holds", False):
+            handler(signum, None)
+        raise _stop_exception(signum)
+
+
 class Signals:
     """A process that must stop cleanly between pieces of work (a sweep's or search's worker): SIGINT and
     SIGTERM are held (noted) outside `training()` and raised at once inside it."""

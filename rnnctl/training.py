@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -14,7 +16,7 @@ from rnnctl import distributed
 from rnnctl.config import OptimConfig
 from rnnctl.errors import DivergedError
 from rnnctl.runtime import Precision
-from rnnctl.tasks.base import Meter, Split
+from rnnctl.tasks.base import Batch, Meter, Split, meter_state, set_meter_state
 
 
 def placed(model: torch.nn.Module, device: torch.device, world: distributed.World) -> torch.nn.Module:
@@ -53,6 +55,79 @@ def make_optimizer(cfg: OptimConfig, groups: list[dict[str, Any]]) -> torch.opti
     return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
+@dataclass
+class EpochProgress:
+    """How far one training pass has come, updated after every step: what a step checkpoint keeps
+    (`state_dict`) so that a pass resumed inside its epoch (`load`) ends exactly as an uncut one."""
+
+    meter: Meter  # the pass's running training metrics
+    order: torch.Tensor | None = None  # the data generator's state as the epoch began: its batches, in order
+    steps: int = 0  # batches done, one optimizer step each
+    total: int = 0  # batches in the epoch
+    samples: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)  # a 0-d loss per step, read back at the end
+    norms: list[torch.Tensor] = field(default_factory=list)  # per step: its gradients' norms (or their total)
+    state: Any = None  # the recurrent state the next batch starts from (truncated BPTT)
+    t0: float = field(default_factory=time.perf_counter)  # when the epoch began, for its time and speed
+
+    def batches(self, split: Split, batch_size: int, generator: torch.Generator | None) -> Iterator[Batch]:
+        """The epoch's batches from where the pass stands: a resumed pass draws the epoch's order again from the
+        generator's state at its start and skips the batches done; the generator then goes on as it was."""
+        if generator is not None and self.order is None:
+            self.order = generator.get_state()
+        now = generator.get_state() if generator is not None and self.steps else None
+        if now is not None:
+            generator.set_state(self.order)
+        batches = iter(split.batches(batch_size, generator))
+        for _ in range(self.steps):
+            next(batches)
+        if now is not None:
+            generator.set_state(now)
+        return batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """On the CPU; the per-step lists as one tensor each (torch.save is slow over thousands of tensors)."""
+        return {
+            "order": self.order, "steps": self.steps, "samples": self.samples,
+            "seconds": time.perf_counter() - self.t0, "state": _to(self.state, "cpu"),
+            "losses": _packed(self.losses), "norms": _packed(self.norms),
+            "meter": {k: _packed(v) for k, v in meter_state(self.meter).items()},
+        }  # fmt: skip
+
+    @classmethod
+    def load(cls, state: dict[str, Any], meter: Meter, device: torch.device) -> EpochProgress:
+        """A pass at a step checkpoint's place, on `device`; `meter`, new from the task, gets its sums."""
+        set_meter_state(meter, {k: _unpacked(v, device) for k, v in state["meter"].items()})
+        return cls(
+            meter, state["order"], int(state["steps"]), 0, int(state["samples"]),
+            _unpacked(state["losses"], device), _unpacked(state["norms"], device), _to(state["state"], device),
+            time.perf_counter() - float(state["seconds"]),
+        )  # fmt: skip
+
+
+def _to(value: Any, device: torch.device | str) -> Any:
+    """A tensor, or a tuple or list of them (a recurrent state), on `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def _packed(value: Any) -> Any:
+    """On the CPU; a list of tensors of one shape as {"stacked": tensor}."""
+    if isinstance(value, list) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if all(v.shape == value[0].shape for v in value):
+            return {"stacked": torch.stack(value).cpu()}
+    return _to(value, "cpu")
+
+
+def _unpacked(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict):
+        return list(value["stacked"].to(device).unbind(0))
+    return _to(value, device)
+
+
 def train_epoch(
     model: torch.nn.Module,
     split: Split,
@@ -65,8 +140,11 @@ def train_epoch(
     grad_clip_value: float | None = None,
     on_batch: Callable[[int, int], None] | None = None,
     precision: Precision | None = None,
+    progress: EpochProgress | None = None,
 ) -> dict[str, Any]:
     """One pass over the training split: the meter's metrics, per-step losses and gradient norms, steps, samples.
+    `progress` (whose meter is then the one updated) is kept current after every step, before `on_batch`; one
+    loaded from a step checkpoint goes on from its place in the epoch.
 
     Under torchrun every rank draws the same global batches (`batch_size` is the global batch) and trains on
     its shard; the loss is weighted so that DDP's averaged gradient is the global batch's, and the step
@@ -77,17 +155,16 @@ def train_epoch(
     scaler = precision.scaler
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    total = split.num_batches(batch_size)
-    norms, losses = [], []  # one 0-d tensor per step, read back once at the end (no per-step sync)
-    state = None
-    steps = samples = 0
-    for steps, batch in enumerate(split.batches(batch_size, generator), 1):
+    at = progress if progress is not None else EpochProgress(meter)
+    meter, at.total = at.meter, split.num_batches(batch_size)
+    norms, losses = at.norms, at.losses  # one 0-d tensor per step, read back once at the end (no per-step sync)
+    for batch in at.batches(split, batch_size, generator):
         part, weight, has_data = distributed.shard(batch, world)
         part = part.to(device)
         with precision.autocast():
-            out = model(**part.inputs, targets=part.targets, state=state)
+            out = model(**part.inputs, targets=part.targets, state=at.state)
         out = fp32(out)
-        state = detach(out.state)  # truncated BPTT: carry the state, not its history
+        at.state = detach(out.state)  # truncated BPTT: carry the state, not its history
         optimizer.zero_grad(set_to_none=True)
         loss = out.loss * weight if world.distributed else out.loss
         if scaler is not None:  # fp16: scale the loss up so small gradients survive, then unscale before clipping
@@ -111,10 +188,11 @@ def train_epoch(
             optimizer.step()
         if has_data:
             meter.update(part, out)
-        samples += batch.size
+        at.steps += 1
+        at.samples += batch.size
         losses.append(out.loss.detach() * (weight / world.size) if world.distributed else out.loss.detach())
         if on_batch is not None:
-            on_batch(steps, total)
+            on_batch(at.steps, at.total)
     if losses:  # read once: no per-step sync; summed over ranks, each step's loss is its global batch's
         (stacked,) = distributed.all_reduce_sum([torch.stack(losses).double()])
         step_losses = stacked.cpu().tolist()
@@ -127,8 +205,8 @@ def train_epoch(
         "metrics": distributed.reduce_meter(meter).compute(),
         "grad_norms": step_totals(norms),  # per step, before clipping
         "losses": step_losses,
-        "steps": steps,
-        "samples": samples,
+        "steps": at.steps,
+        "samples": at.samples,
     }
 
 

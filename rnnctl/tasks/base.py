@@ -41,7 +41,9 @@ class Split(Protocol):
 
 class Meter(Protocol):
     """Accumulates one pass over a split; `compute` gives scalars, `report` the details. `totals` are the
-    additive sums behind `compute`; ranks sum theirs (`set_totals`) so every example counts once."""
+    additive sums behind `compute`; ranks sum theirs (`set_totals`) so every example counts once. What it
+    has accumulated are its attributes that hold numbers and tensors (or lists of them): a step checkpoint
+    keeps those as they are (`meter_state`), so a pass resumed inside an epoch computes the same numbers."""
 
     def update(self, batch: Batch, out: "Output") -> None: ...
 
@@ -52,6 +54,24 @@ class Meter(Protocol):
     def totals(self) -> dict[str, Any]: ...
 
     def set_totals(self, totals: dict[str, Any]) -> None: ...
+
+
+def meter_state(meter: Meter) -> dict[str, Any]:
+    """What a meter has accumulated (see Meter): its number and tensor attributes, the rest (its classes,
+    its scaler) being what `Task.meter` builds it with."""
+    return {k: v for k, v in vars(meter).items() if _accumulated(v)}
+
+
+def set_meter_state(meter: Meter, state: dict[str, Any]) -> None:
+    """Put back what `meter_state` took, into a meter the task built alike."""
+    for k, v in state.items():
+        setattr(meter, k, v)
+
+
+def _accumulated(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_accumulated(v) for v in value)
+    return isinstance(value, (int, float, torch.Tensor)) or value is None
 
 
 @dataclass
