@@ -14,14 +14,17 @@ import torch
 
 from rnnctl import distributed
 from rnnctl.config import OptimConfig
-from rnnctl.errors import DivergedError
+from rnnctl.errors import ConfigError, DivergedError
+from rnnctl.models import Model
 from rnnctl.runtime import Precision
 from rnnctl.tasks.base import Batch, Meter, Split, meter_state, set_meter_state
 
 
 def placed(model: torch.nn.Module, device: torch.device, world: distributed.World) -> torch.nn.Module:
     """Move `model` to `device` (in place) and return what training calls: the model, or under torchrun DDP
-    around it, held until the rank exits (see distributed.hold)."""
+    around it, held until the rank exits (see distributed.hold). A task's own model must be an rnnctl Model."""
+    if not isinstance(model, Model):
+        raise ConfigError(f"the task's build_model gave a {type(model).__name__}: subclass rnnctl.models.Model")
     flatten_rnns(model.to(device))
     if not world.distributed:
         return model

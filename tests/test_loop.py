@@ -241,3 +241,13 @@ def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint
     (run,) = run_dirs(isolated)
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_a_model_that_is_not_an_rnnctl_model_is_a_one_line_error():
+    """A task of one's own whose build_model returns a bare nn.Module: the loop says what to subclass."""
+    from rnnctl import distributed
+    from rnnctl.errors import ConfigError
+    from rnnctl.training import placed
+
+    with pytest.raises(ConfigError, match=r"build_model gave a Linear: subclass rnnctl\.models\.Model"):
+        placed(torch.nn.Linear(2, 2), torch.device("cpu"), distributed.World())
