@@ -26,6 +26,15 @@ from rnnctl.runs import RunFolder, load_checkpoint
 CHARLM = CONFIGS / "smoke" / "charlm_tiny.yaml"
 
 
+@pytest.fixture(autouse=True)
+def python_sigint():
+    """The in-process cases send SIGINT to this process: give it Python's own handler, as the `rnnctl` command
+    has (a test runner's worker process need not have it: seen as a SIGINT that stopped nothing)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def text(tmp_path: Path) -> Path:
     """6,000 generated characters: about 42 batches an epoch in charlm_tiny."""
