@@ -127,11 +127,16 @@ def train(
             min=1, metavar="N", help="Train on this many processes of this machine (torchrun); one GPU each on CUDA."
         ),
     ] = None,
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Submit the run as a Slurm job (the config's slurm: section) and return.")
+    ] = False,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import distributed, views
 
     with user_errors():
+        if slurm:
+            return _submit(config, overrides or [], name, resume, epochs, force, nproc)
         if nproc is not None and not distributed.launched():
             raise typer.Exit(distributed.relaunch(nproc, sys.argv[1:]))
         result = _train(config, overrides or [], name, resume, epochs, force, quiet)
@@ -167,6 +172,41 @@ def _train(
     if name:
         cfg = validate({**cfg.to_dict(), "name": name}, source="--name")  # checked like the config's
     return loop.train(cfg, command=command, loggers=loggers, overrides=overrides)
+
+
+def _submit(
+    config: Path | None, overrides: list[str], name: str | None, resume: str | None, epochs: int | None,
+    force: bool, nproc: int | None,
+) -> None:  # fmt: skip
+    """`train --slurm`: the run folder now, the training in a Slurm job."""
+    from rnnctl import slurm
+    from rnnctl.config import load_config, validate
+
+    if resume is not None or force or nproc is not None:
+        raise ConfigError("--slurm submits a new run from CONFIG: give no --resume, --force or --nproc")
+    if config is None:
+        raise ConfigError("give a CONFIG file to train on Slurm")
+    overrides = [*overrides, f"train.epochs={epochs}"] if epochs is not None else overrides
+    cfg = load_config(config, overrides)
+    if name:
+        cfg = validate({**cfg.to_dict(), "name": name}, source="--name")
+    job = slurm.submit(cfg, shlex.join(["rnnctl", *sys.argv[1:]]), overrides)
+    say(f"submitted {job['run']} as Slurm job {job['job_id']}", out)
+    say(f"run folder: {job['dir']}", out)
+    say(f"log: {job['log']}", out)
+
+
+@app.command(cls=Command)
+def cancel(
+    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, run folder path or 'latest'.")],
+) -> None:
+    """Cancel the Slurm job of a run; the run stays interrupted and resumable (train --resume RUN)."""
+    from rnnctl import slurm
+
+    with user_errors():
+        done = slurm.cancel(run)
+        say(f"cancelled Slurm job {done['job_id']}: {done['run']} is {done['status']}", out)
+        say(f"continue it with: rnnctl train --resume {done['run']}", out)
 
 
 @app.command("eval", cls=Command)
@@ -499,7 +539,13 @@ def runs(
     from rnnctl.runs import list_runs
 
     with user_errors():
-        views.run_list(out, list_runs(task=task, status=status, sort=sort), filtered=bool(task or status))
+        found = list_runs(task=task, status=status, sort=sort)
+        if any(r.get("job_id") for r in found):  # runs trained as Slurm jobs: their jobs' states from squeue
+            from rnnctl.slurm import queue_states
+
+            states = queue_states()
+            found = [{**r, "slurm": states.get(r["job_id"], "-")} if r.get("job_id") else r for r in found]
+        views.run_list(out, found, filtered=bool(task or status))
 
 
 @config_app.command("list", cls=Command)

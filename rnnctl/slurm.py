@@ -1,0 +1,195 @@
+"""Runs as Slurm jobs through submitit; a job cut by its time limit requeues itself and goes on.
+
+`submit` makes the run folder at once (config.yaml, run.json with status `submitted`), then submits a
+`RunJob` with submitit into the folder's `slurm/`. In the job the run trains like `rnnctl train` would;
+a job that was requeued resumes the same folder from its last checkpoint, on whatever node it lands.
+
+Slurm signals the job `slurm.signal_delay_s` before its time limit (USR2, submitit's signal). While the
+run trains, that signal stops it the way SIGTERM does: the run records `interrupted` and keeps its
+checkpoint. Then submitit's own handler asks `RunJob.checkpoint()` for the job to resubmit and requeues
+it (`scontrol requeue`); past `slurm.max_requeues` it returns none and the run stays `interrupted`,
+resumable by hand. The state of a job comes from `squeue`, never from `sacct` (clusters without
+accounting have none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rnnctl.errors import ConfigError, RunError, Terminated
+from rnnctl.runs import RunFolder, now
+
+if TYPE_CHECKING:
+    from rnnctl.config import Config, SlurmConfig
+
+try:
+    import submitit
+except ImportError:  # `train --slurm` says what to install
+    submitit = None
+
+WARNING_SIGNAL = "USR2"  # what the job asks Slurm for before its time limit: submitit's requeue signal
+SQUEUE_TIMEOUT = 15  # seconds a Slurm client command may take before rnnctl gives up on it
+
+
+def _needs_slurm() -> None:
+    if submitit is None:
+        raise ConfigError("--slurm needs submitit: pip install 'rnnctl[slurm]'")
+    if shutil.which("sbatch") is None:
+        raise ConfigError("--slurm: sbatch not found: submit from a machine of the Slurm cluster (a login node)")
+
+
+def executor(folder: Path, sc: SlurmConfig, name: str) -> Any:
+    """A submitit executor for jobs as `slurm:` asks: one task per node, the warning signal before the limit."""
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=sc.max_requeues)
+    extra = dict(sc.extra)
+    if sc.gpus_per_node:
+        extra["gpus_per_node"] = sc.gpus_per_node
+    ex.update_parameters(
+        job_name=name, time=sc.minutes(), nodes=sc.nodes, ntasks_per_node=1, signal_delay_s=sc.signal_delay_s,
+        **{k: v for k, v in (("partition", sc.partition), ("cpus_per_task", sc.cpus_per_task), ("mem", sc.mem),
+                             ("account", sc.account), ("qos", sc.qos)) if v is not None},
+        additional_parameters=extra,
+    )  # fmt: skip
+    return ex
+
+
+def sbatch_reason(error: BaseException) -> str:
+    """Slurm's own words from a refused submission, on one line (sbatch's `error:` lines)."""
+    text = str(error).strip()
+    lines = [line.split("error:", 1)[1].strip() for line in text.splitlines() if "error:" in line]
+    return "; ".join(dict.fromkeys(lines)) or (text.splitlines()[-1] if text else type(error).__name__)
+
+
+def submit(cfg: Config, command: str, overrides: list[str] = ()) -> dict[str, Any]:
+    """A new run folder, and the job that trains it: the run's id and folder, the job's id and its log. A
+    submission Slurm refuses leaves nothing behind and raises RunError with Slurm's reason."""
+    _needs_slurm()
+    run = RunFolder.create(cfg.name or cfg.task)
+    try:
+        run.write_config(cfg.to_dict(), {})  # resumable as it is, even if the job never starts
+        run.write_info(
+            {"task": cfg.task, "status": "submitted", "created": now(), "created_ns": time.time_ns(),
+             "command": command, "overrides": list(overrides), "epochs": cfg.train.epochs, "epochs_done": 0}
+        )  # fmt: skip
+        job = _submit(run, RunJob(str(run.path), cfg.to_dict(), command, list(overrides), cfg.slurm.max_requeues),
+                      cfg.slurm, run.id)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    return {"run": run.id, "dir": str(run.path), **job}
+
+
+def _submit(run: RunFolder, job: RunJob, sc: SlurmConfig, name: str) -> dict[str, Any]:
+    from submitit.core.utils import FailedJobError
+
+    ex = executor(run.slurm_dir, sc, name)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's errors too: one line is ours
+            submitted = ex.submit(job)
+    except (FailedJobError, OSError) as e:
+        raise RunError(f"Slurm refused the job: {sbatch_reason(e)}") from None
+    record = {"job_id": str(submitted.job_id), "submitted": now(), "log": str(submitted.paths.stdout)}
+    run.write_job(record)
+    return record
+
+
+class RunJob(submitit.helpers.Checkpointable if submitit else object):
+    """What a job runs: the run folder's training, a new run the first time and a resume after a requeue.
+    Plain data only (the config as a dict), so that it unpickles on any node."""
+
+    def __init__(self, run: str, config: dict[str, Any], command: str, overrides: list[str], max_requeues: int):
+        self.run, self.config, self.command = run, config, command
+        self.overrides, self.max_requeues = overrides, max_requeues
+
+    def __call__(self) -> dict[str, Any]:
+        warned: list[int] = []
+
+        def stop(signum, frame):  # Slurm's warning: end the training as SIGTERM does, then requeue
+            warned.append(signum)
+            raise Terminated()
+
+        submitit_handler = signal.signal(signal.SIGUSR2, stop)
+        try:
+            return self._train()
+        except KeyboardInterrupt:
+            if not warned:
+                raise
+        finally:
+            signal.signal(signal.SIGUSR2, submitit_handler)
+        submitit_handler(warned[0], None)  # checkpoint() below, `scontrol requeue` and exit; or no requeue left
+        raise RunError("not requeued")  # not reached: the handler exits or raises
+
+    def _train(self) -> dict[str, Any]:
+        from rnnctl import loop
+        from rnnctl.config import validate
+        from rnnctl.live import PlainLines
+
+        run, loggers = RunFolder(Path(self.run)), [PlainLines(sys.stdout)]
+        if run.read_info().get("status") == "submitted":  # the first job: a new run into the folder made for it
+            cfg = validate(self.config, source=str(run.path / "config.yaml"))
+            trainer = loop.Trainer(cfg)
+            return trainer.open(run, run.lock(), self.command, loggers, self.overrides).fit()
+        # a requeued job: the previous one has ended (Slurm requeues a job once its processes are gone), so
+        # its lock is taken over even when its heartbeat is not yet stale
+        return loop.resume(str(run.path), None, command=self.command, loggers=loggers, force=True)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """The job to requeue (submitit's protocol): this one again, which resumes the run; None past
+        `max_requeues`, so the run stays interrupted."""
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) >= self.max_requeues:
+            return None
+        return submitit.helpers.DelayedSubmission(RunJob(self.run, self.config, self.command, self.overrides,
+                                                         self.max_requeues))  # fmt: skip
+
+
+# -- the queue ------------------------------------------------------------------------------------------
+
+
+def _client(*cmd: str) -> subprocess.CompletedProcess | None:
+    """A Slurm client command with a deadline; None when it is missing or does not answer."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=SQUEUE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def queue_states() -> dict[str, str]:
+    """Job id -> state (PENDING, RUNNING, ...) of every job `squeue` lists; {} without Slurm."""
+    if shutil.which("squeue") is None:
+        return {}
+    done = _client("squeue", "-h", "-o", "%i %T")
+    if done is None or done.returncode != 0:
+        return {}
+    return dict(line.split(None, 1) for line in done.stdout.splitlines() if len(line.split()) == 2)
+
+
+def cancel(ref: str, timeout: float = 60) -> dict[str, Any]:
+    """Cancel the Slurm job of a run (`scancel`): a running job stops like on SIGTERM and records
+    `interrupted`; a pending one, or one killed before it could, is marked `interrupted` here. Either way the
+    run stays resumable (`rnnctl train --resume RUN`)."""
+    run = RunFolder.resolve(ref, latest="started")
+    job = run.job()
+    if job is None:
+        raise RunError(f"{run.id} was not submitted to Slurm: stop a run of this machine with Ctrl-C")
+    done = _client("scancel", job["job_id"])
+    if done is None or done.returncode != 0:
+        why = sbatch_reason(RuntimeError(done.stderr)) if done is not None else "scancel did not answer"
+        raise RunError(f"{run.id}: could not cancel job {job['job_id']}: {why}")
+    deadline = time.monotonic() + timeout
+    while job["job_id"] in queue_states():  # until its processes are gone (they record the interruption)
+        if time.monotonic() > deadline:
+            raise RunError(f"{run.id}: job {job['job_id']} is still in the queue {timeout:.0f} s after scancel")
+        time.sleep(0.5)
+    info = run.read_info()
+    if info.get("status") in ("submitted", "running"):
+        run.write_info({**info, "status": "interrupted"})
+    return {"run": run.id, "job_id": job["job_id"], "status": run.read_info().get("status")}

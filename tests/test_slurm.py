@@ -1,0 +1,125 @@
+"""`rnnctl train --slurm` on the test Slurm cluster (tests/slurm.py), through the real CLI: a run trained as a
+job ends with the metrics of a run trained here; one whose job gets Slurm's warning signal mid-training requeues
+itself and still ends with them; `rnnctl cancel` leaves it interrupted and resumable; a submission Slurm refuses
+is one line with Slurm's reason and leaves no run folder. Skipped where Slurm is not installed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, assert_one_line_error, metrics, run_dirs, wait_for
+from slurm import slurm_cluster_fixture
+
+pytest.importorskip("submitit")
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+slurm_cluster = slurm_cluster_fixture()
+
+SLOW = ["--set", "train.epochs=6", "--set", "train.batch_size=2"]  # a few seconds an epoch: time to signal it
+
+
+@pytest.fixture
+def on_cluster(slurm_cluster, monkeypatch, isolated, tmp_path):
+    """This process talks to the test cluster; its jobs see this test's runs and data folders, one thread."""
+    slurm_cluster.use(monkeypatch)
+    monkeypatch.setenv("RNNCTL_RUNS", str(isolated))
+    monkeypatch.setenv("RNNCTL_DATA", str(tmp_path / "empty-data"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as this process trains (conftest): the same sums, the same numbers
+    monkeypatch.setenv("COLUMNS", "1000")
+    return slurm_cluster
+
+
+def submit(cli, monkeypatch, *args: str) -> tuple[Path, str]:
+    argv = ["train", str(TINY), *args, "--slurm"]
+    monkeypatch.setattr(sys, "argv", ["rnnctl", *argv])
+    result = cli(*argv)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    words = lines[0].split()
+    assert words[0] == "submitted" and words[2:5] == ["as", "Slurm", "job"], lines
+    run = Path(lines[1].removeprefix("run folder: "))
+    assert run.name == words[1] and lines[2].startswith("log: ") and lines[2].endswith("_0_log.out"), lines
+    return run, words[5]
+
+
+def info(run: Path) -> dict:
+    return json.loads((run / "run.json").read_text())
+
+
+def local_metrics(cli, tmp_path: Path, *args: str) -> list[dict]:
+    before = set(run_dirs(tmp_path / "runs"))
+    result = cli("train", TINY, *args, "--quiet", "--name", "local")
+    assert result.exit_code == 0, result.output
+    (run,) = set(run_dirs(tmp_path / "runs")) - before
+    return metrics(run)
+
+
+def test_a_run_trains_as_a_job_with_the_metrics_of_a_local_run(on_cluster, cli, names_files, monkeypatch, tmp_path):
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args())
+    assert info(run)["status"] in ("submitted", "running", "completed")  # the folder exists from submission
+    job = on_cluster.wait_ended(job_id, timeout=180)
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "0"), (job, on_cluster.log_tail())
+    assert info(run)["status"] == "completed", (run / "slurm").iterdir()
+    assert metrics(run) == local_metrics(cli, tmp_path, *names_files.set_args())
+
+
+def test_a_signalled_job_requeues_and_ends_with_the_metrics_of_a_local_run(
+    on_cluster, cli, names_files, monkeypatch, tmp_path
+):
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args(), *SLOW)
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 2, 180, "two epochs in the job")
+    on_cluster.run("scancel", "--signal=USR2", job_id)  # what Slurm sends signal_delay_s before the time limit
+    wait_for(lambda: info(run)["status"] == "interrupted", 60, "the first job to record the interruption")
+    on_cluster.release(job_id)  # requeued; Slurm would start it 2 minutes later
+    job = on_cluster.wait_ended(job_id, timeout=180)
+    assert (job["JobState"], job["Restarts"]) == ("COMPLETED", "1"), job
+    record = info(run)
+    (resume,) = record["history"]  # one requeue, which resumed from an epoch's checkpoint
+    assert record["status"] == "completed" and resume["status_before"] == "interrupted", record
+    assert 2 <= resume["from_epoch"] < 6, resume
+    assert metrics(run) == local_metrics(cli, tmp_path, *names_files.set_args(), *SLOW)
+
+
+def test_cancel_leaves_the_run_interrupted_and_resumable(on_cluster, cli, names_files, monkeypatch):
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args(), *SLOW)
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 1, 180, "an epoch in the job")
+    listed = cli("runs")
+    assert listed.exit_code == 0, listed.output
+    (row,) = [line for line in listed.stdout.splitlines() if run.name in line]
+    assert job_id in row.split() and "RUNNING" in row.split(), listed.stdout
+    result = cli("cancel", run.name)
+    assert result.exit_code == 0, result.output
+    assert f"cancelled Slurm job {job_id}: {run.name} is interrupted" in result.stdout, result.stdout
+    assert on_cluster.wait_ended(job_id, timeout=60)["JobState"] == "CANCELLED"
+    assert info(run)["status"] == "interrupted"
+    resumed = cli("train", "--resume", run.name, "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    assert info(run)["status"] == "completed"
+
+
+def test_a_pending_job_cancelled_leaves_an_interrupted_run(on_cluster, cli, names_files, monkeypatch):
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args(), "--set", "slurm.extra={begin: now+1hour}")
+    assert on_cluster.job(job_id)["JobState"] == "PENDING"
+    result = cli("cancel", run.name)
+    assert result.exit_code == 0, result.output
+    assert info(run)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("slurm.partition=nosuch", "invalid partition specified: nosuch"),
+        ("slurm.time=5", "Requested time limit is invalid"),  # above partition short's 1 minute
+    ],
+)
+def test_a_refused_submission_is_one_line_and_leaves_nothing(
+    on_cluster, cli, names_files, monkeypatch, isolated, setting, reason
+):
+    more = ["--set", setting] + (["--set", "slurm.partition=short"] if "time" in setting else [])
+    monkeypatch.setattr(sys, "argv", ["rnnctl", "train", str(TINY), "--slurm"])
+    result = cli("train", TINY, *names_files.set_args(), *more, "--slurm")
+    assert_one_line_error(result, "Slurm refused the job", reason)
+    assert run_dirs(isolated) == []
