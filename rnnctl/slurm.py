@@ -119,11 +119,12 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
 
         submitit_handler = signal.signal(signal.SIGUSR2, stop)
         try:
-            return self._train()
+            result = self._train()
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a warning after the end: nothing left to save
+            return result
         except KeyboardInterrupt:
             if not warned:
                 raise
-        finally:
             signal.signal(signal.SIGUSR2, submitit_handler)
         submitit_handler(warned[0], None)  # checkpoint() below, `scontrol requeue` and exit; or no requeue left
         raise RunError("not requeued")  # not reached: the handler exits or raises

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY, assert_one_line_error, metrics, run_dirs, wait_for
-from slurm import slurm_cluster_fixture
+from slurm import ENDED, slurm_cluster_fixture
 
 pytest.importorskip("submitit")
 
@@ -81,6 +81,35 @@ def test_a_signalled_job_requeues_and_ends_with_the_metrics_of_a_local_run(
     assert record["status"] == "completed" and resume["status_before"] == "interrupted", record
     assert 2 <= resume["from_epoch"] < 6, resume
     assert metrics(run) == local_metrics(cli, tmp_path, *names_files.set_args(), *SLOW)
+
+
+def test_a_job_at_its_time_limit_requeues_itself_until_the_run_completes(on_cluster, cli, names_files, monkeypatch):
+    """The real path: 1-minute jobs that ask for the signal 20 s before their end. slurmctld checks time limits
+    every 30 s, so each job is signalled 10 to 40 s into its run; each requeued job is released at once."""
+    more = ["--set", "train.epochs=150", "--set", "train.batch_size=2", "--set", "slurm.time=1"]
+    limits = ["--set", "slurm.signal_delay_s=20", "--set", "slurm.max_requeues=10"]
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args(), *more, *limits)
+    ended = lambda job: job["JobState"] in ENDED  # noqa: E731
+    while not ended(job := on_cluster.wait_job(job_id, lambda j: ended(j) or j["Reason"] == "BeginTime", 180)):
+        on_cluster.release(job_id)
+    assert job["JobState"] == "COMPLETED" and int(job["Restarts"]) >= 1, job
+    record = info(run)
+    assert record["status"] == "completed" and len(record["history"]) == int(job["Restarts"]), record
+    assert all(h["status_before"] == "interrupted" for h in record["history"]), record["history"]
+    print(f"requeues: {job['Restarts']}, from epochs {[h['from_epoch'] for h in record['history']]}")
+
+
+def test_past_max_requeues_the_run_stays_interrupted(on_cluster, cli, names_files, monkeypatch):
+    run, job_id = submit(cli, monkeypatch, *names_files.set_args(), *SLOW, "--set", "slurm.max_requeues=0")
+    wait_for(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 1, 180, "an epoch in the job")
+    on_cluster.run("scancel", "--signal=USR2", job_id)
+    job = on_cluster.wait_ended(job_id, timeout=60)
+    assert (job["JobState"], job["Restarts"]) == ("FAILED", "0"), job  # not requeued: submitit's "no requeue" error
+    assert info(run)["status"] == "interrupted"
+    assert (
+        "Job not requeued because: checkpoint function returned None"
+        in (run / "slurm" / f"{job_id}_0_log.err").read_text()
+    )
 
 
 def test_cancel_leaves_the_run_interrupted_and_resumable(on_cluster, cli, names_files, monkeypatch):
