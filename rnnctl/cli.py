@@ -80,6 +80,10 @@ Device = Annotated[
     str, typer.Option(metavar="DEVICE", help="Where the model runs: auto (the best here), cpu, cuda, cuda:N or mps.")
 ]
 Jobs = Annotated[int, typer.Option(min=1, metavar="N", help="Members trained at once here (worker processes).")]
+SlurmGroup = Annotated[
+    bool,
+    typer.Option("--slurm", help="Submit --jobs workers as one Slurm job array (the config's slurm: section); return."),
+]
 Devices = Annotated[
     str | None, typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto (every GPU): one worker per device.")
 ]
@@ -198,15 +202,17 @@ def _submit(
 
 @app.command(cls=Command)
 def cancel(
-    run: Annotated[str, typer.Argument(metavar="RUN", help="Run id, run folder path or 'latest'.")],
+    run: Annotated[
+        str, typer.Argument(metavar="RUN|SWEEP|STUDY", help="Run id, run folder path or 'latest'; or a group's name.")
+    ],
 ) -> None:
-    """Cancel the Slurm job of a run; the run stays interrupted and resumable (train --resume RUN)."""
+    """Cancel the Slurm job of a run, or of a sweep's or study's workers; what it stopped stays resumable."""
     from rnnctl import slurm
 
     with user_errors():
         done = slurm.cancel(run)
-        say(f"cancelled Slurm job {done['job_id']}: {done['run']} is {done['status']}", out)
-        say(f"continue it with: rnnctl train --resume {done['run']}", out)
+        say(f"cancelled Slurm job {done['job_id']}: {done['name']} is {done['status']}", out)
+        say(f"continue it with: {done['resume']}", out)
 
 
 @app.command("eval", cls=Command)
@@ -352,6 +358,7 @@ def sweep(
     ] = None,
     storage: Storage = None,
     study: StudyName = None,
+    slurm: SlurmGroup = False,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import views
@@ -359,7 +366,11 @@ def sweep(
 
     with user_errors():
         slots = parse_devices(devices)  # before any sweep folder exists
+        if slurm and devices:
+            raise ConfigError("--slurm: the jobs' GPUs come from the config's slurm: section, not --devices")
         group = _sweep(config, grid or [], overrides or [], study, storage, metric, resume)
+        if slurm:
+            return _submit_group(group, jobs)
         summary = _drive(group, jobs, slots, None, metric)
         views.sweep_summary(out, summary)
         if summary["counts"].get("failed"):
@@ -432,6 +443,7 @@ def search(
         typer.Option(metavar="STUDY", help="Continue a study: interrupted trials from their checkpoints, the rest."),
     ] = None,
     overrides: Overrides = None,
+    slurm: SlurmGroup = False,
 ) -> None:
     """Search config values with Optuna: trials as run folders, pruning, parallel and multi-machine studies."""
     from rnnctl import views
@@ -445,8 +457,13 @@ def search(
             views.study_summary(out, groups.summarize(groups.resolve(show, "study")))
             return
         prune = (pruner, prune_after, prune_warmup)
+        if slurm and (devices or timeout):
+            raise ConfigError("--slurm: the jobs' GPUs and time come from the config's slurm: section, not "
+                              "--devices or --timeout")  # fmt: skip
         group, slots, seconds = _study(config, space or [], overrides or [], study, storage, metric, trials, prune,
                                        resume, devices, timeout)  # fmt: skip
+        if slurm:
+            return _submit_group(group, jobs)
         views.study_summary(out, _drive(group, jobs, slots, seconds))
 
 
@@ -469,6 +486,16 @@ def _study(
     if config is None:
         raise ConfigError("give a CONFIG and --space KEY=RANGE to search, --resume STUDY or --show STUDY")
     return groups.create("study", config, space, overrides, name, storage, metric, trials, prune), slots, seconds
+
+
+def _submit_group(group: GroupFolder, jobs: int) -> None:
+    """`sweep --slurm`, `search --slurm`: the group's workers as one Slurm job array."""
+    from rnnctl import slurm
+
+    done = slurm.submit_group(group, jobs)
+    say(f"submitted {done['kind']} {done['group']}: {done['tasks']} workers as Slurm job array {done['job_id']}", out)
+    say(f"{done['kind']} folder: {done['dir']}", out)
+    say(f"logs: {done['logs']}", out)
 
 
 def _drive(

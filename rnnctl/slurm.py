@@ -30,6 +30,7 @@ from rnnctl.runs import RunFolder, now
 
 if TYPE_CHECKING:
     from rnnctl.config import Config, SlurmConfig
+    from rnnctl.groups.folder import GroupFolder
 
 try:
     import submitit
@@ -152,6 +153,103 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
                                                          self.max_requeues))  # fmt: skip
 
 
+# -- sweeps and searches: their workers as one job array ----------------------------------------------------
+
+LOCK_WAIT_S = 120  # how long a worker job waits for another to finish making the group whole
+
+
+def submit_group(group: GroupFolder, jobs: int) -> dict[str, Any]:
+    """The group made whole (as `sweep`/`search` do before their workers start), then `jobs` workers as one
+    Slurm job array sharing the group's storage; the array's id and where its logs go."""
+    from rnnctl.config import load_config
+
+    _needs_slurm()
+    sc = load_config(group.config).slurm
+    with group.lock():  # no driver here while the work is queued
+        if not _make_whole(group):
+            raise RunError(f"{group.kind} {group.name} has nothing left to train ({group.path})")
+    from submitit.core.utils import FailedJobError
+
+    ex = executor(group.slurm_dir, sc, group.name)
+    ex.update_parameters(array_parallelism=jobs)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), ex.batch():
+            workers = [ex.submit(GroupWorkerJob(str(group.path), i, sc.max_requeues)) for i in range(jobs)]
+    except (FailedJobError, OSError) as e:
+        raise RunError(f"Slurm refused the job: {sbatch_reason(e)}") from None
+    array = str(workers[0].job_id).split("_")[0]
+    record = {"job_id": array, "tasks": jobs, "submitted": now(), "logs": str(group.slurm_dir)}
+    group.write("job", record)
+    return {"group": group.name, "kind": group.kind, "dir": str(group.path), **record}
+
+
+def _make_whole(group: GroupFolder) -> bool:
+    """trials.requeue: interrupted members queued again to continue their runs; whether work is left."""
+    from rnnctl.groups import trials, workers
+    from rnnctl.groups.storage import open_study, quiet
+
+    with quiet():
+        s = open_study(group)
+        trials.requeue(s, group)
+        return workers.has_work(group, s.get_trials(deepcopy=False))
+
+
+class GroupWorkerJob(submitit.helpers.Checkpointable if submitit else object):
+    """One task of a group's job array: a worker (`groups.workers.work`) until nothing is left. On Slurm's
+    warning the member it trains stops as on SIGTERM (its run interrupted, resumable) and the task requeues;
+    the requeued task queues that member again and goes on."""
+
+    def __init__(self, group: str, index: int, max_requeues: int):
+        self.group, self.index, self.max_requeues = group, index, max_requeues
+
+    def __call__(self) -> None:
+        from rnnctl.groups.folder import GroupFolder
+        from rnnctl.groups.workers import work
+
+        group, warned = GroupFolder(Path(self.group)), []
+
+        def warn(signum, frame):  # to the worker, Slurm's warning is SIGTERM: held between members, else raised
+            warned.append(signum)
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler) and getattr(handler, "__self__", None) is None:  # not submitit's own `bypass`
+                handler(signal.SIGTERM, frame)
+
+        submitit_handler = signal.signal(signal.SIGUSR2, warn)
+        try:
+            if os.environ.get("SLURM_RESTART_COUNT"):  # a requeued worker: the member it left, queued again
+                _locked(group, lambda: _make_whole(group))
+            if warned:
+                raise Terminated()
+            work(group, self.index, None, None, lambda: None)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            return
+        except KeyboardInterrupt:
+            if not warned:
+                raise
+            signal.signal(signal.SIGUSR2, submitit_handler)
+        submitit_handler(warned[0], None)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        if int(os.environ.get("SLURM_RESTART_COUNT") or 0) >= self.max_requeues:
+            return None
+        return submitit.helpers.DelayedSubmission(GroupWorkerJob(self.group, self.index, self.max_requeues))
+
+
+def _locked(group: GroupFolder, do: Any) -> Any:
+    """`do()` under the group's lock, waiting while another worker job holds it."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            lock = group.lock()
+            break
+        except RunError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+    with lock:
+        return do()
+
+
 # -- the queue ------------------------------------------------------------------------------------------
 
 
@@ -173,24 +271,42 @@ def queue_states() -> dict[str, str]:
     return dict(line.split(None, 1) for line in done.stdout.splitlines() if len(line.split()) == 2)
 
 
+def _in_queue(job_id: str) -> bool:
+    return any(j == job_id or j.startswith(f"{job_id}_") for j in queue_states())
+
+
+def _scancel(job_id: str, what: str, timeout: float) -> None:
+    """scancel the job (or array), then wait until it has left the queue: its processes are gone."""
+    done = _client("scancel", job_id)
+    if done is None or done.returncode != 0:
+        why = sbatch_reason(RuntimeError(done.stderr)) if done is not None else "scancel did not answer"
+        raise RunError(f"{what}: could not cancel job {job_id}: {why}")
+    deadline = time.monotonic() + timeout
+    while _in_queue(job_id):
+        if time.monotonic() > deadline:
+            raise RunError(f"{what}: job {job_id} is still in the queue {timeout:.0f} s after scancel")
+        time.sleep(0.5)
+
+
 def cancel(ref: str, timeout: float = 60) -> dict[str, Any]:
-    """Cancel the Slurm job of a run (`scancel`): a running job stops like on SIGTERM and records
-    `interrupted`; a pending one, or one killed before it could, is marked `interrupted` here. Either way the
-    run stays resumable (`rnnctl train --resume RUN`)."""
+    """Cancel the Slurm job of a run, or the job array of a sweep's or study's workers (`scancel`). A running
+    job stops like on SIGTERM and records `interrupted`; a pending run, or one killed before it could, is
+    marked `interrupted` here. Either way it stays resumable: what continues it is in `resume`."""
+    from rnnctl.groups.folder import GroupFolder
+
+    group = GroupFolder.find(ref)
+    if group is not None and (job := group.job()) is not None:
+        _scancel(job["job_id"], f"{group.kind} {group.name}", timeout)
+        command = "sweep" if group.kind == "sweep" else "search"
+        return {"name": f"{group.kind} {group.name}", "job_id": job["job_id"], "status": "stopped",
+                "resume": f"rnnctl {command} --resume {group.name}"}  # fmt: skip
     run = RunFolder.resolve(ref, latest="started")
     job = run.job()
     if job is None:
         raise RunError(f"{run.id} was not submitted to Slurm: stop a run of this machine with Ctrl-C")
-    done = _client("scancel", job["job_id"])
-    if done is None or done.returncode != 0:
-        why = sbatch_reason(RuntimeError(done.stderr)) if done is not None else "scancel did not answer"
-        raise RunError(f"{run.id}: could not cancel job {job['job_id']}: {why}")
-    deadline = time.monotonic() + timeout
-    while job["job_id"] in queue_states():  # until its processes are gone (they record the interruption)
-        if time.monotonic() > deadline:
-            raise RunError(f"{run.id}: job {job['job_id']} is still in the queue {timeout:.0f} s after scancel")
-        time.sleep(0.5)
+    _scancel(job["job_id"], run.id, timeout)
     info = run.read_info()
     if info.get("status") in ("submitted", "running"):
         run.write_info({**info, "status": "interrupted"})
-    return {"run": run.id, "job_id": job["job_id"], "status": run.read_info().get("status")}
+    status = run.read_info().get("status")
+    return {"name": run.id, "job_id": job["job_id"], "status": status, "resume": f"rnnctl train --resume {run.id}"}

@@ -152,3 +152,47 @@ def test_a_refused_submission_is_one_line_and_leaves_nothing(
     result = cli("train", TINY, *names_files.set_args(), *more, "--slurm")
     assert_one_line_error(result, "Slurm refused the job", reason)
     assert run_dirs(isolated) == []
+
+
+# -- sweeps and searches: their workers as one job array -----------------------------------------------------
+
+
+def submit_group(cli, *args: str) -> tuple[Path, str]:
+    result = cli(*args, "--slurm")
+    assert result.exit_code == 0, result.output
+    first, folder, logs = result.stdout.splitlines()
+    assert first.split()[4:9] == ["workers", "as", "Slurm", "job", "array"], first
+    return Path(folder.split(": ", 1)[1]), first.split()[-1]
+
+
+def in_queue(cluster, array: str) -> bool:
+    return any(j.split("_")[0] == array for j in cluster.run("squeue", "-h", "-o", "%i").stdout.split())
+
+
+def member_states(group: Path) -> list[str]:
+    return sorted(info(run)["status"] for run in run_dirs(group / "runs"))
+
+
+def test_a_sweep_trains_its_members_in_a_job_array(on_cluster, cli, names_files):
+    group, array = submit_group(cli, "sweep", TINY, *names_files.set_args(), "--grid", "model.cell=rnn,gru",
+                                "--study", "cells", "--jobs", "2")  # fmt: skip
+    wait_for(lambda: not in_queue(on_cluster, array), 240, "the array's two workers to end")
+    assert member_states(group) == ["completed", "completed"], (group / "slurm").iterdir()
+    shown = cli("sweep", "--resume", "cells")  # nothing left: the local driver just summarizes
+    assert shown.exit_code == 0, shown.output
+
+
+def test_cancel_stops_a_searchs_workers_and_the_study_resumes(on_cluster, cli, names_files):
+    group, array = submit_group(cli, "search", TINY, *names_files.set_args(), *SLOW, "--space",
+                                "optim.lr=loguniform(1e-3,1e-2)", "--trials", "2", "--study", "lr", "--jobs", "2",
+                                "--pruner", "none")  # fmt: skip
+    wait_for(lambda: any((run / "metrics.jsonl").is_file() for run in run_dirs(group / "runs")), 180, "a member")
+    result = cli("cancel", "lr")
+    assert result.exit_code == 0, result.output
+    assert f"cancelled Slurm job {array}: study lr is stopped" in result.stdout, result.stdout
+    assert "rnnctl search --resume lr" in result.stdout
+    assert not in_queue(on_cluster, array)
+    assert "interrupted" in member_states(group), member_states(group)
+    resumed = cli("search", "--resume", "lr")
+    assert resumed.exit_code == 0, resumed.output
+    assert member_states(group) == ["completed", "completed"]
