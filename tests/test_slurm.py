@@ -196,3 +196,18 @@ def test_cancel_stops_a_searchs_workers_and_the_study_resumes(on_cluster, cli, n
     resumed = cli("search", "--resume", "lr")
     assert resumed.exit_code == 0, resumed.output
     assert member_states(group) == ["completed", "completed"]
+
+
+def test_a_signalled_sweep_worker_requeues_and_its_member_goes_on(on_cluster, cli, names_files):
+    group, array = submit_group(cli, "sweep", TINY, *names_files.set_args(), *SLOW, "--grid", "model.cell=rnn,gru",
+                                "--study", "two", "--jobs", "2")  # fmt: skip
+    task = f"{array}_0"
+    started = lambda: [r for r in run_dirs(group / "runs") if (r / "metrics.jsonl").is_file() and len(metrics(r)) >= 2]  # noqa: E731
+    wait_for(lambda: len(started()) == 2, 180, "two epochs of both members")
+    on_cluster.run("scancel", "--signal=USR2", task)
+    on_cluster.release(task)
+    wait_for(lambda: not in_queue(on_cluster, array), 180, "the workers to end")
+    records = sorted((info(run) for run in run_dirs(group / "runs")), key=lambda r: len(r.get("history", [])))
+    assert len(records) == 2 and all(r["status"] == "completed" for r in records), records
+    assert [[h["status_before"] for h in r.get("history", [])] for r in records] == [[], ["interrupted"]]
+    assert (on_cluster.job(task)["Restarts"], on_cluster.job(f"{array}_1")["Restarts"]) == ("1", "0")
