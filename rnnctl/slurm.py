@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rnnctl.errors import ConfigError, RunError, Terminated
+from rnnctl.errors import ConfigError, RunError, Terminated, first_line
 from rnnctl.runs import RunFolder, now
 
 if TYPE_CHECKING:
@@ -74,6 +74,11 @@ def submit(cfg: Config, command: str, overrides: list[str] = ()) -> dict[str, An
     """A new run folder, and the job that trains it: the run's id and folder, the job's id and its log. A
     submission Slurm refuses leaves nothing behind and raises RunError with Slurm's reason."""
     _needs_slurm()
+    if cfg.slurm.nodes > 1:
+        raise ConfigError(
+            f"slurm.nodes={cfg.slurm.nodes}: a --slurm run trains in one process on one node; for a run over "
+            "several nodes use torchrun in a batch script (see the scale-out page of the manual)"
+        )
     run = RunFolder.create(cfg.name or cfg.task)
     try:
         run.write_config(cfg.to_dict(), {})  # resumable as it is, even if the job never starts
@@ -136,9 +141,12 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
         from rnnctl.live import PlainLines
 
         run, loggers = RunFolder(Path(self.run)), [PlainLines(sys.stdout)]
-        if run.read_info().get("status") == "submitted":  # the first job: a new run into the folder made for it
-            cfg = validate(self.config, source=str(run.path / "config.yaml"))
-            trainer = loop.Trainer(cfg)
+        if (info := run.read_info()).get("status") == "submitted":  # the first job: a new run into its folder
+            try:
+                trainer = loop.Trainer(validate(self.config, source=str(run.path / "config.yaml")))
+            except Exception as e:  # before the run's own record exists (its data, its device): say so in it
+                run.write_info({**info, "status": "failed", "error": first_line(e)})
+                raise
             return trainer.open(run, run.lock(), self.command, loggers, self.overrides).fit()
         # a requeued job: the previous one has ended (Slurm requeues a job once its processes are gone), so
         # its lock is taken over even when its heartbeat is not yet stale

@@ -154,6 +154,19 @@ def test_a_refused_submission_is_one_line_and_leaves_nothing(
     assert run_dirs(isolated) == []
 
 
+def test_a_run_over_several_nodes_is_refused(on_cluster, cli, names_files, isolated):
+    result = cli("train", TINY, *names_files.set_args(), "--set", "slurm.nodes=2", "--slurm")
+    assert_one_line_error(result, "slurm.nodes=2", "torchrun")
+    assert run_dirs(isolated) == []
+
+
+def test_a_job_that_cannot_build_its_run_records_it_failed(on_cluster, cli, names_files, monkeypatch, tmp_path):
+    run, job_id = submit(cli, monkeypatch, "--set", f"data.path={tmp_path / 'missing.csv'}")
+    assert on_cluster.wait_ended(job_id, timeout=120)["JobState"] == "FAILED"
+    record = info(run)
+    assert record["status"] == "failed" and "missing.csv" in record["error"], record
+
+
 # -- sweeps and searches: their workers as one job array -----------------------------------------------------
 
 
