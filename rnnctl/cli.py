@@ -186,15 +186,21 @@ def _submit(
     from rnnctl import slurm
     from rnnctl.config import load_config, validate
 
-    if resume is not None or force or nproc is not None:
-        raise ConfigError("--slurm submits a new run from CONFIG: give no --resume, --force or --nproc")
-    if config is None:
+    if force or nproc is not None:
+        raise ConfigError("--slurm: a job takes over its run's lock itself, on one process: give no --force or --nproc")
+    command = shlex.join(["rnnctl", *sys.argv[1:]])
+    if resume is not None:
+        if config is not None or overrides or name:
+            raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
+        job = slurm.submit_resume(resume, epochs, command)
+    elif config is None:
         raise ConfigError("give a CONFIG file to train on Slurm")
-    overrides = [*overrides, f"train.epochs={epochs}"] if epochs is not None else overrides
-    cfg = load_config(config, overrides)
-    if name:
-        cfg = validate({**cfg.to_dict(), "name": name}, source="--name")
-    job = slurm.submit(cfg, shlex.join(["rnnctl", *sys.argv[1:]]), overrides)
+    else:
+        overrides = [*overrides, f"train.epochs={epochs}"] if epochs is not None else overrides
+        cfg = load_config(config, overrides)
+        if name:
+            cfg = validate({**cfg.to_dict(), "name": name}, source="--name")
+        job = slurm.submit(cfg, command, overrides)
     say(f"submitted {job['run']} as Slurm job {job['job_id']}", out)
     say(f"run folder: {job['dir']}", out)
     say(f"log: {job['log']}", out)

@@ -94,6 +94,27 @@ def submit(cfg: Config, command: str, overrides: list[str] = ()) -> dict[str, An
     return {"run": run.id, "dir": str(run.path), **job}
 
 
+def submit_resume(ref: str, epochs: int | None, command: str) -> dict[str, Any]:
+    """A job that continues a run (id, path or `latest`) from its last checkpoint, with the resources of its
+    config's `slurm:` section; `epochs` may extend it. Refused while the run's own job is still queued."""
+    from rnnctl.config import validate
+
+    _needs_slurm()
+    run = RunFolder.resolve(ref, latest="started")
+    info, job = run.read_info(), run.job()
+    if job is not None and _in_queue(job["job_id"]):
+        raise RunError(f"{run.id} has its Slurm job {job['job_id']} in the queue: cancel it first (rnnctl cancel)")
+    if info.get("status") == "completed" and epochs is None:
+        raise RunError(f"{run.id} is completed: pass --epochs N to train it longer")
+    raw = {k: v for k, v in run.config().items() if k != "derived"}
+    try:
+        cfg = validate(raw, source=str(run.path / "config.yaml"))
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    job = _submit(run, RunJob(str(run.path), raw, command, [], cfg.slurm.max_requeues, epochs), cfg.slurm, run.id)
+    return {"run": run.id, "dir": str(run.path), **job}
+
+
 def _submit(run: RunFolder, job: RunJob, sc: SlurmConfig, name: str) -> dict[str, Any]:
     from submitit.core.utils import FailedJobError
 
@@ -112,9 +133,12 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
     """What a job runs: the run folder's training, a new run the first time and a resume after a requeue.
     Plain data only (the config as a dict), so that it unpickles on any node."""
 
-    def __init__(self, run: str, config: dict[str, Any], command: str, overrides: list[str], max_requeues: int):
+    def __init__(
+        self, run: str, config: dict[str, Any], command: str, overrides: list[str], max_requeues: int,
+        epochs: int | None = None,
+    ):  # fmt: skip
         self.run, self.config, self.command = run, config, command
-        self.overrides, self.max_requeues = overrides, max_requeues
+        self.overrides, self.max_requeues, self.epochs = overrides, max_requeues, epochs
 
     def __call__(self) -> dict[str, Any]:
         warned: list[int] = []
@@ -150,15 +174,15 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
             return trainer.open(run, run.lock(), self.command, loggers, self.overrides).fit()
         # a requeued job: the previous one has ended (Slurm requeues a job once its processes are gone), so
         # its lock is taken over even when its heartbeat is not yet stale
-        return loop.resume(str(run.path), None, command=self.command, loggers=loggers, force=True)
+        return loop.resume(str(run.path), self.epochs, command=self.command, loggers=loggers, force=True)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """The job to requeue (submitit's protocol): this one again, which resumes the run; None past
         `max_requeues`, so the run stays interrupted."""
         if int(os.environ.get("SLURM_RESTART_COUNT") or 0) >= self.max_requeues:
             return None
-        return submitit.helpers.DelayedSubmission(RunJob(self.run, self.config, self.command, self.overrides,
-                                                         self.max_requeues))  # fmt: skip
+        again = RunJob(self.run, self.config, self.command, self.overrides, self.max_requeues, self.epochs)
+        return submitit.helpers.DelayedSubmission(again)
 
 
 # -- sweeps and searches: their workers as one job array ----------------------------------------------------
@@ -285,6 +309,8 @@ def _in_queue(job_id: str) -> bool:
 
 def _scancel(job_id: str, what: str, timeout: float) -> None:
     """scancel the job (or array), then wait until it has left the queue: its processes are gone."""
+    if not _in_queue(job_id):
+        raise RunError(f"{what}: its Slurm job {job_id} is no longer in the queue: nothing to cancel")
     done = _client("scancel", job_id)
     if done is None or done.returncode != 0:
         why = sbatch_reason(RuntimeError(done.stderr)) if done is not None else "scancel did not answer"

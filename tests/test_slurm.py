@@ -110,6 +110,12 @@ def test_past_max_requeues_the_run_stays_interrupted(on_cluster, cli, names_file
         "Job not requeued because: checkpoint function returned None"
         in (run / "slurm" / f"{job_id}_0_log.err").read_text()
     )
+    again = cli("train", "--resume", run.name, "--slurm")  # by hand: a new job continues it
+    assert again.exit_code == 0, again.output
+    new_job = again.stdout.split()[5]
+    assert new_job != job_id and on_cluster.wait_ended(new_job, timeout=180)["JobState"] == "COMPLETED"
+    record = info(run)
+    assert record["status"] == "completed" and [h["status_before"] for h in record["history"]] == ["interrupted"]
 
 
 def test_cancel_leaves_the_run_interrupted_and_resumable(on_cluster, cli, names_files, monkeypatch):
@@ -124,6 +130,7 @@ def test_cancel_leaves_the_run_interrupted_and_resumable(on_cluster, cli, names_
     assert f"cancelled Slurm job {job_id}: {run.name} is interrupted" in result.stdout, result.stdout
     assert on_cluster.wait_ended(job_id, timeout=60)["JobState"] == "CANCELLED"
     assert info(run)["status"] == "interrupted"
+    assert_one_line_error(cli("cancel", run.name), f"its Slurm job {job_id} is no longer in the queue")
     resumed = cli("train", "--resume", run.name, "--quiet")
     assert resumed.exit_code == 0, resumed.output
     assert info(run)["status"] == "completed"
