@@ -501,7 +501,7 @@ def _submit_group(group: GroupFolder, jobs: int) -> None:
     done = slurm.submit_group(group, jobs)
     say(f"submitted {done['kind']} {done['group']}: {done['tasks']} workers as Slurm job array {done['job_id']}", out)
     say(f"{done['kind']} folder: {done['dir']}", out)
-    say(f"logs: {done['logs']}", out)
+    say(f"logs: {done['log_dir']}", out)
 
 
 def _drive(

@@ -210,7 +210,7 @@ def submit_group(group: GroupFolder, jobs: int) -> dict[str, Any]:
     except (FailedJobError, OSError) as e:
         raise RunError(f"Slurm refused the job: {sbatch_reason(e)}") from None
     array = str(workers[0].job_id).split("_")[0]
-    record = {"job_id": array, "tasks": jobs, "submitted": now(), "logs": str(group.slurm_dir)}
+    record = {"job_id": array, "tasks": jobs, "submitted": now(), "log_dir": str(group.slurm_dir)}
     group.write("job", record)
     return {"group": group.name, "kind": group.kind, "dir": str(group.path), **record}
 
