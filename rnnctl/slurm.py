@@ -4,11 +4,12 @@
 `RunJob` with submitit into the folder's `slurm/`. In the job the run trains like `rnnctl train` would;
 a job that was requeued resumes the same folder from its last checkpoint, on whatever node it lands.
 
-Slurm signals the job `slurm.signal_delay_s` before its time limit (USR2, submitit's signal). While the
-run trains, that signal stops it the way SIGTERM does: the run records `interrupted` and keeps its
-checkpoint. Then submitit's own handler asks `RunJob.checkpoint()` for the job to resubmit and requeues
+Slurm signals the job `slurm.signal_delay_s` before its time limit (USR2, submitit's signal). The job
+passes it on as SIGTERM to rnnctl's own handlers, so the run stops exactly as on SIGTERM (a checkpoint
+being written is finished first): it records `interrupted` and keeps its checkpoint. Then submitit's own handler asks `RunJob.checkpoint()` for the job to resubmit and requeues
 it (`scontrol requeue`); past `slurm.max_requeues` it returns none and the run stays `interrupted`,
-resumable by hand. The state of a job comes from `squeue`, never from `sacct` (clusters without
+resumable by hand. `submit_group` does the same for a sweep's or study's workers: one job array of
+`GroupWorkerJob`s. The state of a job comes from `squeue`, never from `sacct` (clusters without
 accounting have none).
 """
 
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rnnctl.errors import ConfigError, RunError, Terminated, first_line
 from rnnctl.runs import RunFolder, now
@@ -115,6 +116,23 @@ def submit_resume(ref: str, epochs: int | None, command: str) -> dict[str, Any]:
     return {"run": run.id, "dir": str(run.path), **job}
 
 
+def _as_sigterm(warned: list[int], raise_outside: bool) -> Callable[[int, Any], None]:
+    """A handler of Slurm's warning that notes it in `warned` and passes it on as SIGTERM to rnnctl's own
+    handler of the moment (training: raised; a checkpoint or storage write: held until it is whole; a group
+    worker between members: noted). Where rnnctl has none (submitit's, before training starts), it raises
+    at once (`raise_outside`) or leaves the caller to look at `warned`."""
+
+    def warn(signum: int, frame: Any) -> None:
+        warned.append(signum)
+        handler = signal.getsignal(signal.SIGTERM)
+        if getattr(handler, "__module__", "").startswith("rnnctl."):
+            handler(signal.SIGTERM, frame)
+        elif raise_outside:
+            raise Terminated()
+
+    return warn
+
+
 def _submit(run: RunFolder, job: RunJob, sc: SlurmConfig, name: str) -> dict[str, Any]:
     from submitit.core.utils import FailedJobError
 
@@ -142,12 +160,7 @@ class RunJob(submitit.helpers.Checkpointable if submitit else object):
 
     def __call__(self) -> dict[str, Any]:
         warned: list[int] = []
-
-        def stop(signum, frame):  # Slurm's warning: end the training as SIGTERM does, then requeue
-            warned.append(signum)
-            raise Terminated()
-
-        submitit_handler = signal.signal(signal.SIGUSR2, stop)
+        submitit_handler = signal.signal(signal.SIGUSR2, _as_sigterm(warned, raise_outside=True))
         try:
             result = self._train()
             signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a warning after the end: nothing left to save
@@ -239,14 +252,7 @@ class GroupWorkerJob(submitit.helpers.Checkpointable if submitit else object):
         from rnnctl.groups.workers import work
 
         group, warned = GroupFolder(Path(self.group)), []
-
-        def warn(signum, frame):  # to the worker, Slurm's warning is SIGTERM: held between members, else raised
-            warned.append(signum)
-            handler = signal.getsignal(signal.SIGTERM)
-            if callable(handler) and getattr(handler, "__self__", None) is None:  # not submitit's own `bypass`
-                handler(signal.SIGTERM, frame)
-
-        submitit_handler = signal.signal(signal.SIGUSR2, warn)
+        submitit_handler = signal.signal(signal.SIGUSR2, _as_sigterm(warned, raise_outside=False))
         try:
             if os.environ.get("SLURM_RESTART_COUNT"):  # a requeued worker: the member it left, queued again
                 _locked(group, lambda: _make_whole(group))
