@@ -48,7 +48,7 @@ def config_reference() -> str:
         "",
         *_table(Config, "", sections=False),
     ]
-    for name in ("optim", "train", "log"):
+    for name in ("optim", "train", "log", "slurm"):
         out += _section(Config.model_fields[name].annotation, name, level=2)
     out += [
         "## Task sections",

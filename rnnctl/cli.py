@@ -80,6 +80,10 @@ Device = Annotated[
     str, typer.Option(metavar="DEVICE", help="Where the model runs: auto (the best here), cpu, cuda, cuda:N or mps.")
 ]
 Jobs = Annotated[int, typer.Option(min=1, metavar="N", help="Members trained at once here (worker processes).")]
+SlurmGroup = Annotated[
+    bool,
+    typer.Option("--slurm", help="Submit --jobs workers as one Slurm job array (the config's slurm: section); return."),
+]
 Devices = Annotated[
     str | None, typer.Option(metavar="DEVICES", help="cuda:0,cuda:1,... or auto (every GPU): one worker per device.")
 ]
@@ -127,11 +131,16 @@ def train(
             min=1, metavar="N", help="Train on this many processes of this machine (torchrun); one GPU each on CUDA."
         ),
     ] = None,
+    slurm: Annotated[
+        bool, typer.Option("--slurm", help="Submit the run as a Slurm job (the config's slurm: section) and return.")
+    ] = False,
 ) -> None:
     """Train a model from a config and write a run folder under runs/, or continue one with --resume."""
     from rnnctl import distributed, views
 
     with user_errors():
+        if slurm:
+            return _submit(config, overrides or [], name, resume, epochs, force, nproc)
         if nproc is not None and not distributed.launched():
             raise typer.Exit(distributed.relaunch(nproc, sys.argv[1:]))
         result = _train(config, overrides or [], name, resume, epochs, force, quiet)
@@ -167,6 +176,49 @@ def _train(
     if name:
         cfg = validate({**cfg.to_dict(), "name": name}, source="--name")  # checked like the config's
     return loop.train(cfg, command=command, loggers=loggers, overrides=overrides)
+
+
+def _submit(
+    config: Path | None, overrides: list[str], name: str | None, resume: str | None, epochs: int | None,
+    force: bool, nproc: int | None,
+) -> None:  # fmt: skip
+    """`train --slurm`: the run folder now, the training in a Slurm job."""
+    from rnnctl import slurm
+    from rnnctl.config import load_config, validate
+
+    if force or nproc is not None:
+        raise ConfigError("--slurm: a job takes over its run's lock itself, on one process: give no --force or --nproc")
+    command = shlex.join(["rnnctl", *sys.argv[1:]])
+    if resume is not None:
+        if config is not None or overrides or name:
+            raise ConfigError("--resume continues a run with its own config: give no CONFIG, --set or --name")
+        job = slurm.submit_resume(resume, epochs, command)
+    elif config is None:
+        raise ConfigError("give a CONFIG file to train on Slurm")
+    else:
+        overrides = [*overrides, f"train.epochs={epochs}"] if epochs is not None else overrides
+        cfg = load_config(config, overrides)
+        if name:
+            cfg = validate({**cfg.to_dict(), "name": name}, source="--name")
+        job = slurm.submit(cfg, command, overrides)
+    say(f"submitted {job['run']} as Slurm job {job['job_id']}", out)
+    say(f"run folder: {job['dir']}", out)
+    say(f"log: {job['log']}", out)
+
+
+@app.command(cls=Command)
+def cancel(
+    run: Annotated[
+        str, typer.Argument(metavar="RUN|SWEEP|STUDY", help="Run id, run folder path or 'latest'; or a group's name.")
+    ],
+) -> None:
+    """Cancel the Slurm job of a run, or of a sweep's or study's workers; what it stopped stays resumable."""
+    from rnnctl import slurm
+
+    with user_errors():
+        done = slurm.cancel(run)
+        say(f"cancelled Slurm job {done['job_id']}: {done['name']} is {done['status']}", out)
+        say(f"continue it with: {done['resume']}", out)
 
 
 @app.command("eval", cls=Command)
@@ -312,6 +364,7 @@ def sweep(
     ] = None,
     storage: Storage = None,
     study: StudyName = None,
+    slurm: SlurmGroup = False,
 ) -> None:
     """Train every combination of --grid values as its own run, then summarize (mean +- std over seeds)."""
     from rnnctl import views
@@ -319,7 +372,11 @@ def sweep(
 
     with user_errors():
         slots = parse_devices(devices)  # before any sweep folder exists
+        if slurm and devices:
+            raise ConfigError("--slurm: the jobs' GPUs come from the config's slurm: section, not --devices")
         group = _sweep(config, grid or [], overrides or [], study, storage, metric, resume)
+        if slurm:
+            return _submit_group(group, jobs)
         summary = _drive(group, jobs, slots, None, metric)
         views.sweep_summary(out, summary)
         if summary["counts"].get("failed"):
@@ -392,6 +449,7 @@ def search(
         typer.Option(metavar="STUDY", help="Continue a study: interrupted trials from their checkpoints, the rest."),
     ] = None,
     overrides: Overrides = None,
+    slurm: SlurmGroup = False,
 ) -> None:
     """Search config values with Optuna: trials as run folders, pruning, parallel and multi-machine studies."""
     from rnnctl import views
@@ -406,8 +464,13 @@ def search(
             views.study_summary(out, summarize(groups.resolve(show, "study")))
             return
         prune = (pruner, prune_after, prune_warmup)
+        if slurm and (devices or timeout):
+            raise ConfigError("--slurm: the jobs' GPUs and time come from the config's slurm: section, not "
+                              "--devices or --timeout")  # fmt: skip
         group, slots, seconds = _study(config, space or [], overrides or [], study, storage, metric, trials, prune,
                                        resume, devices, timeout)  # fmt: skip
+        if slurm:
+            return _submit_group(group, jobs)
         views.study_summary(out, _drive(group, jobs, slots, seconds))
 
 
@@ -430,6 +493,16 @@ def _study(
     if config is None:
         raise ConfigError("give a CONFIG and --space KEY=RANGE to search, --resume STUDY or --show STUDY")
     return groups.create("study", config, space, overrides, name, storage, metric, trials, prune), slots, seconds
+
+
+def _submit_group(group: GroupFolder, jobs: int) -> None:
+    """`sweep --slurm`, `search --slurm`: the group's workers as one Slurm job array."""
+    from rnnctl import slurm
+
+    done = slurm.submit_group(group, jobs)
+    say(f"submitted {done['kind']} {done['group']}: {done['tasks']} workers as Slurm job array {done['job_id']}", out)
+    say(f"{done['kind']} folder: {done['dir']}", out)
+    say(f"logs: {done['log_dir']}", out)
 
 
 def _drive(
@@ -500,7 +573,13 @@ def runs(
     from rnnctl.runs import list_runs
 
     with user_errors():
-        views.run_list(out, list_runs(task=task, status=status, sort=sort), filtered=bool(task or status))
+        found = list_runs(task=task, status=status, sort=sort)
+        if any(r.get("job_id") for r in found):  # runs trained as Slurm jobs: their jobs' states from squeue
+            from rnnctl.slurm import queue_states
+
+            states = queue_states()
+            found = [{**r, "slurm": states.get(r["job_id"], "-")} if r.get("job_id") else r for r in found]
+        views.run_list(out, found, filtered=bool(task or status))
 
 
 @config_app.command("list", cls=Command)

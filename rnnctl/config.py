@@ -124,6 +124,49 @@ class LogConfig(Section):
     mlflow_uri: str | None = Field(None, min_length=1)  # MLflow tracking URI; None: a store in RUN/mlflow
 
 
+SLURM_TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")  # sbatch --time: MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+
+
+class SlurmConfig(Section):  # read by `train --slurm` alone; a run on this machine ignores it
+    partition: str | None = Field(None, min_length=1)  # sbatch --partition; None: the cluster's default
+    time: int | str = 60  # time limit of each job: minutes, or sbatch's "D-HH:MM:SS", "HH:MM:SS" (quoted in YAML)
+    nodes: int = Field(1, ge=1)  # machines per job
+    gpus_per_node: int = Field(0, ge=0)  # GPUs per machine (sbatch --gpus-per-node); 0: none asked for
+    cpus_per_task: int | None = Field(None, ge=1)  # CPU cores of the job's task; None: the cluster's default
+    mem: str | None = Field(None, pattern=r"\d+[KMGT]?")  # memory per machine: 16G, 4000M; None: default
+    account: str | None = Field(None, min_length=1)  # sbatch --account to charge
+    qos: str | None = Field(None, min_length=1)  # sbatch --qos
+    signal_delay_s: int = Field(90, ge=1)  # Slurm signals the job this long before its time limit ends
+    max_requeues: int = Field(3, ge=0)  # requeues on Slurm's signal (time limit, preemption); then left interrupted
+    extra: dict[str, str | int] = {}  # other sbatch options by their long names: {constraint: a100, begin: now+1hour}
+
+    @field_validator("time")
+    @classmethod
+    def _time_limit(cls, time: int | str) -> int | str:
+        if isinstance(time, str) and not SLURM_TIME.fullmatch(time) or _minutes(time) < 1:
+            raise ValueError(f"{clip(str(time))} is not a time limit (minutes, or D-HH:MM:SS, HH:MM:SS or MM)")
+        return time
+
+    def minutes(self) -> int:
+        """The time limit in whole minutes (seconds round up)."""
+        return _minutes(self.time)
+
+
+def _minutes(time: int | str) -> int:
+    """sbatch's time forms in whole minutes: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+    if isinstance(time, int):
+        return time
+    days, _, clock = time.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if days:
+        hours, mins, secs = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        hours, mins, secs = parts
+    else:
+        hours, mins, secs = 0, parts[0], (parts + [0])[1]
+    return (int(days or 0) * 24 + hours) * 60 + mins + (secs > 0)
+
+
 class Config(Section):
     task: str  # what to learn: a name in the task registry (names, charlm, sentiment, ...)
     name: str | None = Field(None, max_length=100)  # run folder suffix; default: the config file's stem
@@ -132,6 +175,7 @@ class Config(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)  # the jobs of `train --slurm`
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -50,7 +50,7 @@ CHECKPOINT_KEYS = {  # what every training checkpoint holds, and the type of eac
     "best": dict, "schedule": dict, "rng": dict,
 }  # fmt: skip
 REPORT = "report.html"  # `rnnctl report`'s page, in a run, sweep or study folder
-STATUSES = ("running", "completed", "failed", "interrupted")  # what a run records; `runs` adds pruned, died
+STATUSES = ("submitted", "running", "completed", "failed", "interrupted")  # recorded; `runs` adds pruned, died
 LOCK = ".lock"  # in a run or sweep folder: who writes it now (host, pid, heartbeat)
 
 
@@ -347,6 +347,25 @@ class RunFolder:
             info["status"] = "died"  # killed without a chance to record it (SIGKILL, power loss)
         return info
 
+    # -- a run trained as a Slurm job (rnnctl.slurm) -------------------------------------------------
+
+    @property
+    def slurm_dir(self) -> Path:
+        """submitit's folder: the job's pickled callable, its result and its log (`<job id>_0_log.out`)."""
+        return self._file("slurm")
+
+    def write_job(self, job: dict[str, Any]) -> None:
+        """slurm/job.json: the job that trains the run (id, log, cluster); rewritten by a new submission."""
+        write_json(self._file("slurm", "job.json"), job)
+
+    def job(self) -> dict[str, Any] | None:
+        """slurm/job.json; None for a run never submitted to Slurm (or a broken file)."""
+        try:
+            job = read_json(self.path / "slurm" / "job.json")
+        except RunError:
+            return None
+        return job if isinstance(job, dict) else None
+
     def best_val(self, info: dict[str, Any]) -> dict[str, Any]:
         """Every validation metric at the run's best point (`info`: its run.json); {} before its first validation."""
         kept = info.get("best_val")
@@ -606,7 +625,7 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
         raise RunError(f"--task {task!r}: expected one of {', '.join(task_names())}")
     infos = [(r, r.info()) for r in all_runs()]
     infos = [
-        {**i, "changes": r.changes(), "best_val": r.best_val(i)}
+        {**i, "changes": r.changes(), "best_val": r.best_val(i), **_job_id(r)}
         for r, i in infos
         if (task is None or i.get("task") == task) and (status is None or i.get("status") == status)
     ]
@@ -623,6 +642,11 @@ def list_runs(task: str | None = None, status: str | None = None, sort: str = "c
 
         infos.sort(key=rank)
     return infos
+
+
+def _job_id(run: RunFolder) -> dict[str, str]:
+    job = run.job()
+    return {"job_id": str(job["job_id"])} if job and job.get("job_id") else {}
 
 
 def shown_best(info: dict[str, Any]) -> tuple[str, float | None, str]:

@@ -336,6 +336,7 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
     colors = {
         "completed": "green",
         "running": "cyan",
+        "submitted": "cyan",
         "interrupted": "yellow",
         "failed": "red",
         "died": "red",
@@ -362,6 +363,9 @@ def run_list(console: Console, runs: list[dict[str, Any]], filtered: bool = Fals
         Col("duration", [fmt_duration(r.get("duration")) for r in runs], 7),
         Col("changes", [" ".join(r.get("changes") or []) or "-" for r in runs], 4, "left", wraps=True),
     ]
+    if any(r.get("job_id") for r in runs):  # runs trained as Slurm jobs: the job and its state in the queue
+        cols.insert(3, Col("job", [str(r.get("job_id") or "-") for r in runs], 3, "left"))
+        cols.insert(4, Col("slurm", [str(r.get("slurm") or "-") for r in runs], 3, "left"))
     if any(r.get("sweep") for r in runs):  # members of sweeps and search studies: which one
         cols.insert(2, Col("sweep/study", [str(r.get("sweep") or "-") for r in runs], 4, "left"))
     print_table(console, cols)

@@ -194,3 +194,18 @@ def test_config_show_prints_resolved_yaml(cli):
 ])  # fmt: skip
 def test_out_of_range_seed_and_lr(cli, override, key):
     assert_one_line_error(cli("config", "show", TINY, "--set", override), key)
+
+
+@pytest.mark.parametrize(
+    ("time", "minutes"),
+    [(30, 30), ("30", 30), ("90:30", 91), ("2:00:00", 120), ("1-12", 2160), ("1-00:30", 1470), ("0-0:0:1", 1)],
+)
+def test_slurm_time_takes_minutes_and_sbatchs_forms(time, minutes):
+    cfg = load_config(TINY, [f"slurm.time={time!r}" if isinstance(time, str) else f"slurm.time={time}"])
+    assert cfg.slurm.minutes() == minutes
+
+
+@pytest.mark.parametrize("time", ["0", "-5", "1h", "1:2:3:4", "1-"])
+def test_a_bad_slurm_time_is_a_config_error(time):
+    with pytest.raises(ConfigError, match="slurm.time"):
+        load_config(TINY, [f"slurm.time={time!r}"])

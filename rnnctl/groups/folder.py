@@ -3,7 +3,8 @@
 runs/sweeps/<name>/ or runs/studies/<name>/: study.json (what was asked), config.yaml (what every member
 starts from), study.db (the trials, unless --storage names another), runs/ (the members), logs/ (worker
 output), trials.csv, summary.json, best.yaml, the figures (*.png), eval/ and forecast/ (the members as an
-ensemble), report.html, and .lock (who drives the group now).
+ensemble), report.html, slurm/ (its workers' Slurm jobs: job.json, submitit's files and logs), and .lock
+(who drives the group now).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rnnctl.runs import table_text, write_json
 ROOTS = dict(zip(("sweep", "study"), GROUPS))  # a group's kind -> its folder under the runs root
 FILES = {  # what each file of a group folder is called
     "spec": "study.json", "config": "config.yaml", "storage": "study.db", "trials": "trials.csv",
-    "summary": "summary.json", "best": "best.yaml", "report": REPORT, "lock": LOCK,
+    "summary": "summary.json", "best": "best.yaml", "report": REPORT, "lock": LOCK, "job": "slurm/job.json",
 }  # fmt: skip
 PLOTS = ("summary", "history", "importance", "parallel")
 
@@ -98,6 +99,19 @@ class GroupFolder:
         made = spec.get("created") or dt.datetime.now().astimezone().isoformat(timespec="seconds")
         self.write("spec", {**spec, "created": made})
         self.__dict__.pop("_spec", None)
+
+    @property
+    def slurm_dir(self) -> Path:
+        """submitit's folder for the group's worker jobs (`sweep --slurm`, `search --slurm`)."""
+        return self.file("job").parent
+
+    def job(self) -> dict[str, Any] | None:
+        """slurm/job.json: the job array of its workers; None for a group never submitted to Slurm."""
+        try:
+            job = read_json(self.file("job"))
+        except RunError:
+            return None
+        return job if isinstance(job, dict) else None
 
     def storage_url(self) -> str:
         return self.spec["storage"] or f"sqlite:///{self.file('storage').resolve()}"
