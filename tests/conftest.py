@@ -462,3 +462,31 @@ class Spy(torch.nn.Module):
 
         self.seen.append((x.clone(), lengths.clone()))
         return Output(torch.zeros(len(x), self.classes), None)
+
+
+def stop(proc: subprocess.Popen, signum: int, timeout: float = 120) -> tuple[str, str]:
+    """Send `proc` a stop signal and wait for it to end; its stdout and stderr. Killed if it outlives `timeout`."""
+    try:
+        proc.send_signal(signum)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def nan_loss_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """The names model's training loss is NaN at its `step`th training forward pass of this process."""
+    from rnnctl.models import RecurrentClassifier
+
+    original, calls = RecurrentClassifier.forward, {"train": 0}
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["train"] += 1
+            if calls["train"] == step:
+                return out._replace(loss=out.loss * float("nan"))
+        return out
+
+    monkeypatch.setattr(RecurrentClassifier, "forward", forward)

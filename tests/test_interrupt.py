@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, tiny_config, wait_for
+from conftest import TINY, CtrlCAtEpoch, Terminal, run_dirs, screen, stop, tiny_config, wait_for
 
 from rnnctl import loop
 from rnnctl.runs import RunFolder, load_checkpoint
@@ -26,14 +26,8 @@ def test_ctrl_c_stops_training_cleanly(names_files, isolated):
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    try:
-        run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc=proc)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    run = wait_for(lambda: next((d for d in run_dirs(isolated) if RunFolder(d).rows()), None), 60, proc=proc)
+    out, err = stop(proc, signal.SIGINT, 60)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "Traceback" not in out
     assert "interrupted in" in out and "continue with: rnnctl train --resume" in out  # the summary, and how on

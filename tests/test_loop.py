@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config, without_timing
+from conftest import TINY, QuietLogger, assert_one_line_error, nan_loss_at, run_dirs, tiny_config, without_timing
 
 from rnnctl import loop, plots
 from rnnctl.config import validate
@@ -221,21 +221,9 @@ def test_a_failure_after_the_last_epoch_is_recorded(names_files, isolated, monke
 def test_nan_loss_stops_the_run_with_one_line_and_keeps_the_last_good_checkpoint(
     cli, names_files, isolated, monkeypatch
 ):
-    from rnnctl.models import RecurrentClassifier
     from rnnctl.runs import load_checkpoint
 
-    original = RecurrentClassifier.forward
-    calls = {"train": 0}
-
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if self.training:
-            calls["train"] += 1
-            if calls["train"] == 10:  # 216 training names / batch 32 = 7 steps an epoch: step 10 is in epoch 2
-                return out._replace(loss=out.loss * float("nan"))
-        return out
-
-    monkeypatch.setattr(RecurrentClassifier, "forward", forward)
+    nan_loss_at(monkeypatch, 10)  # 216 training names / batch 32 = 7 steps an epoch: step 10 is in epoch 2
     line = assert_one_line_error(cli("train", TINY, *names_files.set_args()), "epoch 2, step 10", "not finite")
     assert "epoch 1 in checkpoints/last.pt" in line
     (run,) = run_dirs(isolated)

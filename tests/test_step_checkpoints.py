@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, run_dirs, tiny_config, wait_for
+from conftest import CONFIGS, TINY, QuietLogger, assert_one_line_error, nan_loss_at, run_dirs, stop, tiny_config
+from conftest import wait_for
 
 from rnnctl import loop
 from rnnctl.callbacks import StepCheckpoints
@@ -223,20 +224,7 @@ def test_good_values_and_a_duration_under_torchrun():
 
 
 def test_a_nan_loss_keeps_the_last_good_step_checkpoint(cli, names_files, isolated, monkeypatch):
-    from rnnctl.models import RecurrentClassifier
-
-    original = RecurrentClassifier.forward
-    calls = {"train": 0}
-
-    def forward(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        if self.training:
-            calls["train"] += 1
-            if calls["train"] == 10:  # 7 steps an epoch: the 3rd step of epoch 2
-                return out._replace(loss=out.loss * float("nan"))
-        return out
-
-    monkeypatch.setattr(RecurrentClassifier, "forward", forward)
+    nan_loss_at(monkeypatch, 10)  # 7 steps an epoch: the 3rd step of epoch 2
     args = [*names_files.set_args(), "--set", "train.checkpoint_every=2"]
     line = assert_one_line_error(cli("train", TINY, *args), "epoch 2, step 10", "not finite")
     assert "epoch 2, step 8 in checkpoints/last.pt" in line  # 10 and 12 saw the NaN: not saved
@@ -360,14 +348,8 @@ def test_sigterm_mid_epoch_writes_a_step_checkpoint_at_once_and_the_resume_is_ex
     args = ["--set", f"data.path={text}", "--set", "train.epochs=2", "--set", "train.checkpoint_every=1000"]
     proc = start(tmp_path, ["train", str(CHARLM), *args])  # 1000 steps: no step checkpoint but the signal's
     steps = tmp_path / "steps"
-    try:
-        wait_for(lambda: alive(proc) and steps.is_file() and int(steps.read_text() or 0) >= 20, 120, "step 20")
-        proc.send_signal(signal.SIGTERM)  # what SLURM sends before its time limit
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    wait_for(lambda: alive(proc) and steps.is_file() and int(steps.read_text() or 0) >= 20, 120, "step 20", proc)
+    out, err = stop(proc, signal.SIGTERM, 120)  # what SLURM sends before its time limit
     assert proc.returncode == 143, (out, err)
     assert "interrupted (SIGTERM)" in out and "Traceback" not in err, (out, err)
     (run,) = [d for d in run_dirs(isolated) if d != reference]
@@ -393,14 +375,8 @@ def test_sigterm_to_nproc_2_stops_every_rank_at_a_step_checkpoint_and_the_resume
     (reference,) = run_dirs(tmp_path / "reference")
     env["RNNCTL_RUNS"] = str(isolated)
     proc = subprocess.Popen([*rnnctl, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        wait_for(lambda: alive(proc) and any(RunFolder(d).rows() for d in run_dirs(isolated)), 120, "epoch 1")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    wait_for(lambda: alive(proc) and any(RunFolder(d).rows() for d in run_dirs(isolated)), 120, "epoch 1", proc)
+    out, err = stop(proc, signal.SIGTERM, 120)
     assert proc.returncode == 143, (out, err)
     (run,) = run_dirs(isolated)
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
