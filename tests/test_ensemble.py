@@ -154,6 +154,7 @@ def test_a_series_sweep_averages_predictions_and_forecasts(cli, tmp_path, isolat
     assert report["ensemble"]["loss"] <= sum(m["loss"] for m in report["members"]) / 2 + 1e-12
 
 
+@pytest.mark.slow
 def test_a_language_model_sweep_mixes_next_character_distributions(cli, tmp_path, isolated):
     text = tmp_path / "text.txt"
     text.write_text("the cat sat on the mat. a dog ate the hat. " * 40)

@@ -28,6 +28,7 @@ def test_hello_config_reaches_ohlol_and_shows_the_string_each_epoch(cli, isolate
     assert "preview" not in (run / "metrics.csv").read_text().splitlines()[0]  # text stays out of the CSV
 
 
+@pytest.mark.slow
 def test_hello_eval_shows_the_string_it_predicts_beside_the_target(cli, isolated, monkeypatch):
     """`accuracy 1` alone never showed the string: eval says what it predicts for the source, and the target."""
     monkeypatch.setenv("COLUMNS", "80")

@@ -74,6 +74,7 @@ class FailAtEpoch(QuietLogger):
         raise RuntimeError("boom")
 
 
+@pytest.mark.slow
 def test_a_failed_run_in_a_store_named_by_uri(names_files, isolated, tmp_path):
     uri = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
     (tmp_path / "shared").mkdir()

@@ -28,6 +28,7 @@ def math_flags_restored():
     torch.set_float32_matmul_precision("highest")
 
 
+@pytest.mark.slow
 def test_bf16_trains_through_the_cli_close_to_fp32(cli, names_files, isolated):
     for precision in ("fp32", "bf16"):
         args = ["--set", f"train.precision={precision}", "--set", f"name={precision}"]

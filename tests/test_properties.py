@@ -171,6 +171,7 @@ def test_any_overrides(tmp_path, raw, overrides):
 
 
 @PROPERTY
+@pytest.mark.slow
 @given(raw=st.dictionaries(st.sampled_from(KEYS), st.one_of(TREES, REALISTIC)), overrides=OVERRIDES)
 def test_overrides_set_what_they_say_and_leave_the_input_alone(raw, overrides):
     assume(not any(isinstance(v, float) and math.isnan(v) for v in _leaves(raw)))  # nan != nan

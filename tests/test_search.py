@@ -260,6 +260,7 @@ def test_spaces_durations_and_directions():
         parse_duration("0s")
 
 
+@pytest.mark.slow
 def test_the_journal_storage_finds_a_trial_whose_heartbeat_stopped(tmp_path, monkeypatch):
     from rnnctl.groups.storage import open_storage
 

@@ -103,7 +103,7 @@ CASES = {  # the task, its overrides, and when the signal comes
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=[pytest.mark.slow] if c.startswith("charlm-") else []) for c in CASES]
+    "case", [pytest.param(c, marks=[] if c == "names-bf16-clip" else [pytest.mark.slow]) for c in CASES]
 )
 def test_a_signal_inside_an_epoch_saves_a_step_checkpoint_and_the_resume_is_exact(
     case, text, names_files, isolated, cli
@@ -143,6 +143,7 @@ class SignalWhileValidating(QuietLogger):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_validation_waits_for_its_row_and_checkpoint(names_files, isolated, cli):
     reference = trained(isolated, tiny_config(names_files))
     cut = trained(isolated, tiny_config(names_files, "train.checkpoint_every=3"), [SignalWhileValidating()])
@@ -181,6 +182,7 @@ def test_step_checkpoints_come_every_n_steps_of_the_run(names_files, isolated, m
     ]
 
 
+@pytest.mark.slow
 def test_a_duration_saves_every_so_many_seconds(text, isolated, monkeypatch):
     from rnnctl import training
 

@@ -219,6 +219,7 @@ def test_two_processes_share_one_sweep_through_a_journal_file(names_files, isola
     assert all("trained by other machines" in out and "Traceback" not in out for out in outputs), outputs
 
 
+@pytest.mark.slow
 def test_a_regression_sweep_ranks_by_its_error_in_the_data_s_units(cli, isolated):
     from conftest import CONFIGS
 
